@@ -1,0 +1,39 @@
+# The two commands a user needs: `make run` and `make test`. Both set everything up from nothing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SANDBOX_PORT ?= 8790
+
+.PHONY: run test lint bench setup clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' \
+	  || { echo "make: Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm (Node.js 18+) is required for Azurite"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest
+
+run: setup
+	$(BIN)/python -m sandbox --port $(SANDBOX_PORT) --data .sandbox
+
+bench: setup
+	$(BIN)/python bench/sandbox_bench.py
+
+clean:
+	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

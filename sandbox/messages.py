@@ -1,0 +1,171 @@
+"""Graph message documents: built from sendMail bodies and seeded mail, and projected for answers."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from .odata import format_datetime, parse_datetime
+
+MESSAGE_PROPERTIES = {
+    "id",
+    "createdDateTime",
+    "lastModifiedDateTime",
+    "changeKey",
+    "categories",
+    "receivedDateTime",
+    "sentDateTime",
+    "hasAttachments",
+    "internetMessageId",
+    "subject",
+    "bodyPreview",
+    "importance",
+    "parentFolderId",
+    "conversationId",
+    "isDeliveryReceiptRequested",
+    "isReadReceiptRequested",
+    "isRead",
+    "isDraft",
+    "webLink",
+    "inferenceClassification",
+    "body",
+    "uniqueBody",
+    "sender",
+    "from",
+    "toRecipients",
+    "ccRecipients",
+    "bccRecipients",
+    "replyTo",
+    "flag",
+    "internetMessageHeaders",
+    "attachments",
+}
+_TAGS = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+
+
+def new_id() -> str:
+    """An opaque id in the style of Exchange's: long, URL-safe base64 with padding."""
+    return "AAMkAG" + base64.urlsafe_b64encode(os.urandom(40)).decode()
+
+
+def now() -> str:
+    return format_datetime(datetime.now(UTC))
+
+
+def preview(body: dict[str, Any]) -> str:
+    content = str(body.get("content", ""))
+    if str(body.get("contentType", "text")).lower() == "html":
+        content = html.unescape(_TAGS.sub(" ", content))
+    return _SPACE.sub(" ", content).strip()[:255]
+
+
+def recipient(value: Any) -> dict[str, Any]:
+    """A Graph recipient from either `{"emailAddress": {...}}` or a bare address string."""
+    if isinstance(value, str):
+        return {"emailAddress": {"name": value, "address": value}}
+    address = value.get("emailAddress", {}) if isinstance(value, dict) else {}
+    return {
+        "emailAddress": {
+            "name": address.get("name") or address.get("address", ""),
+            "address": address.get("address", ""),
+        }
+    }
+
+
+def address_of(value: dict[str, Any] | None) -> str:
+    return str(((value or {}).get("emailAddress") or {}).get("address", "")).lower()
+
+
+def build_message(
+    source: dict[str, Any], *, folder_id: str, is_read: bool, received: str | None = None
+) -> dict[str, Any]:
+    """A stored message document with every property Graph returns by default."""
+    stamp = received or now()
+    body = source.get("body") or {"contentType": "text", "content": ""}
+    if isinstance(body, str):
+        body = {"contentType": source.get("contentType", "text"), "content": body}
+    body = {"contentType": str(body.get("contentType", "text")).lower(), "content": body.get("content", "")}
+    sender = recipient(source["from"]) if source.get("from") else None
+    attachments = list(source.get("attachments") or [])
+    return {
+        "id": new_id(),
+        "createdDateTime": stamp,
+        "lastModifiedDateTime": stamp,
+        "changeKey": uuid.uuid4().hex,
+        "categories": list(source.get("categories") or []),
+        "receivedDateTime": stamp,
+        "sentDateTime": source.get("sentDateTime") or stamp,
+        "hasAttachments": bool(attachments),
+        "internetMessageId": source.get("internetMessageId") or f"<{uuid.uuid4().hex}@sandbox.test>",
+        "subject": str(source.get("subject") or ""),
+        "bodyPreview": preview(body),
+        "importance": str(source.get("importance") or "normal").lower(),
+        "parentFolderId": folder_id,
+        "conversationId": source.get("conversationId") or new_id(),
+        "isDeliveryReceiptRequested": False,
+        "isReadReceiptRequested": False,
+        "isRead": is_read,
+        "isDraft": False,
+        "webLink": "",
+        "inferenceClassification": "focused",
+        "body": body,
+        "sender": sender,
+        "from": sender,
+        "toRecipients": [recipient(r) for r in source.get("toRecipients") or []],
+        "ccRecipients": [recipient(r) for r in source.get("ccRecipients") or []],
+        "bccRecipients": [recipient(r) for r in source.get("bccRecipients") or []],
+        "replyTo": [recipient(r) for r in source.get("replyTo") or []],
+        "flag": {"flagStatus": "notFlagged"},
+        "internetMessageHeaders": list(source.get("internetMessageHeaders") or []),
+        "attachments": attachments,
+    }
+
+
+def seeded_message(source: dict[str, Any], folder_id: str) -> dict[str, Any]:
+    """A message delivered through the control API: Graph's shape, plus isRead/receivedDateTime/categories."""
+    received = source.get("receivedDateTime")
+    stamp = parse_datetime(received) if isinstance(received, str) else None
+    document = build_message(source, folder_id=folder_id, is_read=bool(source.get("isRead", False)), received=stamp)
+    return document
+
+
+def columns_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The indexed columns a message's `$filter` and `$orderby` run on."""
+    return {
+        "folder_id": document["parentFolderId"],
+        "received": document["receivedDateTime"],
+        "sent": document["sentDateTime"],
+        "is_read": int(bool(document["isRead"])),
+        "from_address": address_of(document.get("from")),
+        "subject": document.get("subject", ""),
+        "importance": document.get("importance", "normal"),
+        "has_attachments": int(bool(document.get("hasAttachments"))),
+        "categories": json.dumps(document.get("categories") or []),
+        "flag_status": (document.get("flag") or {}).get("flagStatus", "notFlagged"),
+        "inference": document.get("inferenceClassification", "focused"),
+        "conversation_id": document.get("conversationId", ""),
+    }
+
+
+def project(document: dict[str, Any], select: list[str] | None, *, expand_attachments: bool = False) -> dict[str, Any]:
+    """The message as Graph returns it: `@odata.etag`, id, then the selected (or default) properties."""
+    answer: dict[str, Any] = {"@odata.etag": f'W/"{document["changeKey"]}"', "id": document["id"]}
+    names = (
+        select if select is not None else [n for n in document if n not in {"attachments", "internetMessageHeaders"}]
+    )
+    for name in names:
+        if name == "attachments" and not expand_attachments:
+            continue
+        if name in document:
+            answer[name] = document[name]
+    if expand_attachments:
+        answer["attachments"] = document.get("attachments", [])
+    return answer

@@ -1,0 +1,455 @@
+"""The sandbox's state in SQLite: directory, vault, mailboxes (folders and messages) and sent mail.
+
+One connection, used from the event loop only; WAL keeps writes cheap. Directory lookups that every Graph
+request makes (users) are cached in memory and dropped on reset.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .messages import build_message, columns_of, new_id, now, seeded_message
+from .odata import SqlFilter
+from .seed import Seed
+
+WELL_KNOWN_FOLDERS = (
+    # (well-known name, display name, hidden)
+    ("inbox", "Inbox", False),
+    ("drafts", "Drafts", False),
+    ("sentitems", "Sent Items", False),
+    ("deleteditems", "Deleted Items", False),
+    ("junkemail", "Junk Email", False),
+    ("archive", "Archive", False),
+    ("outbox", "Outbox", False),
+    ("conversationhistory", "Conversation History", False),
+    ("recoverableitemsdeletions", "Quick Step Settings", True),
+)
+ROOT = "msgfolderroot"
+FOLDER_COLUMNS = {
+    "displayname": "f.display_name",
+    "parentfolderid": "f.parent_id",
+    "ishidden": "f.is_hidden",
+    "totalitemcount": "(SELECT COUNT(*) FROM messages m WHERE m.mailbox = f.mailbox AND m.folder_id = f.id)",
+    "unreaditemcount": "(SELECT COUNT(*) FROM messages m WHERE m.mailbox = f.mailbox AND m.folder_id = f.id "
+    "AND m.is_read = 0)",
+    "childfoldercount": "(SELECT COUNT(*) FROM folders c WHERE c.parent_id = f.id)",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY, upn TEXT NOT NULL UNIQUE COLLATE NOCASE, display_name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS principals (
+    client_id TEXT PRIMARY KEY, kind TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vault_secrets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL COLLATE NOCASE, version TEXT NOT NULL,
+    value TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (
+    id TEXT PRIMARY KEY, mailbox TEXT NOT NULL, parent_id TEXT, display_name TEXT NOT NULL,
+    well_known TEXT, is_hidden INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS folders_parent ON folders (mailbox, parent_id);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, mailbox TEXT NOT NULL,
+    folder_id TEXT NOT NULL, received TEXT NOT NULL, sent TEXT NOT NULL, is_read INTEGER NOT NULL,
+    from_address TEXT NOT NULL, subject TEXT NOT NULL, importance TEXT NOT NULL,
+    has_attachments INTEGER NOT NULL, categories TEXT NOT NULL, flag_status TEXT NOT NULL,
+    inference TEXT NOT NULL, conversation_id TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_folder ON messages (mailbox, folder_id, received);
+CREATE INDEX IF NOT EXISTS messages_mailbox ON messages (mailbox, received);
+CREATE TABLE IF NOT EXISTS outbound (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, sent TEXT NOT NULL, doc TEXT NOT NULL);
+"""
+_MESSAGE_COLUMNS = tuple(columns_of(build_message({}, folder_id="", is_read=False)))
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    upn: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class Folder:
+    id: str
+    mailbox: str
+    parent_id: str | None
+    display_name: str
+    well_known: str | None
+    is_hidden: bool
+
+
+class Store:
+    """All sandbox state. Methods raise KeyError for what does not exist; callers map it to HTTP."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._users: dict[str, User] = {}
+        self._roots: dict[str, Folder] = {}
+
+    # -- meta and seed ------------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def signing_key(self) -> bytes:
+        """The token signing key: made once per data directory, kept across resets."""
+        key = self.meta("signing_key")
+        if key is None:
+            key = secrets.token_hex(32)
+            self.set_meta("signing_key", key)
+        return bytes.fromhex(key)
+
+    def is_seeded(self) -> bool:
+        return self.meta("seed") is not None
+
+    def reset(self, seed: Seed, raw: dict[str, Any]) -> None:
+        """Replace all state but the signing key with the seed's."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for table in ("users", "principals", "vault_secrets", "folders", "messages", "outbound"):
+                self.db.execute(f"DELETE FROM {table}")
+            self.set_meta("seed", json.dumps(raw))
+            self.set_meta("tenant", seed.tenant.model_dump_json())
+            self.set_meta("identity_header", seed.identity_header)
+            self.set_meta("token_lifetime", str(seed.token_lifetime_seconds))
+            for user in seed.users:
+                user_id = user.id or str(uuid.uuid5(uuid.NAMESPACE_DNS, user.user_principal_name))
+                self.db.execute(
+                    "INSERT INTO users VALUES (?, ?, ?)",
+                    (user_id, user.user_principal_name, user.display_name or user.user_principal_name),
+                )
+            for app in seed.apps:
+                self.db.execute(
+                    "INSERT INTO principals VALUES (?, 'app', ?)", (app.client_id, app.model_dump_json(by_alias=True))
+                )
+            for identity in seed.managed_identities:
+                self.db.execute(
+                    "INSERT INTO principals VALUES (?, 'identity', ?)",
+                    (identity.client_id, identity.model_dump_json(by_alias=True)),
+                )
+            for name, value in seed.key_vault.secrets.items():
+                self._add_secret(name, value)
+            self.set_meta("vault_readers", json.dumps(seed.key_vault.readers))
+        self._users.clear()
+        self._roots.clear()
+        for user in seed.users:
+            self.deliver_seeded(self.user(user.user_principal_name), user.messages)
+
+    def tenant(self) -> dict[str, str]:
+        tenant: dict[str, str] = json.loads(self.meta("tenant") or "{}")
+        return tenant
+
+    def token_lifetime(self) -> int:
+        return int(self.meta("token_lifetime") or 3599)
+
+    def identity_header(self) -> str:
+        return self.meta("identity_header") or ""
+
+    # -- directory ------------------------------------------------------------------------------------
+    def user(self, key: str) -> User:
+        """A user by UPN (any case) or object id."""
+        cached = self._users.get(key.lower())
+        if cached:
+            return cached
+        row = self.db.execute("SELECT * FROM users WHERE upn = ? OR id = ?", (key, key.lower())).fetchone()
+        if row is None:
+            raise KeyError(key)
+        user = User(row["id"], row["upn"], row["display_name"])
+        self._users[key.lower()] = user
+        return user
+
+    def users(self) -> list[User]:
+        rows = self.db.execute("SELECT * FROM users ORDER BY upn").fetchall()
+        return [User(r["id"], r["upn"], r["display_name"]) for r in rows]
+
+    def principal(self, client_id: str) -> tuple[str, dict[str, Any]]:
+        """An app registration or managed identity: (kind, document)."""
+        row = self.db.execute("SELECT kind, doc FROM principals WHERE client_id = ?", (client_id,)).fetchone()
+        if row is None:
+            raise KeyError(client_id)
+        return row["kind"], json.loads(row["doc"])
+
+    def first_identity(self) -> str:
+        row = self.db.execute("SELECT client_id FROM principals WHERE kind = 'identity' ORDER BY rowid").fetchone()
+        if row is None:
+            raise KeyError("managed identity")
+        return str(row["client_id"])
+
+    def rotate_app_secret(self, client_id: str, secret: str, keep_existing: bool) -> None:
+        kind, doc = self.principal(client_id)
+        if kind != "app":
+            raise KeyError(client_id)
+        doc["secrets"] = (doc["secrets"] if keep_existing else []) + [secret]
+        self.db.execute("UPDATE principals SET doc = ? WHERE client_id = ?", (json.dumps(doc), client_id))
+
+    # -- key vault ------------------------------------------------------------------------------------
+    def _add_secret(self, name: str, value: str) -> str:
+        version = uuid.uuid4().hex
+        self.db.execute(
+            "INSERT INTO vault_secrets (name, version, value, created) VALUES (?, ?, ?, "
+            "CAST(strftime('%s') AS INTEGER))",
+            (name, version, value),
+        )
+        return version
+
+    def set_secret(self, name: str, value: str) -> str:
+        return self._add_secret(name, value)
+
+    def secret(self, name: str, version: str | None = None) -> sqlite3.Row:
+        row: sqlite3.Row | None
+        if version:
+            row = self.db.execute(
+                "SELECT * FROM vault_secrets WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT * FROM vault_secrets WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(name)
+        return row
+
+    def vault_readers(self) -> list[str]:
+        readers: list[str] = json.loads(self.meta("vault_readers") or "[]")
+        return readers
+
+    # -- folders --------------------------------------------------------------------------------------
+    def _create_folder(
+        self, mailbox: str, parent_id: str | None, name: str, well_known: str | None = None, hidden: bool = False
+    ) -> Folder:
+        folder = Folder(new_id(), mailbox, parent_id, name, well_known, hidden)
+        self.db.execute(
+            "INSERT INTO folders VALUES (?, ?, ?, ?, ?, ?, CAST(strftime('%s') AS INTEGER))",
+            (folder.id, mailbox, parent_id, name, well_known, int(hidden)),
+        )
+        return folder
+
+    def _ensure_mailbox(self, user: User) -> Folder:
+        if user.id in self._roots:
+            return self._roots[user.id]
+        self._roots[user.id] = self._mailbox_root(user)
+        return self._roots[user.id]
+
+    def _mailbox_root(self, user: User) -> Folder:
+        row = self.db.execute("SELECT * FROM folders WHERE mailbox = ? AND well_known = ?", (user.id, ROOT)).fetchone()
+        if row:
+            return _folder(row)
+        root = self._create_folder(user.id, None, "Top of Information Store", ROOT, hidden=True)
+        for well_known, display_name, hidden in WELL_KNOWN_FOLDERS:
+            self._create_folder(user.id, root.id, display_name, well_known, hidden)
+        return root
+
+    def folder(self, user: User, key: str) -> Folder:
+        """A folder by id or well-known name."""
+        self._ensure_mailbox(user)
+        row = self.db.execute(
+            "SELECT * FROM folders WHERE mailbox = ? AND (id = ? OR well_known = ?)", (user.id, key, key.lower())
+        ).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return _folder(row)
+
+    def query_folders(
+        self,
+        user: User,
+        *,
+        parent_id: str | None = None,
+        folder_id: str | None = None,
+        include_hidden: bool = True,
+        where: SqlFilter | None = None,
+        top: int = -1,
+        skip: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Folders with their item, unread and child counts; (page, total matching)."""
+        self._ensure_mailbox(user)
+        conditions = ["f.mailbox = ?"]
+        params: list[Any] = [user.id]
+        if parent_id is not None:
+            conditions.append("f.parent_id = ?")
+            params.append(parent_id)
+        if folder_id is not None:
+            conditions.append("f.id = ?")
+            params.append(folder_id)
+        if not include_hidden:
+            conditions.append("f.is_hidden = 0")
+        if where is not None:
+            conditions.append(where.where)
+            params.extend(where.params)
+        clause = " AND ".join(conditions)
+        rows = self.db.execute(
+            f"SELECT f.*, {FOLDER_COLUMNS['totalitemcount']} AS total, {FOLDER_COLUMNS['unreaditemcount']} AS unread, "
+            f"{FOLDER_COLUMNS['childfoldercount']} AS children FROM folders f WHERE {clause} "
+            "ORDER BY f.created, f.rowid LIMIT ? OFFSET ?",
+            (*params, top, skip),
+        ).fetchall()
+        total = self.db.execute(f"SELECT COUNT(*) FROM folders f WHERE {clause}", params).fetchone()[0]
+        return [_folder_document(row) for row in rows], total
+
+    def folder_by_path(self, user: User, path: str) -> Folder:
+        """A folder from a well-known name, a display name or a path like `Inbox/Escalations`; made if missing."""
+        root = self._ensure_mailbox(user)
+        parts = [p for p in path.split("/") if p.strip()]
+        if not parts:
+            raise KeyError(path)
+        current = root
+        for depth, part in enumerate(parts):
+            row = None
+            if depth == 0:
+                row = self.db.execute(
+                    "SELECT * FROM folders WHERE mailbox = ? AND well_known = ? AND well_known != ?",
+                    (user.id, part.lower(), ROOT),
+                ).fetchone()
+            row = (
+                row
+                or self.db.execute(
+                    "SELECT * FROM folders WHERE mailbox = ? AND parent_id = ? AND display_name = ? COLLATE NOCASE",
+                    (user.id, current.id, part.strip()),
+                ).fetchone()
+            )
+            current = _folder(row) if row else self._create_folder(user.id, current.id, part.strip())
+        return current
+
+    # -- messages -------------------------------------------------------------------------------------
+    def insert_message(self, user: User, document: dict[str, Any]) -> None:
+        columns = columns_of(document)
+        names = ", ".join(("id", "mailbox", *columns, "doc"))
+        marks = ", ".join("?" * (len(columns) + 3))
+        self.db.execute(
+            f"INSERT INTO messages ({names}) VALUES ({marks})",
+            (document["id"], user.id, *columns.values(), json.dumps(document)),
+        )
+
+    def deliver_seeded(self, user: User, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Deliver seeded inbound mail (each with an optional folder), in one transaction."""
+        delivered = []
+        folders: dict[str, Folder] = {}
+        with self.db:
+            self.db.execute("BEGIN")
+            for source in sources:
+                path = str(source.get("folder") or "inbox")
+                folder = folders.get(path.lower()) or self.folder_by_path(user, path)
+                folders[path.lower()] = folder
+                document = seeded_message(source, folder.id)
+                self.insert_message(user, document)
+                delivered.append(document)
+        return delivered
+
+    def message(self, user: User, message_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT doc FROM messages WHERE id = ? AND mailbox = ?", (message_id, user.id)).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        document: dict[str, Any] = json.loads(row["doc"])
+        return document
+
+    def replace_message(self, user: User, document: dict[str, Any]) -> None:
+        columns = columns_of(document)
+        assignments = ", ".join(f"{name} = ?" for name in (*columns, "doc"))
+        self.db.execute(
+            f"UPDATE messages SET {assignments} WHERE id = ? AND mailbox = ?",
+            (*columns.values(), json.dumps(document), document["id"], user.id),
+        )
+
+    def query_messages(
+        self,
+        user: User,
+        folder_id: str | None,
+        where: SqlFilter | None,
+        order: list[str],
+        top: int,
+        skip: int,
+        count: bool,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of messages (and the total matching, when asked)."""
+        conditions = ["mailbox = ?"]
+        params: list[Any] = [user.id]
+        if folder_id is not None:
+            conditions.append("folder_id = ?")
+            params.append(folder_id)
+        if where is not None:
+            conditions.append(where.where)
+            params.extend(where.params)
+        clause = " AND ".join(conditions)
+        tie_break = "seq DESC" if not order or order[0].endswith("DESC") else "seq ASC"
+        ordering = ", ".join([*order, tie_break])
+        rows = self.db.execute(
+            f"SELECT doc FROM messages WHERE {clause} ORDER BY {ordering} LIMIT ? OFFSET ?",
+            (*params, top, skip),
+        ).fetchall()
+        total = None
+        if count:
+            total = self.db.execute(f"SELECT COUNT(*) FROM messages WHERE {clause}", params).fetchone()[0]
+        return [json.loads(r["doc"]) for r in rows], total
+
+    def mailbox_messages(self, user: User, folder_id: str | None = None) -> list[dict[str, Any]]:
+        """Every message of a mailbox (or folder), newest first: for the control API and web page."""
+        documents, _ = self.query_messages(user, folder_id, None, ["received DESC"], -1, 0, False)
+        return documents
+
+    # -- sending --------------------------------------------------------------------------------------
+    def record_send(self, sender: User, document: dict[str, Any], save_copy: bool, recipients: list[str]) -> list[str]:
+        """Store a sent mail: the Sent Items copy, inbox copies for sandbox users, the outbound log.
+
+        Returns the recipients outside the sandbox (recorded as sent, like a real external delivery).
+        """
+        external = []
+        with self.db:
+            self.db.execute("BEGIN")
+            if save_copy:
+                sent_copy = dict(document, parentFolderId=self.folder(sender, "sentitems").id, isRead=True)
+                self.insert_message(sender, sent_copy)
+            for address in dict.fromkeys(recipients):
+                try:
+                    recipient = self.user(address)
+                except KeyError:
+                    external.append(address)
+                    continue
+                inbox = self.folder(recipient, "inbox")
+                delivered = dict(document, id=new_id(), parentFolderId=inbox.id, isRead=False, bccRecipients=[])
+                self.insert_message(recipient, delivered)
+            record = {k: v for k, v in document.items() if k != "attachments"}
+            record["attachments"] = [
+                {k: v for k, v in a.items() if k != "contentBytes"} for a in document.get("attachments", [])
+            ]
+            record["externalRecipients"] = external
+            record["savedToSentItems"] = save_copy
+            self.db.execute(
+                "INSERT INTO outbound (sender, sent, doc) VALUES (?, ?, ?)", (sender.upn, now(), json.dumps(record))
+            )
+        return external
+
+    def outbound(self, since: int) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM outbound WHERE seq > ? ORDER BY seq", (since,)).fetchall()
+        return [{"seq": r["seq"], "sender": r["sender"], "sent": r["sent"], **json.loads(r["doc"])} for r in rows]
+
+
+def _folder(row: sqlite3.Row) -> Folder:
+    return Folder(
+        row["id"], row["mailbox"], row["parent_id"], row["display_name"], row["well_known"], bool(row["is_hidden"])
+    )
+
+
+def _folder_document(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "displayName": row["display_name"],
+        "parentFolderId": row["parent_id"],
+        "childFolderCount": row["children"],
+        "unreadItemCount": row["unread"],
+        "totalItemCount": row["total"],
+        "sizeInBytes": 0,
+        "isHidden": bool(row["is_hidden"]),
+    }

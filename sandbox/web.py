@@ -1,0 +1,136 @@
+"""A small web page to browse the sandbox's mailboxes: mailboxes -> folders -> messages -> a message.
+
+HTML bodies are shown in an iframe with `sandbox` (no scripts, no same-origin) and the pages carry a CSP
+that forbids scripts, so mail under test cannot run anything in the developer's browser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import DictLoader, Environment, select_autoescape
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from .state import Sandbox
+from .store import User
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'"
+
+_TEMPLATES = {
+    "base.html": """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{% block title %}Sandbox{% endblock %} - Graph sandbox</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2rem;color:#1b1b1b}
+table{border-collapse:collapse;width:100%}td,th{padding:.35rem .6rem;border-bottom:1px solid #ddd;text-align:left}
+.unread{font-weight:600}nav a{margin-right:.5rem}iframe{width:100%;height:32rem;border:1px solid #ccc}
+.muted{color:#666}ul.tree{list-style:none;padding-left:1.2rem}
+</style></head><body><nav><a href="/">Mailboxes</a>{% block nav %}{% endblock %}</nav>
+<h1>{{ self.title() }}</h1>{% block content %}{% endblock %}</body></html>""",
+    "mailboxes.html": """{% extends "base.html" %}{% block title %}Mailboxes{% endblock %}
+{% block content %}<table><tr><th>Mailbox</th><th>Name</th><th>Unread</th><th>Items</th></tr>
+{% for row in rows %}<tr><td><a href="/mailboxes/{{ row.user.upn }}">{{ row.user.upn }}</a></td>
+<td>{{ row.user.display_name }}</td><td>{{ row.unread }}</td><td>{{ row.total }}</td></tr>{% endfor %}
+</table>{% endblock %}""",
+    "folders.html": """{% extends "base.html" %}{% block title %}{{ user.upn }}{% endblock %}
+{% block content %}{% macro tree(nodes) %}<ul class="tree">{% for node in nodes %}
+<li><a href="/mailboxes/{{ user.upn }}/folders/{{ node.folder.id | urlencode }}">{{ node.folder.displayName }}</a>
+<span class="muted">{{ node.folder.unreadItemCount }} unread / {{ node.folder.totalItemCount }}</span>
+{% if node.children %}{{ tree(node.children) }}{% endif %}</li>{% endfor %}</ul>{% endmacro %}
+{{ tree(nodes) }}{% endblock %}""",
+    "messages.html": """{% extends "base.html" %}{% block title %}{{ folder.displayName }}{% endblock %}
+{% block nav %}<a href="/mailboxes/{{ user.upn }}">{{ user.upn }}</a>{% endblock %}
+{% block content %}<p class="muted">{{ messages | length }} messages</p>
+<table><tr><th>Received</th><th>From</th><th>Subject</th><th>Categories</th></tr>
+{% for m in messages %}<tr class="{{ '' if m.isRead else 'unread' }}"><td>{{ m.receivedDateTime }}</td>
+<td>{{ (m['from'] or {}).get('emailAddress', {}).get('address', '') }}</td>
+<td><a href="/mailboxes/{{ user.upn }}/messages/{{ m.id | urlencode }}">{{ m.subject or '(no subject)' }}</a></td>
+<td>{{ m.categories | join(', ') }}</td></tr>{% endfor %}</table>{% endblock %}""",
+    "message.html": """{% extends "base.html" %}{% block title %}{{ message.subject or '(no subject)' }}{% endblock %}
+{% block nav %}<a href="/mailboxes/{{ user.upn }}">{{ user.upn }}</a>{% endblock %}
+{% block content %}<table>
+<tr><th>From</th><td>{{ (message['from'] or {}).get('emailAddress', {}).get('address', '') }}</td></tr>
+<tr><th>To</th><td>{{ message.toRecipients | map(attribute='emailAddress.address') | join(', ') }}</td></tr>
+{% if message.ccRecipients %}<tr><th>Cc</th>
+<td>{{ message.ccRecipients | map(attribute='emailAddress.address') | join(', ') }}</td></tr>{% endif %}
+<tr><th>Received</th><td>{{ message.receivedDateTime }}</td></tr>
+<tr><th>Importance</th><td>{{ message.importance }}</td></tr>
+<tr><th>Read</th><td>{{ 'yes' if message.isRead else 'no' }}</td></tr>
+<tr><th>Categories</th><td>{{ message.categories | join(', ') }}</td></tr>
+{% if message.attachments %}<tr><th>Attachments</th>
+<td>{% for a in message.attachments %}{{ a.name }} ({{ a.size }} bytes) {% endfor %}</td></tr>{% endif %}
+</table>
+{% if message.body.contentType == 'html' %}
+<iframe sandbox="" referrerpolicy="no-referrer" title="Message body" srcdoc="{{ message.body.content }}"></iframe>
+{% else %}<pre>{{ message.body.content }}</pre>{% endif %}{% endblock %}""",
+}
+_env = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(default=True))
+
+
+def _page(name: str, **context: Any) -> Response:
+    html = _env.get_template(name).render(**context)
+    return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+
+
+def _user(sandbox: Sandbox, upn: str) -> User:
+    try:
+        return sandbox.store.user(upn)
+    except KeyError:
+        raise HTTPException(404, f"No mailbox '{upn}'.") from None
+
+
+async def mailboxes(request: Request) -> Response:
+    sandbox: Sandbox = request.app.state.sandbox
+    rows = []
+    for user in sandbox.store.users():
+        inbox, _ = sandbox.store.query_folders(user, folder_id=sandbox.store.folder(user, "inbox").id)
+        rows.append({"user": user, "unread": inbox[0]["unreadItemCount"], "total": inbox[0]["totalItemCount"]})
+    return _page("mailboxes.html", rows=rows)
+
+
+async def folders(request: Request) -> Response:
+    sandbox: Sandbox = request.app.state.sandbox
+    user = _user(sandbox, request.path_params["upn"])
+    all_folders, _ = sandbox.store.query_folders(user, include_hidden=False)
+    by_parent: dict[str | None, list[dict[str, Any]]] = {}
+    for folder in all_folders:
+        by_parent.setdefault(folder["parentFolderId"], []).append(folder)
+
+    def nodes(parent_id: str) -> list[dict[str, Any]]:
+        return [{"folder": f, "children": nodes(f["id"])} for f in by_parent.get(parent_id, [])]
+
+    return _page("folders.html", user=user, nodes=nodes(sandbox.store.folder(user, "msgfolderroot").id))
+
+
+async def folder_messages(request: Request) -> Response:
+    sandbox: Sandbox = request.app.state.sandbox
+    user = _user(sandbox, request.path_params["upn"])
+    try:
+        folder = sandbox.store.folder(user, request.path_params["folder"])
+    except KeyError:
+        raise HTTPException(404, "No such folder.") from None
+    documents, _ = sandbox.store.query_folders(user, folder_id=folder.id)
+    return _page(
+        "messages.html", user=user, folder=documents[0], messages=sandbox.store.mailbox_messages(user, folder.id)
+    )
+
+
+async def message(request: Request) -> Response:
+    sandbox: Sandbox = request.app.state.sandbox
+    user = _user(sandbox, request.path_params["upn"])
+    try:
+        document = sandbox.store.message(user, request.path_params["message"])
+    except KeyError:
+        raise HTTPException(404, "No such message.") from None
+    return _page("message.html", user=user, message=document)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", mailboxes),
+        Route("/mailboxes/{upn}", folders),
+        Route("/mailboxes/{upn}/folders/{folder}", folder_messages),
+        Route("/mailboxes/{upn}/messages/{message}", message),
+    ]
