@@ -123,7 +123,7 @@ async def _control_json(request: Request) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HTTPException(400, "The body is not valid JSON.") from None
 
 

@@ -270,7 +270,7 @@ def _json_body(body: bytes) -> Any:
         raise GraphError(400, "BadRequest", "Empty Payload. JSON content expected.")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise GraphError(
             400,
             "BadRequest",
@@ -602,6 +602,8 @@ def update_message(service: GraphService, call: GraphCall, user: User, params: d
     document = _message(service, user, params["message"])
     known = {name.lower(): name for name in PATCHABLE | DRAFT_ONLY}
     for key, value in changes.items():
+        if key.startswith("@odata."):
+            continue  # annotations such as @odata.type carry no change
         name = known.get(key.lower())
         if name is None:
             if key.lower() in {n.lower() for n in MESSAGE_PROPERTIES}:

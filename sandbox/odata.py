@@ -8,6 +8,8 @@ parameter, never pasted into SQL.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +48,8 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
+MAX_DEPTH = 32  # nesting of parentheses and `not`; deeper clauses are refused, not recursed into
+MAX_CLAUSE = 8192
 _COMPARISONS = {"eq": "=", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -84,6 +88,7 @@ class _Parser:
         self.params: list[Any] = []
         self.properties: list[str] = []
         self.lambda_variable: str | None = None
+        self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -119,8 +124,19 @@ class _Parser:
     def negation(self) -> str:
         if self._next_is_word("not"):
             self.take()
-            return f"NOT ({self.negation()})"
+            with self._nested():
+                return f"NOT ({self.negation()})"
         return self.primary()
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ODataError(f"Invalid filter clause: nested deeper than {MAX_DEPTH} levels.")
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def primary(self) -> str:
         token = self.peek()
@@ -128,7 +144,8 @@ class _Parser:
             raise ODataError("Invalid filter clause: the clause ends too early.")
         if token == ("punct", "("):
             self.take()
-            inner = self.expression()
+            with self._nested():
+                inner = self.expression()
             self.take(")")
             return inner
         if token[0] != "name":
@@ -231,6 +248,8 @@ def compile_filter(text: str, columns: dict[str, Column]) -> SqlFilter:
     """Translate a `$filter` clause into a SQL condition with bound parameters."""
     if not text.strip():
         raise ODataError("Invalid filter clause: the clause is empty.")
+    if len(text) > MAX_CLAUSE:
+        raise ODataError(f"Invalid filter clause: longer than {MAX_CLAUSE} characters.")
     parser = _Parser(text, columns)
     where = parser.parse()
     return SqlFilter(where, parser.params, parser.properties)

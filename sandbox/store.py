@@ -433,7 +433,7 @@ class Store:
 
     def outbound(self, since: int) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM outbound WHERE seq > ? ORDER BY seq", (since,)).fetchall()
-        return [{"seq": r["seq"], "sender": r["sender"], "sent": r["sent"], **json.loads(r["doc"])} for r in rows]
+        return [{**json.loads(r["doc"]), "seq": r["seq"], "mailbox": r["sender"], "sent": r["sent"]} for r in rows]
 
 
 def _folder(row: sqlite3.Row) -> Folder:
