@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox.launcher import SandboxProcess  # noqa: E402
+from sandbox.launcher import SandboxProcess
 
 SENDER = "notifications@contoso.test"
 SUPPORT = "support@contoso.test"
@@ -30,9 +30,15 @@ PAGE_RUNS = 15
 
 def _token(sandbox: SandboxProcess) -> str:
     assert sandbox.control is not None
-    answer = sandbox.control.post(f"/{sandbox.env['GRAPH_TENANT_ID']}/oauth2/v2.0/token", data={
-        "grant_type": "client_credentials", "client_id": sandbox.env["GRAPH_CLIENT_ID"],
-        "client_secret": "sandbox-graph-client-secret", "scope": "https://graph.microsoft.com/.default"})
+    answer = sandbox.control.post(
+        f"/{sandbox.env['GRAPH_TENANT_ID']}/oauth2/v2.0/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": sandbox.env["GRAPH_CLIENT_ID"],
+            "client_secret": "sandbox-graph-client-secret",
+            "scope": "https://graph.microsoft.com/.default",
+        },
+    )
     answer.raise_for_status()
     return str(answer.json()["access_token"])
 
@@ -48,13 +54,21 @@ async def _send_throughput(sandbox: SandboxProcess, token: str) -> float:
     failures = 0
 
     async with httpx.AsyncClient(verify=context, limits=limits, headers=headers, timeout=30) as client:
+
         async def worker() -> None:
             nonlocal failures
             while not queue.empty():
                 n = queue.get_nowait()
-                answer = await client.post(url, json={"message": {
-                    "subject": f"Bench {n}", "body": {"contentType": "text", "content": "CPU at 97% on web-3"},
-                    "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}]}})
+                answer = await client.post(
+                    url,
+                    json={
+                        "message": {
+                            "subject": f"Bench {n}",
+                            "body": {"contentType": "text", "content": "CPU at 97% on web-3"},
+                            "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}],
+                        }
+                    },
+                )
                 failures += answer.status_code != 202
 
         await client.post(url, json={"message": {"toRecipients": [{"emailAddress": {"address": "a@b.test"}}]}})
@@ -67,8 +81,17 @@ async def _send_throughput(sandbox: SandboxProcess, token: str) -> float:
 
 
 def _page_times(sandbox: SandboxProcess, token: str) -> list[float]:
-    sandbox.deliver(SUPPORT, [{"subject": f"Ticket {i}", "from": f"c{i % 9}@fabrikam.test",
-                               "body": f"Customer message {i} " + "lorem ipsum " * 20} for i in range(PAGE_MESSAGES)])
+    sandbox.deliver(
+        SUPPORT,
+        [
+            {
+                "subject": f"Ticket {i}",
+                "from": f"c{i % 9}@fabrikam.test",
+                "body": f"Customer message {i} " + "lorem ipsum " * 20,
+            }
+            for i in range(PAGE_MESSAGES)
+        ],
+    )
     context = ssl.create_default_context(cafile=sandbox.env["SSL_CERT_FILE"])
     times = []
     with httpx.Client(verify=context, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
@@ -77,6 +100,18 @@ def _page_times(sandbox: SandboxProcess, token: str) -> list[float]:
             answer = client.get(f"{sandbox.url}/v1.0/users/{SUPPORT}/messages", params={"$top": "1000"})
             times.append((time.perf_counter() - started) * 1000)
             assert len(answer.json()["value"]) == 1000
+    return times
+
+
+def _small_get_times(sandbox: SandboxProcess, token: str) -> list[float]:
+    """Sequential small GETs on one connection: catches per-request stalls such as Nagle + delayed ACK."""
+    context = ssl.create_default_context(cafile=sandbox.env["SSL_CERT_FILE"])
+    times = []
+    with httpx.Client(verify=context, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        for _ in range(200):
+            started = time.perf_counter()
+            client.get(f"{sandbox.url}/v1.0/users/{SUPPORT}/mailFolders/inbox").raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
     return times
 
 
@@ -89,12 +124,19 @@ def main() -> None:
         with SandboxProcess(Path(data) / "bench") as sandbox:
             token = _token(sandbox)
             rates = [asyncio.run(_send_throughput(sandbox, token)) for _ in range(3)]
+            small = _small_get_times(sandbox, token)
             pages = _page_times(sandbox, token)
     print(f"sandbox start-up: {[round(s, 2) for s in startups]} s")
-    print(f"sendMail throughput, {CONCURRENCY} concurrent clients, {SENDS} mails per run: "
-          f"{[round(r) for r in rates]} mails/s")
-    print(f"GET $top=1000 of {PAGE_MESSAGES} messages: median {statistics.median(pages):.0f} ms, "
-          f"max {max(pages):.0f} ms over {PAGE_RUNS} runs")
+    print(
+        f"sendMail throughput, {CONCURRENCY} concurrent clients, {SENDS} mails per run: "
+        f"{[round(r) for r in rates]} mails/s"
+    )
+    print(
+        f"GET $top=1000 of {PAGE_MESSAGES} messages: median {statistics.median(pages):.0f} ms, "
+        f"max {max(pages):.0f} ms over {PAGE_RUNS} runs"
+    )
+    print(f"sequential GET mailFolders/inbox: median {statistics.median(small):.1f} ms over {len(small)}")
+    print(f"BENCH sandbox_get_latency {statistics.median(small):.1f} ms")
     print(f"BENCH sandbox_startup {statistics.median(startups):.2f} s")
     print(f"BENCH sandbox_page_1000 {statistics.median(pages):.0f} ms")
     print(f"BENCH sandbox_sendmail {statistics.median(rates):.0f} mails/s")

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         store.reset(seed, raw)
     sandbox = Sandbox.create(store, raw)
 
-    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # IPPROTO_TCP explicitly: the event loop sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it small answers wait for the client's delayed ACK (40 ms each).
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((args.host, args.port))
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_keyfile=str(tls.server_key),
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
 

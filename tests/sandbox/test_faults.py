@@ -34,10 +34,13 @@ def test_latency_delays_graph_answers_only(sandbox: SandboxProcess) -> None:
     assert time.perf_counter() - started < 0.4
 
 
-@pytest.mark.parametrize(("status", "code", "retry_after"), [
-    (500, "InternalServerError", False), (503, "ServiceUnavailable", True), (429, "TooManyRequests", True)])
-def test_injected_errors_use_the_configured_statuses(sandbox: SandboxProcess, status: int, code: str,
-                                                     retry_after: bool) -> None:
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after"),
+    [(500, "InternalServerError", False), (503, "ServiceUnavailable", True), (429, "TooManyRequests", True)],
+)
+def test_injected_errors_use_the_configured_statuses(
+    sandbox: SandboxProcess, status: int, code: str, retry_after: bool
+) -> None:
     headers = bearer(sandbox)
     sandbox.set_faults(errorRate=1, errorStatuses=[status])
     answer = _get(sandbox, headers)
@@ -95,9 +98,18 @@ def test_msgraph_retry_middleware_rides_through_a_throttled_burst(sandbox: Sandb
 
     async def burst() -> None:
         async with graph_client(sandbox) as graph:
-            sends = [graph.users.by_user_id(SENDER).send_mail.post(SendMailPostRequestBody(message=Message(
-                subject=f"alert {i}", to_recipients=[Recipient(email_address=EmailAddress(address="bob@contoso.test"))],
-            ), save_to_sent_items=False)) for i in range(12)]
+            sends = [
+                graph.users.by_user_id(SENDER).send_mail.post(
+                    SendMailPostRequestBody(
+                        message=Message(
+                            subject=f"alert {i}",
+                            to_recipients=[Recipient(email_address=EmailAddress(address="bob@contoso.test"))],
+                        ),
+                        save_to_sent_items=False,
+                    )
+                )
+                for i in range(12)
+            ]
             await asyncio.gather(*sends)
 
     asyncio.run(burst())
@@ -115,7 +127,11 @@ def test_the_request_log_records_each_graph_request(sandbox: SandboxProcess) -> 
     first, second = sandbox.requests(since)
     assert first["seq"] == since + 1 and second["seq"] == since + 2
     assert (first["method"], first["path"], first["status"], first["mailbox"]) == (
-        "GET", f"/users/{SUPPORT}/mailFolders", 200, SUPPORT)
+        "GET",
+        f"/users/{SUPPORT}/mailFolders",
+        200,
+        SUPPORT,
+    )
     assert first["ms"] >= 0
     assert second["status"] == 404
     assert sandbox.requests(since + 1) == [second]

@@ -35,8 +35,9 @@ def test_mail_folders_list_the_roots_children_with_counts_and_page_by_10(sandbox
     async def scenario(mailbox: Any) -> Any:
         first = await mailbox.mail_folders.get()
         second = await mailbox.mail_folders.with_url(first.odata_next_link).get()
-        hidden = await mailbox.mail_folders.get(RequestConfiguration(query_parameters=FolderQuery(
-            include_hidden_folders="true", top=50)))
+        hidden = await mailbox.mail_folders.get(
+            RequestConfiguration(query_parameters=FolderQuery(include_hidden_folders="true", top=50))
+        )
         return first, second, hidden
 
     first, second, hidden = _run(sandbox, scenario)
@@ -88,9 +89,14 @@ def test_patch_updates_categories_read_flag_importance_and_the_folder_counts(san
     async def scenario(mailbox: Any) -> Any:
         page = await mailbox.mail_folders.by_mail_folder_id("inbox").messages.get()
         target = next(m for m in page.value if not m.is_read)
-        patched = await mailbox.messages.by_message_id(target.id).patch(Message(
-            categories=["Digested"], is_read=True, importance=Importance.High,
-            flag=FollowupFlag(flag_status=FollowupFlagStatus.Flagged)))
+        patched = await mailbox.messages.by_message_id(target.id).patch(
+            Message(
+                categories=["Digested"],
+                is_read=True,
+                importance=Importance.High,
+                flag=FollowupFlag(flag_status=FollowupFlagStatus.Flagged),
+            )
+        )
         inbox = await mailbox.mail_folders.by_mail_folder_id("inbox").get()
         return target, patched, inbox
 
@@ -109,10 +115,13 @@ def test_patch_refuses_read_only_and_mistyped_properties_and_needs_read_write(sa
     message_id = sandbox.mailbox(SUPPORT, "inbox")[0]["id"]
     assert sandbox.control is not None
     url = f"/v1.0/users/{SUPPORT}/messages/{message_id}"
-    for body, code in (({"subject": "rewritten"}, "ErrorInvalidPropertyUpdateSentMessage"),
-                       ({"isRead": "yes"}, "RequestBodyRead"), ({"categories": "Digested"}, "RequestBodyRead"),
-                       ({"nonsense": 1}, "RequestBodyRead"), ({"receivedDateTime": "2020-01-01"},
-                                                              "ErrorInvalidPropertyRequest")):
+    for body, code in (
+        ({"subject": "rewritten"}, "ErrorInvalidPropertyUpdateSentMessage"),
+        ({"isRead": "yes"}, "RequestBodyRead"),
+        ({"categories": "Digested"}, "RequestBodyRead"),
+        ({"nonsense": 1}, "RequestBodyRead"),
+        ({"receivedDateTime": "2020-01-01"}, "ErrorInvalidPropertyRequest"),
+    ):
         answer = sandbox.control.patch(url, json=body, headers=bearer(sandbox))
         assert (answer.status_code, answer.json()["error"]["code"]) == (400, code), body
     reader = sandbox.control.patch(url, json={"isRead": True}, headers=bearer(sandbox, READER_APP_ID, READER_SECRET))
@@ -128,9 +137,19 @@ def _batch(sandbox: SandboxProcess, requests: list[dict[str, Any]]) -> Any:
 def test_batch_runs_20_patches_with_relative_urls_and_answers_each_by_id(sandbox: SandboxProcess) -> None:
     sandbox.deliver(SUPPORT, [{"subject": f"m{i}"} for i in range(20)])
     ids = [m["id"] for m in sandbox.mailbox(SUPPORT) if m["subject"].startswith("m")]
-    answer = _batch(sandbox, [{"id": str(n), "method": "PATCH", "url": f"/users/{SUPPORT}/messages/{mid}",
-                               "headers": {"Content-Type": "application/json"}, "body": {"categories": ["Digested"]}}
-                              for n, mid in enumerate(ids)])
+    answer = _batch(
+        sandbox,
+        [
+            {
+                "id": str(n),
+                "method": "PATCH",
+                "url": f"/users/{SUPPORT}/messages/{mid}",
+                "headers": {"Content-Type": "application/json"},
+                "body": {"categories": ["Digested"]},
+            }
+            for n, mid in enumerate(ids)
+        ],
+    )
     assert answer.status_code == 200
     responses = answer.json()["responses"]
     assert sorted(int(r["id"]) for r in responses) == list(range(20))
@@ -144,24 +163,39 @@ def test_batch_runs_20_patches_with_relative_urls_and_answers_each_by_id(sandbox
 
 
 def test_batch_over_20_or_with_absolute_urls_is_400(sandbox: SandboxProcess) -> None:
-    too_many = _batch(sandbox, [{"id": str(i), "method": "GET", "url": f"/users/{SUPPORT}/messages"}
-                                for i in range(21)])
+    too_many = _batch(
+        sandbox, [{"id": str(i), "method": "GET", "url": f"/users/{SUPPORT}/messages"} for i in range(21)]
+    )
     assert too_many.status_code == 400
     assert too_many.json()["error"]["code"] == "BadRequest"
-    absolute = _batch(sandbox, [{"id": "1", "method": "GET", "url": f"https://graph.microsoft.com/v1.0/users/{SUPPORT}"}])
+    absolute = _batch(
+        sandbox, [{"id": "1", "method": "GET", "url": f"https://graph.microsoft.com/v1.0/users/{SUPPORT}"}]
+    )
     assert absolute.status_code == 400
 
 
 def test_batch_depends_on_orders_requests_and_fails_dependents_of_a_failure(sandbox: SandboxProcess) -> None:
     message_id = sandbox.mailbox(SUPPORT, "inbox")[0]["id"]
-    answer = _batch(sandbox, [
-        {"id": "read", "method": "PATCH", "url": f"/users/{SUPPORT}/messages/{message_id}", "body": {"isRead": True}},
-        {"id": "check", "method": "GET", "url": f"/users/{SUPPORT}/messages/{message_id}?$select=isRead",
-         "dependsOn": ["read"]},
-        {"id": "missing", "method": "GET", "url": f"/users/{SUPPORT}/messages/AAMkAGgone="},
-        {"id": "after-missing", "method": "GET", "url": f"/users/{SUPPORT}/mailFolders", "dependsOn": ["missing"]},
-        {"id": "outside", "method": "GET", "url": "/users/alice@contoso.test/messages"},
-    ]).json()
+    answer = _batch(
+        sandbox,
+        [
+            {
+                "id": "read",
+                "method": "PATCH",
+                "url": f"/users/{SUPPORT}/messages/{message_id}",
+                "body": {"isRead": True},
+            },
+            {
+                "id": "check",
+                "method": "GET",
+                "url": f"/users/{SUPPORT}/messages/{message_id}?$select=isRead",
+                "dependsOn": ["read"],
+            },
+            {"id": "missing", "method": "GET", "url": f"/users/{SUPPORT}/messages/AAMkAGgone="},
+            {"id": "after-missing", "method": "GET", "url": f"/users/{SUPPORT}/mailFolders", "dependsOn": ["missing"]},
+            {"id": "outside", "method": "GET", "url": "/users/alice@contoso.test/messages"},
+        ],
+    ).json()
     by_id = {r["id"]: r for r in answer["responses"]}
     assert by_id["read"]["status"] == 200
     assert by_id["check"]["status"] == 200 and by_id["check"]["body"]["isRead"] is True
@@ -174,8 +208,10 @@ def test_batch_depends_on_orders_requests_and_fails_dependents_of_a_failure(sand
 
 def test_graph_errors_carry_request_ids(sandbox: SandboxProcess) -> None:
     assert sandbox.control is not None
-    answer = sandbox.control.get("/v1.0/users/nobody@contoso.test/messages",
-                                 headers={**bearer(sandbox), "client-request-id": "my-correlation-id"})
+    answer = sandbox.control.get(
+        "/v1.0/users/nobody@contoso.test/messages",
+        headers={**bearer(sandbox), "client-request-id": "my-correlation-id"},
+    )
     assert answer.status_code == 404
     inner = answer.json()["error"]["innerError"]
     assert inner["client-request-id"] == "my-correlation-id" == answer.headers["client-request-id"]

@@ -32,11 +32,23 @@ def _recipients(*addresses: str) -> list[Recipient]:
     return [Recipient(email_address=EmailAddress(address=a)) for a in addresses]
 
 
-def _mail(to: list[str], *, cc: list[str] = (), bcc: list[str] = (), subject: str = "Disk full on db-1",  # type: ignore[assignment]
-          save: bool | None = None, **extra: Any) -> SendMailPostRequestBody:
-    message = Message(subject=subject, body=ItemBody(content_type=BodyType.Html, content="<p>92% used</p>"),
-                      to_recipients=_recipients(*to), cc_recipients=_recipients(*cc),
-                      bcc_recipients=_recipients(*bcc), **extra)
+def _mail(
+    to: list[str],
+    *,
+    cc: list[str] = (),
+    bcc: list[str] = (),
+    subject: str = "Disk full on db-1",  # type: ignore[assignment]
+    save: bool | None = None,
+    **extra: Any,
+) -> SendMailPostRequestBody:
+    message = Message(
+        subject=subject,
+        body=ItemBody(content_type=BodyType.Html, content="<p>92% used</p>"),
+        to_recipients=_recipients(*to),
+        cc_recipients=_recipients(*cc),
+        bcc_recipients=_recipients(*bcc),
+        **extra,
+    )
     return SendMailPostRequestBody(message=message, save_to_sent_items=save)
 
 
@@ -48,8 +60,9 @@ def _send(sandbox: SandboxProcess, body: SendMailPostRequestBody, sender: str = 
     asyncio.run(go())
 
 
-def _graph_error(sandbox: SandboxProcess, body: SendMailPostRequestBody, sender: str = SENDER,
-                 **client: Any) -> ODataError:
+def _graph_error(
+    sandbox: SandboxProcess, body: SendMailPostRequestBody, sender: str = SENDER, **client: Any
+) -> ODataError:
     with pytest.raises(ODataError) as raised:
         _send(sandbox, body, sender, **client)
     return raised.value
@@ -88,17 +101,25 @@ def test_external_recipients_are_recorded_as_sent(sandbox: SandboxProcess) -> No
 def test_send_mail_answers_202_with_an_empty_body_for_pascal_case_and_encoded_upn(sandbox: SandboxProcess) -> None:
     assert sandbox.control is not None
     answer = sandbox.control.post(
-        "/v1.0/users/notifications%40contoso.test/sendMail", headers=bearer(sandbox),
-        json={"Message": {"subject": "raw", "toRecipients": [{"emailAddress": {"address": "bob@contoso.test"}}]},
-              "SaveToSentItems": False})
+        "/v1.0/users/notifications%40contoso.test/sendMail",
+        headers=bearer(sandbox),
+        json={
+            "Message": {"subject": "raw", "toRecipients": [{"emailAddress": {"address": "bob@contoso.test"}}]},
+            "SaveToSentItems": False,
+        },
+    )
     assert answer.status_code == 202
     assert answer.content == b""
     assert answer.headers["request-id"]
 
 
 def test_attachments_and_custom_headers_arrive(sandbox: SandboxProcess) -> None:
-    attachment = FileAttachment(odata_type="#microsoft.graph.fileAttachment", name="report.csv",
-                                content_type="text/csv", content_bytes=b"host,used\ndb-1,92\n")
+    attachment = FileAttachment(
+        odata_type="#microsoft.graph.fileAttachment",
+        name="report.csv",
+        content_type="text/csv",
+        content_bytes=b"host,used\ndb-1,92\n",
+    )
     headers = [InternetMessageHeader(name="x-alert-id", value="42")]
     _send(sandbox, _mail(["alice@contoso.test"], attachments=[attachment], internet_message_headers=headers))
     [received] = sandbox.mailbox("alice@contoso.test")
@@ -108,18 +129,30 @@ def test_attachments_and_custom_headers_arrive(sandbox: SandboxProcess) -> None:
     assert received["internetMessageHeaders"] == [{"name": "x-alert-id", "value": "42"}]
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (_mail([]), 400, "ErrorInvalidRecipients"),
-    (_mail([f"user{i}@fabrikam.test" for i in range(501)]), 400, "ErrorTooManyRecipients"),
-    (_mail(["not-an-address"]), 400, "ErrorInvalidRecipients"),
-    (_mail(["alice@contoso.test"], internet_message_headers=[
-        InternetMessageHeader(name=f"x-h{i}", value="v") for i in range(6)]), 400,
-     "InvalidInternetMessageHeaderCollection"),
-    (_mail(["alice@contoso.test"], internet_message_headers=[InternetMessageHeader(name="Reply-By", value="v")]),
-     400, "InvalidInternetMessageHeader"),
-])
-def test_send_mail_refuses_what_exchange_refuses(sandbox: SandboxProcess, body: SendMailPostRequestBody,
-                                                 status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (_mail([]), 400, "ErrorInvalidRecipients"),
+        (_mail([f"user{i}@fabrikam.test" for i in range(501)]), 400, "ErrorTooManyRecipients"),
+        (_mail(["not-an-address"]), 400, "ErrorInvalidRecipients"),
+        (
+            _mail(
+                ["alice@contoso.test"],
+                internet_message_headers=[InternetMessageHeader(name=f"x-h{i}", value="v") for i in range(6)],
+            ),
+            400,
+            "InvalidInternetMessageHeaderCollection",
+        ),
+        (
+            _mail(["alice@contoso.test"], internet_message_headers=[InternetMessageHeader(name="Reply-By", value="v")]),
+            400,
+            "InvalidInternetMessageHeader",
+        ),
+    ],
+)
+def test_send_mail_refuses_what_exchange_refuses(
+    sandbox: SandboxProcess, body: SendMailPostRequestBody, status: int, code: str
+) -> None:
     error = _graph_error(sandbox, body)
     assert error.response_status_code == status
     assert error.error is not None and error.error.code == code
@@ -154,14 +187,20 @@ def test_sending_as_another_mailbox_is_denied(sandbox: SandboxProcess) -> None:
 def _seed_support(sandbox: SandboxProcess, count: int) -> datetime:
     """`count` messages in support@'s inbox: every third read, every fifth categorised, senders rotating."""
     start = datetime(2026, 11, 22, tzinfo=UTC)  # after the seed's own support@ mail
-    sandbox.deliver(SUPPORT, [{
-        "subject": f"Ticket {i:05d}",
-        "from": f"customer{i % 7}@fabrikam.test",
-        "body": f"Message number {i}",
-        "isRead": i % 3 == 0,
-        "categories": ["Billing"] if i % 5 == 0 else [],
-        "receivedDateTime": (start + timedelta(minutes=i)).isoformat(),
-    } for i in range(count)])
+    sandbox.deliver(
+        SUPPORT,
+        [
+            {
+                "subject": f"Ticket {i:05d}",
+                "from": f"customer{i % 7}@fabrikam.test",
+                "body": f"Message number {i}",
+                "isRead": i % 3 == 0,
+                "categories": ["Billing"] if i % 5 == 0 else [],
+                "receivedDateTime": (start + timedelta(minutes=i)).isoformat(),
+            }
+            for i in range(count)
+        ],
+    )
     return start
 
 
@@ -202,18 +241,41 @@ def test_filter_select_orderby_count_and_the_inefficient_filter_rule(sandbox: Sa
         async with graph_client(sandbox) as graph:
             builder = graph.users.by_user_id(SUPPORT).messages
             unread = await _all_pages(graph, SUPPORT, Query(filter="isRead eq false", top=50, count=True))
-            billing = await builder.get(RequestConfiguration(query_parameters=Query(
-                filter="categories/any(c:c eq 'Billing')", count=True, top=1)))
-            sender = await builder.get(RequestConfiguration(query_parameters=Query(
-                filter="from/emailAddress/address eq 'CUSTOMER3@fabrikam.test'", count=True, top=1)))
-            ordered = await builder.get(RequestConfiguration(query_parameters=Query(
-                filter=f"receivedDateTime ge {since} and isRead eq false", orderby=["receivedDateTime asc"],
-                select=["subject", "isRead"], top=5)))
+            billing = await builder.get(
+                RequestConfiguration(
+                    query_parameters=Query(filter="categories/any(c:c eq 'Billing')", count=True, top=1)
+                )
+            )
+            sender = await builder.get(
+                RequestConfiguration(
+                    query_parameters=Query(
+                        filter="from/emailAddress/address eq 'CUSTOMER3@fabrikam.test'", count=True, top=1
+                    )
+                )
+            )
+            ordered = await builder.get(
+                RequestConfiguration(
+                    query_parameters=Query(
+                        filter=f"receivedDateTime ge {since} and isRead eq false",
+                        orderby=["receivedDateTime asc"],
+                        select=["subject", "isRead"],
+                        top=5,
+                    )
+                )
+            )
             with pytest.raises(ODataError) as inefficient:
-                await builder.get(RequestConfiguration(query_parameters=Query(
-                    filter="isRead eq false", orderby=["receivedDateTime desc"])))
-            return {"unread": unread, "billing": billing, "sender": sender, "ordered": ordered,
-                    "inefficient": inefficient.value}
+                await builder.get(
+                    RequestConfiguration(
+                        query_parameters=Query(filter="isRead eq false", orderby=["receivedDateTime desc"])
+                    )
+                )
+            return {
+                "unread": unread,
+                "billing": billing,
+                "sender": sender,
+                "ordered": ordered,
+                "inefficient": inefficient.value,
+            }
 
     found = asyncio.run(go())
     unread_messages, _ = found["unread"]
@@ -224,20 +286,40 @@ def test_filter_select_orderby_count_and_the_inefficient_filter_rule(sandbox: Sa
     assert found["sender"].odata_count == len([i for i in range(300) if i % 7 == 3])
     ordered = found["ordered"].value
     # unread are those with i % 3 != 0, from minute 100 on, oldest first
-    assert [m.subject for m in ordered] == ["Ticket 00100", "Ticket 00101", "Ticket 00103", "Ticket 00104",
-                                            "Ticket 00106"]
+    assert [m.subject for m in ordered] == [
+        "Ticket 00100",
+        "Ticket 00101",
+        "Ticket 00103",
+        "Ticket 00104",
+        "Ticket 00106",
+    ]
     assert ordered[0].body is None  # only the selected properties come back
     assert found["ordered"].additional_data["@odata.context"].endswith("/messages(subject,isRead)")
     assert found["inefficient"].response_status_code == 400
     assert found["inefficient"].error.code == "InefficientFilter"
 
 
-@pytest.mark.parametrize("query", [
-    "$filter=isRead eq", "$filter=nosuch eq 1", "$filter=isRead eq 'yes'", "$filter=(isRead eq true",
-    "$orderby=bogus desc", "$orderby=subject sideways", "$select=nosuch", "$top=0", "$top=1001", "$top=ten",
-    "$skip=-1", "$count=maybe", "$search=x", "$filter=receivedDateTime ge 2026-13-45T00:00:00Z",
-    "$filter=categories eq 'Billing'", "$filter=subject eq 'x'' or 1=1 --",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "$filter=isRead eq",
+        "$filter=nosuch eq 1",
+        "$filter=isRead eq 'yes'",
+        "$filter=(isRead eq true",
+        "$orderby=bogus desc",
+        "$orderby=subject sideways",
+        "$select=nosuch",
+        "$top=0",
+        "$top=1001",
+        "$top=ten",
+        "$skip=-1",
+        "$count=maybe",
+        "$search=x",
+        "$filter=receivedDateTime ge 2026-13-45T00:00:00Z",
+        "$filter=categories eq 'Billing'",
+        "$filter=subject eq 'x'' or 1=1 --",
+    ],
+)
 def test_malformed_odata_gets_400(sandbox: SandboxProcess, query: str) -> None:
     assert sandbox.control is not None
     answer = sandbox.control.get(f"/v1.0/users/{SUPPORT}/messages?{query}", headers=bearer(sandbox))
@@ -248,8 +330,9 @@ def test_malformed_odata_gets_400(sandbox: SandboxProcess, query: str) -> None:
 def test_a_quote_in_a_filter_literal_is_data_not_sql(sandbox: SandboxProcess) -> None:
     sandbox.deliver(SUPPORT, [{"subject": "it's broken", "from": "a@fabrikam.test"}])
     assert sandbox.control is not None
-    answer = sandbox.control.get(f"/v1.0/users/{SUPPORT}/messages",
-                                 params={"$filter": "subject eq 'it''s broken'"}, headers=bearer(sandbox))
+    answer = sandbox.control.get(
+        f"/v1.0/users/{SUPPORT}/messages", params={"$filter": "subject eq 'it''s broken'"}, headers=bearer(sandbox)
+    )
     assert [m["subject"] for m in answer.json()["value"]] == ["it's broken"]
 
 
@@ -271,7 +354,8 @@ def test_attachments_can_be_read_back_with_expand(sandbox: SandboxProcess) -> No
     _send(sandbox, _mail([SUPPORT], attachments=[attachment]))
     [received] = [m for m in sandbox.mailbox(SUPPORT) if m["hasAttachments"]]
     assert sandbox.control is not None
-    answer = sandbox.control.get(f"/v1.0/users/{SUPPORT}/messages/{received['id']}",
-                                 params={"$expand": "attachments"}, headers=bearer(sandbox)).json()
+    answer = sandbox.control.get(
+        f"/v1.0/users/{SUPPORT}/messages/{received['id']}", params={"$expand": "attachments"}, headers=bearer(sandbox)
+    ).json()
     assert base64.b64decode(answer["attachments"][0]["contentBytes"]) == b"hello"
     assert isinstance(attachment, Attachment)

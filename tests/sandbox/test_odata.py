@@ -18,7 +18,8 @@ def test_comparisons_become_bound_parameters() -> None:
 def test_lambdas_not_or_and_functions() -> None:
     compiled = compile_filter(
         "not categories/any(c:c eq 'Digested') or (startswith(subject, '50%_off') and hasAttachments eq true)",
-        MESSAGE_COLUMNS)
+        MESSAGE_COLUMNS,
+    )
     assert "NOT (EXISTS (SELECT 1 FROM json_each(categories) WHERE value COLLATE NOCASE = ?))" in compiled.where
     assert compiled.params == ["Digested", "50\\%\\_off%", 1]
 
@@ -39,12 +40,27 @@ def test_inefficient_filter_rule() -> None:
 
 def test_orderby_terms() -> None:
     assert compile_orderby("receivedDateTime desc, subject", MESSAGE_COLUMNS) == (
-        ["received DESC", "subject ASC"], ["receiveddatetime", "subject"])
+        ["received DESC", "subject ASC"],
+        ["receiveddatetime", "subject"],
+    )
 
 
-@pytest.mark.parametrize("clause", ["", "isRead", "isRead eq", "isRead eq true and", "isRead eq true)",
-                                    "nosuch eq 1", "isRead gt", "categories/any(c:c eq 'x'", "subject eq 5",
-                                    "contains(subject)", "isRead eq true;"])
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "",
+        "isRead",
+        "isRead eq",
+        "isRead eq true and",
+        "isRead eq true)",
+        "nosuch eq 1",
+        "isRead gt",
+        "categories/any(c:c eq 'x'",
+        "subject eq 5",
+        "contains(subject)",
+        "isRead eq true;",
+    ],
+)
 def test_malformed_filters_raise(clause: str) -> None:
     with pytest.raises(ODataError):
         compile_filter(clause, MESSAGE_COLUMNS)

@@ -33,8 +33,10 @@ def test_pages_walk_from_mailboxes_to_a_message(sandbox: SandboxProcess) -> None
 
 def test_html_bodies_render_in_a_script_free_sandboxed_iframe(sandbox: SandboxProcess) -> None:
     body = '<p>Hi</p><script>alert("owned")</script><img src=x onerror="alert(1)">'
-    [delivered] = sandbox.deliver("alice@contoso.test", [{"subject": "<b>subject</b>", "from": "x@fabrikam.test",
-                                                          "body": {"contentType": "html", "content": body}}])
+    [delivered] = sandbox.deliver(
+        "alice@contoso.test",
+        [{"subject": "<b>subject</b>", "from": "x@fabrikam.test", "body": {"contentType": "html", "content": body}}],
+    )
     assert sandbox.control is not None
     answer = sandbox.control.get(f"/mailboxes/alice@contoso.test/messages/{delivered['id']}")
     assert "script-src" not in answer.headers["Content-Security-Policy"]
