@@ -63,7 +63,7 @@ async def token(request: Request) -> Response:
     client_id = form.get("client_id", "")
     if not client_id:
         return entra_error(400, "invalid_request", 900144, "The request body must contain the 'client_id' parameter.")
-    resource = resource_of(form.get("scope", ""))
+    resource = resource_of(form.get("scope", ""), base_url(request))
     if resource is None or not form.get("scope", "").strip().endswith("/.default"):
         return entra_error(
             400,
@@ -179,7 +179,7 @@ async def msi_token(request: Request) -> Response:
         return JSONResponse({"statusCode": 401, "message": "The X-IDENTITY-HEADER is missing or wrong."}, 401)
     if request.query_params.get("api-version") != "2019-08-01":
         return JSONResponse({"statusCode": 400, "message": "api-version must be 2019-08-01."}, 400)
-    resource = resource_of(request.query_params.get("resource", ""))
+    resource = resource_of(request.query_params.get("resource", ""), base_url(request))
     if resource is None:
         return JSONResponse({"statusCode": 400, "message": "The resource is not supported by the sandbox."}, 400)
     client_id = request.query_params.get("client_id") or ""

@@ -30,9 +30,15 @@ class Caller:
     tenant_id: str
 
 
-def resource_of(scope: str) -> str | None:
-    """`https://graph.microsoft.com/.default` -> `https://graph.microsoft.com`; None for what we don't serve."""
+def resource_of(scope: str, origin: str) -> str | None:
+    """`https://graph.microsoft.com/.default` -> `https://graph.microsoft.com`; None for what we don't serve.
+
+    The sandbox's own origin names Graph too, the way a national cloud's Graph root does, so a client whose
+    GRAPH_BASE_URL points here derives its scope from that URL like everywhere else.
+    """
     resource = scope.strip().removesuffix("/.default").rstrip("/")
+    if resource.lower() == origin.lower():
+        return GRAPH
     return resource if resource in RESOURCES else None
 
 
