@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SANDBOX_PORT ?= 8790
 
-.PHONY: run test lint bench setup clean
+.PHONY: run test lint bench schemas setup clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -34,6 +34,10 @@ run: setup
 
 bench: setup
 	$(BIN)/python bench/sandbox_bench.py
+
+schemas: $(VENV)/.installed
+	$(BIN)/python -c 'import json; from shared.openapi import mail_schema; \
+	  open("schemas/mail.schema.json", "w").write(json.dumps(mail_schema(), indent=2) + "\n")'
 
 clean:
 	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,7 @@ from azure.keyvault.secrets import SecretClient
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import SENDER, SUPPORT
+from ..helpers import SENDER, SUPPORT
 
 CLIENT_VARIABLES = (
     "SSL_CERT_FILE",

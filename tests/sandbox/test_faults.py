@@ -15,7 +15,7 @@ from msgraph.generated.users.item.send_mail.send_mail_post_request_body import S
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import SENDER, SUPPORT, bearer, graph_client
+from ..helpers import SENDER, SUPPORT, bearer, graph_client
 
 
 def _get(sandbox: SandboxProcess, headers: dict[str, str], mailbox: str = SUPPORT) -> httpx.Response:

@@ -16,7 +16,7 @@ from msgraph.generated.users.item.mail_folders.mail_folders_request_builder impo
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import READER_APP_ID, READER_SECRET, SUPPORT, bearer, graph_client
+from ..helpers import READER_APP_ID, READER_SECRET, SUPPORT, bearer, graph_client
 
 FolderQuery = MailFoldersRequestBuilder.MailFoldersRequestBuilderGetQueryParameters
 

@@ -23,7 +23,7 @@ from msgraph.generated.users.item.send_mail.send_mail_post_request_body import S
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import READER_APP_ID, READER_SECRET, SENDER, SUPPORT, bearer, graph_client
+from ..helpers import READER_APP_ID, READER_SECRET, SENDER, SUPPORT, bearer, graph_client
 
 Query = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters
 

@@ -17,7 +17,7 @@ from azure.keyvault.secrets import SecretClient
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import (
+from ..helpers import (
     APP_ID,
     APP_SECRET,
     CERT_APP_ID,

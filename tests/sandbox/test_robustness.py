@@ -9,7 +9,7 @@ import httpx
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import SENDER, SUPPORT, bearer
+from ..helpers import SENDER, SUPPORT, bearer
 
 SEND = f"/v1.0/users/{SENDER}/sendMail"
 

@@ -7,7 +7,7 @@ import re
 
 from sandbox.launcher import SandboxProcess
 
-from .conftest import SUPPORT
+from ..helpers import SUPPORT
 
 
 def test_pages_walk_from_mailboxes_to_a_message(sandbox: SandboxProcess) -> None:

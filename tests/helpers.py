@@ -1,23 +1,17 @@
-"""A sandbox per test session (reset before each test), a test seed, and msgraph-sdk clients for it."""
+"""Constants of the test seed and clients for the sandbox, shared by the test modules."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import pytest
-import trustme
 from azure.identity.aio import ClientSecretCredential
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from msgraph import GraphServiceClient
 from msgraph.graph_request_adapter import GraphRequestAdapter
 
 from sandbox.launcher import SandboxProcess
-from sandbox.seed import DEFAULT_SEED
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 APP_ID = "3c9b1e7a-5f2d-4a8e-b6c1-9d0e4f7a2b58"  # the default seed's app: scoped to notifications@, support@
@@ -29,54 +23,9 @@ NO_ROLES_APP_ID = "c3c3c3c3-0000-4000-8000-000000000003"
 NO_ROLES_SECRET = "no-roles-secret"
 MI_ID = "a1e5c3d7-9b2f-4e6a-8c0d-1f3b5a7c9e24"  # may read the vault
 MI_NOT_READER_ID = "b2b2b2b2-0000-4000-8000-000000000001"
+MI_GRAPH_ID = "b2b2b2b2-0000-4000-8000-000000000002"  # holds Mail.Send itself (managed_identity mode)
 SENDER = "notifications@contoso.test"
 SUPPORT = "support@contoso.test"
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A client certificate for the certificate app: the PEM to seed, the cert+key file for the SDK."""
-    leaf = trustme.CA().issue_cert("notifier-client.contoso.test", key_type=trustme.KeyType.RSA)
-    path = tmp_path_factory.mktemp("cert") / "client.pem"
-    path.write_bytes(leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes())
-    return {"public": leaf.cert_chain_pems[0].bytes().decode(), "path": path}
-
-
-@pytest.fixture(scope="session")
-def test_seed(certificate: dict[str, Any]) -> dict[str, Any]:
-    seed = json.loads(DEFAULT_SEED.read_text())
-    seed["apps"] += [
-        {"clientId": CERT_APP_ID, "certificates": [certificate["public"]], "roles": ["Mail.Send", "Mail.ReadWrite"]},
-        {"clientId": READER_APP_ID, "secrets": [READER_SECRET], "roles": ["Mail.Read"]},
-        {"clientId": NO_ROLES_APP_ID, "secrets": [NO_ROLES_SECRET], "roles": []},
-    ]
-    seed["managedIdentities"].append({"clientId": MI_NOT_READER_ID})
-    seed["keyVault"]["secrets"]["other-secret"] = "other-value"
-    return seed
-
-
-@pytest.fixture(scope="session")
-def sandbox_process(tmp_path_factory: pytest.TempPathFactory, test_seed: dict[str, Any]) -> Iterator[SandboxProcess]:
-    data = tmp_path_factory.mktemp("sandbox")
-    seed_path = data / "seed.json"
-    seed_path.write_text(json.dumps(test_seed))
-    process = SandboxProcess(data / "state", seed=seed_path).start()
-    saved = {name: os.environ.get(name) for name in process.env}
-    os.environ.update(process.env)  # the SDKs read the CA bundle and managed identity endpoint from here
-    yield process
-    process.stop()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture
-def sandbox(sandbox_process: SandboxProcess) -> SandboxProcess:
-    """The session's sandbox, reset to its seed with faults off."""
-    sandbox_process.reset()
-    return sandbox_process
 
 
 @asynccontextmanager
@@ -111,6 +60,40 @@ def bearer(
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
 
-def seed_path(sandbox: SandboxProcess) -> Path:
-    assert sandbox.seed is not None
-    return sandbox.seed
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    route: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> Any:
+    """A func.HttpRequest as the host builds it; `body` is sent as JSON unless `raw` bytes are given."""
+    import json
+
+    import azure.functions as func
+
+    content = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    return func.HttpRequest(method, url, headers=all_headers, params={}, route_params=route or {}, body=content)
+
+
+def run(scenario: Any) -> Any:
+    """Run a coroutine on a fresh event loop, then close that loop's cached Storage and Graph clients."""
+    import asyncio
+
+    from shared.functions import shutdown
+
+    async def go() -> Any:
+        try:
+            return await scenario
+        finally:
+            await shutdown()
+
+    return asyncio.run(go())
+
+
+def user_function(builder: Any) -> Any:
+    """The plain function behind a v2 decorator (`fn.build().get_user_function()`)."""
+    return builder.build().get_user_function()

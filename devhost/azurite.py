@@ -1,0 +1,96 @@
+"""Start Azurite (the npm package in node_modules) on free loopback ports, and stop it."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class AzuriteProcess:
+    """Blob, queue and table services of one Azurite process; `connection_string` points at them."""
+
+    def __init__(self, data_dir: Path, ports: tuple[int, int, int] | None = None) -> None:
+        self.data_dir = data_dir
+        self.blob_port, self.queue_port, self.table_port = ports or (free_port(), free_port(), free_port())
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        base = "http://127.0.0.1:{}/devstoreaccount1"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={base.format(self.blob_port)};QueueEndpoint={base.format(self.queue_port)};"
+            f"TableEndpoint={base.format(self.table_port)};"
+        )
+
+    def start(self, timeout: float = 30) -> AzuriteProcess:
+        binary = ROOT / "node_modules" / ".bin" / "azurite"
+        if not binary.exists():
+            raise RuntimeError("Azurite is not installed: run `npm ci` (make does it for you)")
+        if shutil.which("node") is None:
+            raise RuntimeError("Azurite needs Node.js: install node 18+ and npm")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(binary),
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--location",
+            str(self.data_dir),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.blob_port),
+            "--queueHost",
+            "127.0.0.1",
+            "--queuePort",
+            str(self.queue_port),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(self.table_port),
+        ]
+        log = (self.data_dir / "azurite.log").open("wb")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        for port in (self.blob_port, self.queue_port, self.table_port):
+            while not _listening(port):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"Azurite did not start; see {self.data_dir / 'azurite.log'}")
+                time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> AzuriteProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,150 @@
+"""Queue triggers with the Functions host's semantics, on Azure Storage queues (Azurite locally).
+
+Per poll: receive up to `batch_size` messages (base64, as the host encodes them), run the function on each
+concurrently, delete the message on success; on failure make it visible again after `visibility_timeout`,
+or, once its dequeue count reached `max_dequeue_count`, move it to `<queue>-poison`. Delivery is
+at-least-once, and several runners on one queue compete for messages as Function App instances do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.queue import QueueMessage
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+log = logging.getLogger("devhost.queues")
+
+QueueFunction = Callable[[func.QueueMessage], Awaitable[Any]]
+LOCK_SECONDS = 300  # how long a received message stays invisible while its function runs
+
+
+@dataclass
+class QueueSettings:
+    """host.json `extensions.queues` (the values the real host defaults to)."""
+
+    batch_size: int = 16
+    new_batch_threshold: int = 8
+    max_polling_interval: float = 2.0
+    visibility_timeout: float = 0.0
+    max_dequeue_count: int = 5
+
+
+@dataclass
+class Invocation:
+    message_id: str
+    dequeue_count: int
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class QueueTrigger:
+    """One queue-triggered function polled on one queue."""
+
+    connection_string: str
+    queue_name: str
+    function: QueueFunction
+    settings: QueueSettings = field(default_factory=QueueSettings)
+    invocations: list[Invocation] = field(default_factory=list)
+
+    def _client(self, name: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            self.connection_string,
+            name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    async def poll_once(self) -> int:
+        """Receive and run one batch; returns how many messages were handled."""
+        async with self._client(self.queue_name) as queue:
+            try:
+                received = [
+                    m
+                    async for m in queue.receive_messages(
+                        messages_per_page=self.settings.batch_size,
+                        max_messages=self.settings.batch_size,
+                        visibility_timeout=LOCK_SECONDS,
+                    )
+                ]
+            except ResourceNotFoundError:
+                await _create(queue)
+                return 0
+            await asyncio.gather(*(self._run(queue, message) for message in received))
+            return len(received)
+
+    async def _run(self, queue: QueueClient, message: Any) -> None:
+        body = message.content if isinstance(message.content, bytes) else str(message.content).encode()
+        invocation = QueueMessage(
+            id=message.id,
+            body=body,
+            dequeue_count=message.dequeue_count,
+            pop_receipt=message.pop_receipt,
+            insertion_time=message.inserted_on,
+            expiration_time=message.expires_on,
+            time_next_visible=message.next_visible_on,
+        )
+        started = time.perf_counter()
+        try:
+            await self.function(invocation)
+        except Exception as error:
+            self.invocations.append(
+                Invocation(
+                    message.id,
+                    message.dequeue_count,
+                    False,
+                    time.perf_counter() - started,
+                    f"{type(error).__name__}: {error}",
+                )
+            )
+            log.warning(
+                "%s: message %s failed (dequeue %d): %s", self.queue_name, message.id, message.dequeue_count, error
+            )
+            await self._after_failure(queue, message)
+            return
+        self.invocations.append(Invocation(message.id, message.dequeue_count, True, time.perf_counter() - started))
+        try:
+            await queue.delete_message(message)
+        except ResourceNotFoundError:
+            log.warning("%s: message %s was gone before it could be deleted", self.queue_name, message.id)
+
+    async def _after_failure(self, queue: QueueClient, message: Any) -> None:
+        if message.dequeue_count >= self.settings.max_dequeue_count:
+            async with self._client(f"{self.queue_name}-poison") as poison:
+                await _create(poison)
+                await poison.send_message(message.content)
+            await queue.delete_message(message)
+            log.warning(
+                "%s: message %s moved to %s-poison after %d dequeues",
+                self.queue_name,
+                message.id,
+                self.queue_name,
+                message.dequeue_count,
+            )
+        else:
+            await queue.update_message(message, visibility_timeout=int(self.settings.visibility_timeout))
+
+    async def drain(self, idle_polls: int = 1, timeout: float = 60) -> None:
+        """Poll until the queue has stayed empty for `idle_polls` polls in a row (tests, scripts)."""
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while idle < idle_polls:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.queue_name} did not drain in {timeout} s")
+            idle = idle + 1 if await self.poll_once() == 0 else 0
+
+
+async def _create(queue: QueueClient) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        await queue.create_queue()

@@ -1,0 +1,35 @@
+"""The Functions app: every trigger and its binding, each handing over to `shared` in one call."""
+
+import azure.functions as func
+
+from shared import functions as handlers
+from shared.config import settings
+
+settings()  # invalid or missing settings stop the app at start-up, with a message naming the setting
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="mail", methods=["POST"])
+async def post_mail(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.post_mail(req)
+
+
+@app.route(route="mail/{id}", methods=["GET"])
+async def get_mail(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.get_mail(req)
+
+
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.health(req)
+
+
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.openapi(req)
+
+
+@app.queue_trigger(arg_name="message", queue_name="mail-outbox", connection="AzureWebJobsStorage")
+async def mail_outbox(message: func.QueueMessage) -> None:
+    await handlers.mail_outbox(message)

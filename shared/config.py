@@ -1,0 +1,155 @@
+"""Settings: every app setting read and checked once, with one clear message naming a bad one."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+ADDRESS = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+DOMAIN = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)+$"
+)
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)  # Azurite's well-known development account (public, documented)
+_NCRONTAB = re.compile(r"^\S+(\s+\S+){5}$")
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    graph_auth_mode: str
+    graph_tenant_id: str
+    graph_client_id: str
+    key_vault_url: str
+    graph_credential_secret_name: str
+    graph_credential_kind: str
+    azure_client_id: str | None
+    azure_authority_host: str
+    graph_base_url: str
+    key_vault_verify_challenge_resource: bool
+    mail_default_sender: str
+    mail_allowed_senders: frozenset[str]
+    mail_allowed_recipient_domains: frozenset[str]
+    storage_connection: str
+    notify_config: str
+    alert_digest_schedule: str
+    mailbox_digest_schedule: str
+    audit_recipients: str
+
+    @property
+    def graph_host(self) -> str:
+        return urlsplit(self.graph_base_url).hostname or ""
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(name)
+    if value is None or not value.strip():
+        if default is None:
+            raise ConfigError(f"setting {name} is required")
+        return default
+    value = value.strip()
+    if value.startswith("@Microsoft.KeyVault("):
+        raise ConfigError(
+            f"setting {name} is an unresolved Key Vault reference ({value}): check that the app's "
+            "identity may read that secret and that the reference is spelled right"
+        )
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _text(env, name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"setting {name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _https_url(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = _text(env, name, default).rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"setting {name} must be an https:// URL, not {value!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _text(env, name, "true" if default else "false").lower()
+    if value not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ConfigError(f"setting {name} must be true or false, not {value!r}")
+    return value in {"true", "1", "yes"}
+
+
+def _address(name: str, value: str) -> str:
+    if not ADDRESS.match(value) or len(value) > 254:
+        raise ConfigError(f"setting {name}: {value!r} is not an email address")
+    return value.lower()
+
+
+def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _text(env, name, default)
+    if not _NCRONTAB.match(value):
+        raise ConfigError(f"setting {name} must be an NCRONTAB expression of six fields (seconds first), not {value!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Read and check every setting; raises ConfigError naming the first bad one."""
+    mode = _choice(env, "GRAPH_AUTH_MODE", "keyvault", ("keyvault", "managed_identity"))
+    keyvault = mode == "keyvault"
+    sender = _address("MAIL_DEFAULT_SENDER", _text(env, "MAIL_DEFAULT_SENDER"))
+    senders = {
+        _address("MAIL_ALLOWED_SENDERS", s.strip())
+        for s in _text(env, "MAIL_ALLOWED_SENDERS", sender).split(",")
+        if s.strip()
+    }
+    domains = set()
+    for domain in _text(env, "MAIL_ALLOWED_RECIPIENT_DOMAINS", "").split(","):
+        if domain.strip():
+            if not DOMAIN.match(domain.strip()):
+                raise ConfigError(f"setting MAIL_ALLOWED_RECIPIENT_DOMAINS: {domain.strip()!r} is not a domain")
+            domains.add(domain.strip().lower())
+    storage = _text(env, "AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    if storage.replace(" ", "").lower() == "usedevelopmentstorage=true":
+        storage = DEVELOPMENT_STORAGE
+    elif "AccountName=" not in storage and "QueueEndpoint=" not in storage:
+        raise ConfigError("setting AzureWebJobsStorage must be a Storage connection string")
+    return Settings(
+        graph_auth_mode=mode,
+        graph_tenant_id=_text(env, "GRAPH_TENANT_ID", None if keyvault else ""),
+        graph_client_id=_text(env, "GRAPH_CLIENT_ID", None if keyvault else ""),
+        key_vault_url=_https_url(env, "KEY_VAULT_URL") if keyvault else _text(env, "KEY_VAULT_URL", ""),
+        graph_credential_secret_name=_text(env, "GRAPH_CREDENTIAL_SECRET_NAME", "graph-client-secret"),
+        graph_credential_kind=_choice(env, "GRAPH_CREDENTIAL_KIND", "secret", ("secret", "certificate")),
+        azure_client_id=_text(env, "AZURE_CLIENT_ID", "") or None,
+        azure_authority_host=_https_url(env, "AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+        graph_base_url=_https_url(env, "GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
+        key_vault_verify_challenge_resource=_bool(env, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", True),
+        mail_default_sender=sender,
+        mail_allowed_senders=frozenset(senders | {sender}),
+        mail_allowed_recipient_domains=frozenset(domains),
+        storage_connection=storage,
+        notify_config=_text(env, "NOTIFY_CONFIG", "config/notify.yaml"),
+        alert_digest_schedule=_schedule(env, "ALERT_DIGEST_SCHEDULE", "0 0 * * * *"),
+        mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
+        audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
+    )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return load_settings(os.environ)

@@ -1,0 +1,335 @@
+"""The mail model: the app's request schema, the raw Graph sendMail form, validation, and Graph's JSON.
+
+`parse_mail` turns either accepted form into one `MailRequest`; `check_mail` applies the limits and the
+sending policy; `graph_send_body` renders what Graph's sendMail takes. Every problem is reported with the
+field it is in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import ADDRESS, Settings
+from .errors import AppError, Detail, invalid_request
+
+MAX_RECIPIENTS = 500  # Graph's limit per message
+MAX_SUBJECT = 255
+MAX_BODY_CHARS = 1_000_000
+MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024  # above this Graph needs an upload session
+MAX_ATTACHMENTS = 50
+MAX_HEADERS = 5  # Graph allows at most 5 custom internet message headers, named x-...
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"^[xX]-[A-Za-z0-9-]{1,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class Mailbox(_Strict):
+    address: str
+    name: str | None = None
+
+
+class Attachment(_Strict):
+    name: str = Field(min_length=1, max_length=255)
+    content_type: str = Field("application/octet-stream", alias="contentType", max_length=255)
+    content_base64: str = Field(alias="contentBase64")
+    inline: bool = False
+    content_id: str | None = Field(None, alias="contentId", max_length=255)
+
+
+class MailRequest(_Strict):
+    """A mail as callers send it (`POST /api/mail`, `mail-outbox`). Addresses may be strings or objects."""
+
+    id: str | None = None
+    sender: str | None = Field(None, alias="from")
+    to: list[Mailbox] = []
+    cc: list[Mailbox] = []
+    bcc: list[Mailbox] = []
+    reply_to: list[Mailbox] = Field([], alias="replyTo")
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    importance: Literal["low", "normal", "high"] = "normal"
+    attachments: list[Attachment] = []
+    save_to_sent_items: bool = Field(True, alias="saveToSentItems")
+    headers: dict[str, str] = {}
+    template: str | None = None
+    data: dict[str, Any] | None = None
+
+    @field_validator("to", "cc", "bcc", "reply_to", mode="before")
+    @classmethod
+    def _addresses_as_objects(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"address": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def recipients(self) -> list[str]:
+        return [m.address.lower() for m in (*self.to, *self.cc, *self.bcc)]
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON form this mail travels in (queue, blob)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _field(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _from_validation_error(error: ValidationError, prefix: str = "") -> AppError:
+    details = []
+    for item in error.errors():
+        location = tuple(p for p in item["loc"] if p not in {"str", "function-after[_addresses_as_objects()]"})
+        details.append(Detail(prefix + _field(location) or "body", item["msg"]))
+    return invalid_request(f"The mail is not valid: {details[0].field}: {details[0].message}", details)
+
+
+def parse_mail(body: Any) -> MailRequest:
+    """Accept the app's schema or a raw Graph sendMail body (`{"message": {...}, "saveToSentItems"}`)."""
+    if not isinstance(body, dict):
+        raise invalid_request("The body must be a JSON object.", [Detail("body", "not an object")])
+    lowered = {key.lower(): key for key in body}
+    if "message" in lowered:
+        return _from_graph(body, lowered)
+    try:
+        return MailRequest.model_validate(body)
+    except ValidationError as error:
+        raise _from_validation_error(error) from None
+
+
+_GRAPH_MESSAGE_FIELDS = {
+    "subject",
+    "body",
+    "torecipients",
+    "ccrecipients",
+    "bccrecipients",
+    "replyto",
+    "from",
+    "importance",
+    "attachments",
+    "internetmessageheaders",
+    "@odata.type",
+}
+
+
+def _graph_mailboxes(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_request(f"{where} must be an array of recipients.", [Detail(where, "not an array")])
+    result = []
+    for index, item in enumerate(value):
+        address = item.get("emailAddress") if isinstance(item, dict) else None
+        if not isinstance(address, dict):
+            raise invalid_request(
+                f'{where}[{index}] must be {{"emailAddress": {{"address": ...}}}}.',
+                [Detail(f"{where}[{index}]", "not a Graph recipient")],
+            )
+        result.append({k: v for k, v in address.items() if k in {"address", "name"}})
+    return result
+
+
+def _from_graph(body: dict[str, Any], lowered: dict[str, str]) -> MailRequest:
+    """Map a Graph sendMail body onto the app's schema, refusing what we would otherwise drop silently."""
+    extra = set(lowered) - {"message", "savetosentitems", "id"}
+    if extra:
+        name = lowered[sorted(extra)[0]]
+        raise invalid_request(f"Unknown property '{name}'.", [Detail(name, "unknown property")])
+    message = body[lowered["message"]]
+    if not isinstance(message, dict):
+        raise invalid_request("message must be an object.", [Detail("message", "not an object")])
+    fields = {key.lower(): value for key, value in message.items()}
+    unknown = set(fields) - _GRAPH_MESSAGE_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid_request(f"message.{name} is not supported.", [Detail(f"message.{name}", "not supported")])
+    mail: dict[str, Any] = {
+        "subject": fields.get("subject", ""),
+        "to": _graph_mailboxes(fields.get("torecipients"), "message.toRecipients"),
+        "cc": _graph_mailboxes(fields.get("ccrecipients"), "message.ccRecipients"),
+        "bcc": _graph_mailboxes(fields.get("bccrecipients"), "message.bccRecipients"),
+        "replyTo": _graph_mailboxes(fields.get("replyto"), "message.replyTo"),
+    }
+    if "id" in lowered:
+        mail["id"] = body[lowered["id"]]
+    if "savetosentitems" in lowered:
+        mail["saveToSentItems"] = body[lowered["savetosentitems"]]
+    if fields.get("from") is not None:
+        senders = _graph_mailboxes([fields["from"]], "message.from")
+        mail["from"] = senders[0].get("address")
+    if "importance" in fields:
+        mail["importance"] = str(fields["importance"]).lower()
+    item_body = fields.get("body")
+    if item_body is not None:
+        if not isinstance(item_body, dict):
+            raise invalid_request("message.body must be an itemBody.", [Detail("message.body", "not an object")])
+        kind = str(item_body.get("contentType", "text")).lower()
+        if kind not in {"text", "html"}:
+            raise invalid_request(
+                "message.body.contentType must be text or html.",
+                [Detail("message.body.contentType", "must be text or html")],
+            )
+        mail[kind] = item_body.get("content", "")
+    headers = fields.get("internetmessageheaders") or []
+    if not isinstance(headers, list) or not all(isinstance(h, dict) for h in headers):
+        raise invalid_request(
+            "message.internetMessageHeaders must be name/value pairs.",
+            [Detail("message.internetMessageHeaders", "not name/value pairs")],
+        )
+    mail["headers"] = {h.get("name"): h.get("value") for h in headers}
+    attachments = fields.get("attachments") or []
+    if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
+        raise invalid_request(
+            "message.attachments must be an array of file attachments.",
+            [Detail("message.attachments", "not an array of objects")],
+        )
+    mail["attachments"] = []
+    for index, attachment in enumerate(attachments):
+        kind = str(attachment.get("@odata.type", "#microsoft.graph.fileAttachment")).lower()
+        if kind != "#microsoft.graph.fileattachment":
+            raise invalid_request(
+                "Only file attachments are supported.",
+                [Detail(f"message.attachments[{index}]", "not a fileAttachment")],
+            )
+        mail["attachments"].append(
+            {
+                key: value
+                for key, value in {
+                    "name": attachment.get("name"),
+                    "contentType": attachment.get("contentType"),
+                    "contentBase64": attachment.get("contentBytes"),
+                    "inline": attachment.get("isInline"),
+                    "contentId": attachment.get("contentId"),
+                }.items()
+                if value is not None
+            }
+        )
+    try:
+        return MailRequest.model_validate(mail)
+    except ValidationError as error:
+        raise _from_validation_error(error, "message.") from None
+
+
+def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
+    """Apply limits and the sending policy; returns the mail with its sender filled in."""
+    problems: list[Detail] = []
+    if mail.id is not None and not ID_PATTERN.match(mail.id):
+        problems.append(Detail("id", "must be 1-64 letters, digits or . _ : - and start with a letter or digit"))
+    sender = (mail.sender or settings.mail_default_sender).lower()
+    if not ADDRESS.match(sender):
+        problems.append(Detail("from", "not an email address"))
+    elif sender not in settings.mail_allowed_senders:
+        problems.append(Detail("from", f"{sender} is not an allowed sender (MAIL_ALLOWED_SENDERS)"))
+    for group in ("to", "cc", "bcc", "reply_to"):
+        for index, mailbox in enumerate(getattr(mail, group)):
+            where = f"{'replyTo' if group == 'reply_to' else group}[{index}]"
+            if len(mailbox.address) > 254 or not ADDRESS.match(mailbox.address):
+                problems.append(Detail(where, "not an email address"))
+            elif (
+                group != "reply_to"
+                and settings.mail_allowed_recipient_domains
+                and mailbox.address.rsplit("@", 1)[1].lower() not in settings.mail_allowed_recipient_domains
+            ):
+                problems.append(Detail(where, "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)"))
+            if mailbox.name is not None and (_CONTROL.search(mailbox.name) or len(mailbox.name) > 255):
+                problems.append(Detail(f"{where}.name", "must be one line of at most 255 characters"))
+    count = len(mail.recipients())
+    if count == 0:
+        problems.append(Detail("to", "at least one recipient (to, cc or bcc) is required"))
+    if count > MAX_RECIPIENTS:
+        problems.append(Detail("to", f"{count} recipients; at most {MAX_RECIPIENTS} are allowed"))
+    if _CONTROL.search(mail.subject):
+        problems.append(Detail("subject", "must not contain line breaks or control characters"))
+    if len(mail.subject) > MAX_SUBJECT:
+        problems.append(Detail("subject", f"longer than {MAX_SUBJECT} characters"))
+    if mail.text is None and mail.html is None and mail.template is None:
+        problems.append(Detail("text", "a text or html body is required"))
+    for name in ("text", "html"):
+        if len(getattr(mail, name) or "") > MAX_BODY_CHARS:
+            problems.append(Detail(name, f"longer than {MAX_BODY_CHARS} characters"))
+    if len(mail.headers) > MAX_HEADERS:
+        problems.append(Detail("headers", f"at most {MAX_HEADERS} custom headers"))
+    for name, value in mail.headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            problems.append(Detail(f"headers.{name}", "header names must start with x- and use letters, digits, -"))
+        if not isinstance(value, str) or _CONTROL.search(value) or len(value) > 998:
+            problems.append(Detail(f"headers.{name}", "must be one line of at most 998 characters"))
+    problems += _attachment_problems(mail)
+    if mail.template is not None:
+        problems.append(Detail("template", f"no template named {mail.template!r} is configured"))
+    if problems:
+        raise invalid_request(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
+    return mail.model_copy(update={"sender": sender})
+
+
+def _attachment_problems(mail: MailRequest) -> list[Detail]:
+    problems = []
+    if len(mail.attachments) > MAX_ATTACHMENTS:
+        problems.append(Detail("attachments", f"at most {MAX_ATTACHMENTS} attachments"))
+    total = 0
+    for index, attachment in enumerate(mail.attachments):
+        where = f"attachments[{index}]"
+        for name in ("name", "content_type", "content_id"):
+            value = getattr(attachment, name)
+            if value is not None and _CONTROL.search(value):
+                problems.append(Detail(f"{where}.{name}", "must not contain line breaks or control characters"))
+        try:
+            total += len(base64.b64decode(attachment.content_base64, validate=True))
+        except (binascii.Error, ValueError):
+            problems.append(Detail(f"{where}.contentBase64", "not valid base64"))
+    if total > MAX_ATTACHMENT_BYTES:
+        problems.append(Detail("attachments", f"{total} bytes in all; at most {MAX_ATTACHMENT_BYTES} are allowed"))
+    return problems
+
+
+def graph_send_body(mail: MailRequest) -> dict[str, Any]:
+    """The JSON body of Graph's sendMail for a checked mail."""
+
+    def recipients(mailboxes: list[Mailbox]) -> list[dict[str, Any]]:
+        return [{"emailAddress": {"address": m.address, **({"name": m.name} if m.name else {})}} for m in mailboxes]
+
+    html = mail.html is not None
+    message: dict[str, Any] = {
+        "subject": mail.subject,
+        "body": {"contentType": "html" if html else "text", "content": mail.html if html else (mail.text or "")},
+        "toRecipients": recipients(mail.to),
+        "ccRecipients": recipients(mail.cc),
+        "bccRecipients": recipients(mail.bcc),
+        "importance": mail.importance,
+    }
+    if mail.reply_to:
+        message["replyTo"] = recipients(mail.reply_to)
+    if mail.headers:
+        message["internetMessageHeaders"] = [{"name": k, "value": v} for k, v in mail.headers.items()]
+    if mail.attachments:
+        message["attachments"] = [
+            {
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": a.name,
+                "contentType": a.content_type,
+                "contentBytes": a.content_base64,
+                "isInline": a.inline,
+                **({"contentId": a.content_id} if a.content_id else {}),
+            }
+            for a in mail.attachments
+        ]
+    return {"message": message, "saveToSentItems": mail.save_to_sent_items}
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    """A fingerprint of a mail's JSON form: the same mail under the same id is a repeat, not a conflict."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,199 @@
+"""The sender: one `mail-outbox` message in, one mail out through Graph, its status kept true.
+
+Semantics (at-least-once queue, exactly-once mail in the normal case):
+- a mail already `sent` (a redelivered message) is acknowledged without a Graph call;
+- throttling or service trouble beyond the SDK's short retries re-enqueues the message with Graph's
+  `Retry-After` as its visibility delay (a new message: no dequeue is spent) and keeps the status `queued`;
+- permanent Graph errors (400, 403, 404 ...) fail the mail at once with Graph's code;
+- a message that is not a valid mail goes to `mail-outbox-poison` with its reason in the status;
+- anything unexpected is raised for the host to redeliver; on the last dequeue (after which the host moves
+  the message to `mail-outbox-poison`, where it stays for inspection) the status says why it failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .audit import audit
+from .config import Settings
+from .errors import AppError, GraphError
+from .mail import MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
+from .store import OUTBOX, MailStatus, StatusChanged, Store
+
+if TYPE_CHECKING:
+    from .graph import GraphClient
+
+log = logging.getLogger("notifier.outbox")
+
+MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
+MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
+LEASE = timedelta(minutes=2)  # how long a `sending` claim keeps other instances off
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one outbox message."""
+
+    mail_id: str
+    outcome: str  # sent | duplicate | failed | retry_later | poisoned | busy
+    detail: str = ""
+
+
+def _later(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Sender:
+    """Delivers outbox messages; collaborators are passed in so tests use real ones."""
+
+    def __init__(self, settings: Settings, store: Store, graph: GraphClient) -> None:
+        self.settings = settings
+        self.store = store
+        self.graph = graph
+
+    async def deliver(self, text: str, message_id: str, dequeue_count: int) -> Delivery:
+        """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
+        fallback_id = f"q-{message_id}"  # a mail an outside producer enqueued without an id
+        try:
+            envelope = json.loads(text)
+            if not isinstance(envelope, dict):
+                raise ValueError("the message is not a JSON object")
+        except (ValueError, UnicodeDecodeError) as error:
+            return await self._poison(text, fallback_id, "invalid_message", f"not a mail: {error}")
+        mail_id = str(envelope.get("id") or fallback_id)
+        try:
+            return await self._deliver(text, envelope, mail_id)
+        except Exception as error:
+            await self._record_crash(mail_id, error, dequeue_count)
+            raise
+
+    async def _deliver(self, text: str, envelope: dict[str, Any], mail_id: str) -> Delivery:
+        try:
+            payload = await self.store.resolve_payload(envelope)
+        except ValueError as error:
+            return await self._poison(text, mail_id, "invalid_message", str(error))
+        try:
+            mail = check_mail(parse_mail(payload), self.settings)
+        except AppError as error:
+            return await self._poison(text, mail_id, error.code, error.message)
+
+        status = await self._status_for(mail_id, mail, payload)
+        if status.status == "sent":
+            return Delivery(mail_id, "duplicate", "already sent")
+        if status.status == "failed":
+            return Delivery(mail_id, "duplicate", "already failed")
+        if status.status == "sending" and status.lease_until > _later(timedelta()):
+            await self.store.requeue(OUTBOX, text, LEASE.total_seconds())
+            return Delivery(mail_id, "busy", "another instance is sending it")
+        try:
+            status.status, status.attempts, status.lease_until = "sending", status.attempts + 1, _later(LEASE)
+            status = await self.store.save_status(status)
+        except StatusChanged:
+            await self.store.requeue(OUTBOX, text, 5)
+            return Delivery(mail_id, "busy", "another instance claimed it")
+        return await self._send(mail, status, text, payload)
+
+    async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
+        existing = await self.store.get_status(mail_id)
+        if existing is not None:
+            return existing
+        created = await self.store.create_status(
+            MailStatus(
+                id=mail_id,
+                status="queued",
+                payload_hash=payload_hash(payload),
+                sender=mail.sender or "",
+                recipient_count=len(mail.recipients()),
+                enqueued=True,
+            )
+        )
+        return created or await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="queued")
+
+    async def _send(self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any]) -> Delivery:
+        sender = mail.sender or self.settings.mail_default_sender
+        try:
+            await self.graph.send_mail(sender, graph_send_body(mail))
+        except GraphError as error:
+            return await self._graph_failed(mail, status, text, payload, error)
+        status.status, status.error_code, status.error_message, status.lease_until = "sent", None, None, ""
+        await self._save_final(status)
+        await self.store.delete_payload(payload)
+        await audit(
+            self.store,
+            self.settings,
+            operation="sendMail",
+            mailbox=sender,
+            outcome="sent",
+            caller="mail-outbox",
+            correlation_id=status.id,
+            recipients=mail.recipients(),
+        )
+        return Delivery(status.id, "sent")
+
+    async def _graph_failed(
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError
+    ) -> Delivery:
+        sender = mail.sender or self.settings.mail_default_sender
+        status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], ""
+        if error.transient and status.attempts < MAX_ATTEMPTS:
+            delay = error.retry_after if error.retry_after is not None else min(300, 5 * 2**status.attempts)
+            status.status = "queued"
+            await self._save_final(status)
+            await self.store.requeue(OUTBOX, text, delay)
+            outcome, detail = "retry_later", f"Graph {error.status} {error.code}; again in {delay:.0f} s"
+        else:
+            status.status = "failed"
+            await self._save_final(status)
+            await self.store.delete_payload(payload)
+            outcome, detail = "failed", f"Graph {error.status} {error.code}"
+        await audit(
+            self.store,
+            self.settings,
+            operation="sendMail",
+            mailbox=sender,
+            outcome=outcome,
+            caller="mail-outbox",
+            correlation_id=status.id,
+            recipients=mail.recipients(),
+            detail=detail,
+        )
+        return Delivery(status.id, outcome, detail)
+
+    async def _save_final(self, status: MailStatus) -> None:
+        """Save an outcome we own (we hold the lease); a concurrent edit does not undo it."""
+        try:
+            await self.store.save_status(status)
+        except StatusChanged:
+            status.etag = None
+            await self.store.save_status(status)
+
+    async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int) -> None:
+        """Hand the mail back for the host's redelivery; on the last dequeue, record why it failed."""
+        last = dequeue_count >= MAX_DEQUEUE_COUNT
+        reason = f"{type(error).__name__} on delivery attempt {dequeue_count}"
+        if last:
+            reason += f"; moved to mail-outbox-poison after {dequeue_count} attempts"
+        try:
+            status = await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="queued")
+            if status.status == "sent":
+                return
+            status.status = "failed" if last else "queued"
+            status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, ""
+            await self._save_final(status)
+        except Exception:
+            log.exception("could not record the failure of mail %s", mail_id)
+
+    async def _poison(self, text: str, mail_id: str, code: str, reason: str) -> Delivery:
+        """A message that can never be sent: to the poison queue, with the reason in its status."""
+        await self.store.poison(OUTBOX, text)
+        status = await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="failed")
+        if status.status != "sent":
+            status.status, status.error_code, status.error_message = "failed", code, reason[:500]
+            status.etag = None
+            await self.store.save_status(status)
+        log.warning("mail %s poisoned: %s", mail_id, reason)
+        return Delivery(mail_id, "poisoned", reason)

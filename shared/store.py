@@ -1,0 +1,246 @@
+"""State in Azure Storage: mail status (Tables), the outbox queue with claim check (Queues, Blobs), audit.
+
+The one module that talks to Storage. Clients are async, made once per event loop and reused; tables,
+queues and the claim-check container are created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+OUTBOX = "mail-outbox"
+OUTBOX_POISON = "mail-outbox-poison"
+STATUS_TABLE = "mailstatus"
+AUDIT_TABLE = "audit"
+CLAIM_CONTAINER = "mail-payloads"
+QUEUE_PAYLOAD_LIMIT = 48 * 1024  # 64 KB per queue message once base64-encoded
+MAX_QUEUE_DELAY = 7 * 24 * 3600 - 1  # a visibility timeout must stay under 7 days
+
+
+class StatusChanged(Exception):
+    """The status row changed since it was read (another instance got there first)."""
+
+
+@dataclass
+class MailStatus:
+    """The status row of one mail: what `GET /api/mail/{id}` answers, plus what the sender needs."""
+
+    id: str
+    status: str  # queued | sending | sent | failed
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    created: str = ""
+    updated: str = ""
+    payload_hash: str = ""
+    sender: str = ""
+    recipient_count: int = 0
+    enqueued: bool = False
+    lease_until: str = ""
+    etag: str | None = field(default=None, repr=False)
+
+    def answer(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "updated": self.updated,
+        }
+        if self.error_code:
+            body["error"] = {"code": self.error_code, "message": self.error_message or ""}
+        return body
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _entity(status: MailStatus) -> dict[str, Any]:
+    entity = {k: v for k, v in status.__dict__.items() if k not in {"id", "etag"} and v is not None}
+    return {"PartitionKey": status.id, "RowKey": "status", **entity}
+
+
+def _status(entity: Any) -> MailStatus:
+    fields = {k: entity.get(k) for k in MailStatus.__dataclass_fields__ if k not in {"id", "etag"}}
+    status = MailStatus(id=entity["PartitionKey"], **{k: v for k, v in fields.items() if v is not None})
+    status.etag = entity.metadata.get("etag")
+    return status
+
+
+class Store:
+    """Mail status, the outbox queue, claim-check blobs and the audit table."""
+
+    def __init__(self, connection_string: str) -> None:
+        self._tables = TableServiceClient.from_connection_string(connection_string)
+        self._connection_string = connection_string
+        self._queues: dict[str, QueueClient] = {}
+        self._blobs = BlobServiceClient.from_connection_string(connection_string)
+        self._ready: asyncio.Task[None] | None = None
+
+    async def ensure(self) -> None:
+        """Create tables, queues and the claim-check container once per process."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._create())
+        await asyncio.shield(self._ready)
+
+    async def _create(self) -> None:
+        async def create(call: Any) -> None:
+            with contextlib.suppress(ResourceExistsError):
+                await call
+
+        await asyncio.gather(
+            create(self._tables.create_table(STATUS_TABLE)),
+            create(self._tables.create_table(AUDIT_TABLE)),
+            create(self._queue(OUTBOX).create_queue()),
+            create(self._queue(OUTBOX_POISON).create_queue()),
+            create(self._blobs.create_container(CLAIM_CONTAINER)),
+        )
+
+    # -- status ---------------------------------------------------------------------------------------
+    async def create_status(self, status: MailStatus) -> MailStatus | None:
+        """Insert a new status row; None when one with that id exists already."""
+        await self.ensure()
+        table = self._tables.get_table_client(STATUS_TABLE)
+        status.created = status.updated = now_iso()
+        try:
+            metadata = await table.create_entity(_entity(status))
+        except ResourceExistsError:
+            return None
+        status.etag = metadata.get("etag")
+        return status
+
+    async def get_status(self, mail_id: str) -> MailStatus | None:
+        await self.ensure()
+        try:
+            entity = await self._tables.get_table_client(STATUS_TABLE).get_entity(mail_id, "status")
+        except ResourceNotFoundError:
+            return None
+        return _status(entity)
+
+    async def save_status(self, status: MailStatus) -> MailStatus:
+        """Write a status row back, only if nobody changed it since it was read (ETag)."""
+        status.updated = now_iso()
+        table = self._tables.get_table_client(STATUS_TABLE)
+        try:
+            if status.etag is None:
+                metadata = await table.upsert_entity(_entity(status), mode=UpdateMode.REPLACE)
+            else:
+                metadata = await table.update_entity(
+                    _entity(status),
+                    mode=UpdateMode.REPLACE,
+                    etag=status.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise StatusChanged(status.id) from None
+        status.etag = metadata.get("etag")
+        return status
+
+    async def delete_status(self, mail_id: str) -> None:
+        await self._tables.get_table_client(STATUS_TABLE).delete_entity(mail_id, "status")
+
+    # -- outbox queue ---------------------------------------------------------------------------------
+    async def enqueue_mail(self, mail_id: str, payload: dict[str, Any], delay_seconds: float = 0) -> None:
+        """Put a mail on the outbox; a payload too big for a queue message goes through a blob."""
+        await self.ensure()
+        text = json.dumps(payload, separators=(",", ":"))
+        if len(text.encode()) > QUEUE_PAYLOAD_LIMIT:
+            blob = f"{mail_id}.json"
+            await self._blobs.get_blob_client(CLAIM_CONTAINER, blob).upload_blob(text.encode(), overwrite=True)
+            text = json.dumps({"id": mail_id, "claimCheck": f"{CLAIM_CONTAINER}/{blob}"})
+        await self.requeue(OUTBOX, text, delay_seconds)
+
+    async def requeue(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+        """Send a queue message as is, visible after a delay (a throttled mail's `Retry-After`)."""
+        delay = min(MAX_QUEUE_DELAY, max(0, round(delay_seconds)))
+        await self._queue(queue).send_message(text, visibility_timeout=delay or None)
+
+    def _queue(self, name: str) -> QueueClient:
+        """A client per queue, base64 like the Functions host (QueueServiceClient would drop the policy)."""
+        if name not in self._queues:
+            self._queues[name] = QueueClient.from_connection_string(
+                self._connection_string,
+                name,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
+        return self._queues[name]
+
+    async def resolve_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The mail of an outbox message: itself, or the blob its claim check names."""
+        claim = payload.get("claimCheck")
+        if claim is None:
+            return payload
+        container, _, blob = str(claim).partition("/")
+        if container != CLAIM_CONTAINER or not blob or "/" in blob:
+            raise ValueError(f"claimCheck {claim!r} does not name a mail payload")
+        downloader = await self._blobs.get_blob_client(container, blob).download_blob()
+        mail: dict[str, Any] = json.loads(await downloader.readall())
+        return mail
+
+    async def delete_payload(self, payload: dict[str, Any]) -> None:
+        claim = payload.get("claimCheck")
+        if claim:
+            container, _, blob = str(claim).partition("/")
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._blobs.get_blob_client(container, blob).delete_blob()
+
+    async def poison(self, queue: str, text: str) -> None:
+        """Move a message the app cannot use to `<queue>-poison` itself (the host does it after 5 crashes)."""
+        await self.ensure()
+        await self.requeue(f"{queue}-poison", text)
+
+    # -- audit ----------------------------------------------------------------------------------------
+    async def write_audit(self, record: dict[str, Any]) -> None:
+        """Append an audit record; newest first within a day's partition."""
+        await self.ensure()
+        stamp = datetime.now(UTC)
+        inverted = 10**16 - int(stamp.timestamp() * 1_000_000)
+        entity = {
+            "PartitionKey": stamp.strftime("%Y%m%d"),
+            "RowKey": f"{inverted:017d}-{uuid.uuid4().hex[:8]}",
+            **{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in record.items() if v is not None},
+        }
+        await self._tables.get_table_client(AUDIT_TABLE).create_entity(entity)
+
+    async def audit_records(self, day: str) -> list[dict[str, Any]]:
+        table = self._tables.get_table_client(AUDIT_TABLE)
+        return [dict(e) async for e in table.query_entities("PartitionKey eq @day", parameters={"day": day})]
+
+    async def ping(self) -> None:
+        """A cheap round trip to Table storage (the health check)."""
+        await self.ensure()
+        await self._tables.get_table_client(STATUS_TABLE).get_table_access_policy()
+
+    async def close(self) -> None:
+        await self._tables.close()
+        for queue in self._queues.values():
+            await queue.close()
+        await self._blobs.close()
+
+
+_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Store] = weakref.WeakKeyDictionary()
+
+
+def store(connection_string: str) -> Store:
+    """The cached store of this process's event loop."""
+    loop = asyncio.get_running_loop()
+    existing = _stores.get(loop)
+    if existing is None:
+        existing = _stores[loop] = Store(connection_string)
+    return existing

@@ -1,0 +1,133 @@
+"""Session fixtures: a sandbox (reset before each test that asks for it) and Azurite, both on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from devhost.azurite import AzuriteProcess
+from sandbox.launcher import SandboxProcess
+from sandbox.seed import DEFAULT_SEED
+from sandbox.tls import ensure_tls
+
+from .helpers import (
+    CERT_APP_ID,
+    MI_GRAPH_ID,
+    MI_NOT_READER_ID,
+    NO_ROLES_APP_ID,
+    NO_ROLES_SECRET,
+    READER_APP_ID,
+    READER_SECRET,
+    SENDER,
+)
+
+SANDBOX_DIR = Path(tempfile.mkdtemp(prefix="notifier-sandbox-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Trust the session sandbox's CA before anything imports aiohttp, which reads the trust store at import."""
+    (SANDBOX_DIR / "state").mkdir(parents=True, exist_ok=True)
+    tls = ensure_tls(SANDBOX_DIR / "state")
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(tls.ca_bundle)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SANDBOX_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A client certificate for the certificate app: the PEM to seed, the cert+key file for the SDK."""
+    leaf = trustme.CA().issue_cert("notifier-client.contoso.test", key_type=trustme.KeyType.RSA)
+    path = tmp_path_factory.mktemp("cert") / "client.pem"
+    path.write_bytes(leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes())
+    return {"public": leaf.cert_chain_pems[0].bytes().decode(), "path": path}
+
+
+@pytest.fixture(scope="session")
+def test_seed(certificate: dict[str, Any]) -> dict[str, Any]:
+    seed = json.loads(DEFAULT_SEED.read_text())
+    seed["apps"] += [
+        {"clientId": CERT_APP_ID, "certificates": [certificate["public"]], "roles": ["Mail.Send", "Mail.ReadWrite"]},
+        {"clientId": READER_APP_ID, "secrets": [READER_SECRET], "roles": ["Mail.Read"]},
+        {"clientId": NO_ROLES_APP_ID, "secrets": [NO_ROLES_SECRET], "roles": []},
+    ]
+    seed["managedIdentities"] += [
+        {"clientId": MI_NOT_READER_ID},
+        {"clientId": MI_GRAPH_ID, "roles": ["Mail.Send"], "mailboxScope": [SENDER]},
+    ]
+    seed["keyVault"]["secrets"]["other-secret"] = "other-value"
+    return seed
+
+
+@pytest.fixture(scope="session")
+def sandbox_process(test_seed: dict[str, Any]) -> Iterator[SandboxProcess]:
+    seed_path = SANDBOX_DIR / "seed.json"
+    seed_path.write_text(json.dumps(test_seed))
+    process = SandboxProcess(SANDBOX_DIR / "state", seed=seed_path).start()
+    saved = {name: os.environ.get(name) for name in process.env}
+    os.environ.update(process.env)  # the SDKs read the CA bundle and managed identity endpoint from here
+    yield process
+    process.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def sandbox(sandbox_process: SandboxProcess) -> SandboxProcess:
+    """The session's sandbox, reset to its seed with faults off."""
+    sandbox_process.reset()
+    return sandbox_process
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess]:
+    with AzuriteProcess(tmp_path_factory.mktemp("azurite")) as process:
+        yield process
+
+
+@pytest.fixture
+def app_env(
+    sandbox: SandboxProcess, azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The app's settings pointing at the sandbox and Azurite, with the outbox queues emptied."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import QueueClient
+
+    from shared.config import settings
+
+    env = {
+        "GRAPH_AUTH_MODE": "keyvault",
+        "GRAPH_TENANT_ID": sandbox.env["GRAPH_TENANT_ID"],
+        "GRAPH_CLIENT_ID": sandbox.env["GRAPH_CLIENT_ID"],
+        "KEY_VAULT_URL": sandbox.env["KEY_VAULT_URL"],
+        "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+        "AZURE_AUTHORITY_HOST": sandbox.env["AZURE_AUTHORITY_HOST"],
+        "GRAPH_BASE_URL": sandbox.env["GRAPH_BASE_URL"],
+        "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
+        "MAIL_ALLOWED_SENDERS": "notifications@contoso.test,support@contoso.test,alice@contoso.test",
+        "AzureWebJobsStorage": azurite.connection_string,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    for name in ("mail-outbox", "mail-outbox-poison"):
+        queue = QueueClient.from_connection_string(azurite.connection_string, name)
+        try:
+            queue.create_queue()
+        except ResourceExistsError:
+            queue.clear_messages()
+        queue.close()
+    yield env
+    settings.cache_clear()

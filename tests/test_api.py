@@ -1,0 +1,328 @@
+"""The HTTP API through function_app's own functions, on Azurite and the sandbox."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+from devhost.azurite import AzuriteProcess
+
+from .helpers import APP_SECRET, http, run, user_function
+
+MAIL = {"to": ["alice@contoso.test"], "subject": "Disk almost full on db-1", "text": "92% used on /var"}
+
+
+@pytest.fixture
+def app(app_env: dict[str, str]) -> Any:
+    import function_app
+
+    return function_app
+
+
+def _post(app: Any, body: Any = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+    response = run(user_function(app.post_mail)(http("POST", "/api/mail", body, **kwargs)))
+    text = response.get_body()
+    return response.status_code, json.loads(text) if text else None, dict(response.headers)
+
+
+def _queued(azurite: AzuriteProcess, name: str = "mail-outbox") -> list[dict[str, Any]]:
+    queue = QueueClient.from_connection_string(
+        azurite.connection_string, name, message_decode_policy=TextBase64DecodePolicy()
+    )
+    messages = [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
+    queue.close()
+    return messages
+
+
+def test_a_valid_mail_is_accepted_queued_and_its_status_readable(app: Any, azurite: AzuriteProcess) -> None:
+    status, body, headers = _post(app, MAIL)
+    assert status == 202
+    assert body["status"] == "queued"
+    assert headers["Location"] == f"/api/mail/{body['id']}"
+    [queued] = _queued(azurite)
+    assert queued["id"] == body["id"]
+    assert queued["from"] == "notifications@contoso.test"
+    assert queued["to"] == [{"address": "alice@contoso.test"}]
+
+    answer = run(user_function(app.get_mail)(http("GET", f"/api/mail/{body['id']}", route={"id": body["id"]})))
+    assert answer.status_code == 200
+    state = json.loads(answer.get_body())
+    assert state["id"] == body["id"] and state["status"] == "queued" and state["attempts"] == 0
+    assert state["updated"]
+
+
+def test_a_repeated_id_or_idempotency_key_returns_the_first_answer_and_queues_nothing_more(
+    app: Any, azurite: AzuriteProcess
+) -> None:
+    first = _post(app, {**MAIL, "id": "alert-4711"})
+    again = _post(app, {**MAIL, "id": "alert-4711"})
+    assert first[:2] == again[:2] == (202, {"id": "alert-4711", "status": "queued"})
+    assert again[2]["Idempotent-Replay"] == "true"
+    by_header = _post(app, MAIL, headers={"Idempotency-Key": "deploy-99"})
+    by_header_again = _post(app, MAIL, headers={"Idempotency-Key": "deploy-99"})
+    assert by_header[1] == by_header_again[1] == {"id": "deploy-99", "status": "queued"}
+    assert sorted(m["id"] for m in _queued(azurite)) == ["alert-4711", "deploy-99"]
+
+
+def test_an_id_reused_for_a_different_mail_is_409(app: Any, azurite: AzuriteProcess) -> None:
+    assert _post(app, {**MAIL, "id": "once"})[0] == 202
+    status, body, _ = _post(app, {**MAIL, "id": "once", "subject": "something else"})
+    assert status == 409
+    assert body["error"]["code"] == "conflict"
+    assert len(_queued(azurite)) == 1
+
+
+def test_a_raw_graph_send_mail_body_is_accepted(app: Any, azurite: AzuriteProcess) -> None:
+    status, _, _ = _post(
+        app,
+        {
+            "message": {
+                "subject": "From a Graph client",
+                "body": {"contentType": "HTML", "content": "<p>hello</p>"},
+                "toRecipients": [{"emailAddress": {"address": "bob@contoso.test", "name": "Bob"}}],
+                "from": {"emailAddress": {"address": "support@contoso.test"}},
+            },
+            "saveToSentItems": False,
+        },
+    )
+    assert status == 202
+    [queued] = _queued(azurite)
+    assert queued["html"] == "<p>hello</p>"
+    assert queued["from"] == "support@contoso.test"
+    assert queued["to"] == [{"address": "bob@contoso.test", "name": "Bob"}]
+    assert queued["saveToSentItems"] is False
+
+
+def test_a_mail_over_the_queue_limit_travels_through_a_blob(app: Any, azurite: AzuriteProcess) -> None:
+    report = base64.b64encode(b"x" * 200_000).decode()
+    status, body, _ = _post(app, {**MAIL, "attachments": [{"name": "report.txt", "contentBase64": report}]})
+    assert status == 202
+    [queued] = _queued(azurite)
+    assert queued == {"id": body["id"], "claimCheck": f"mail-payloads/{body['id']}.json"}
+
+
+def test_unknown_and_malformed_mail_ids_are_404_and_400(app: Any) -> None:
+    missing = run(user_function(app.get_mail)(http("GET", "/api/mail/nope", route={"id": "nope"})))
+    assert missing.status_code == 404
+    assert json.loads(missing.get_body())["error"]["code"] == "not_found"
+    bad = run(user_function(app.get_mail)(http("GET", "/api/mail/x", route={"id": "../etc"})))
+    assert bad.status_code == 400
+
+
+RECIPIENT = ["alice@contoso.test"]
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    # (what, kwargs for _post, status, field named in details or "")
+    ("not json", {"raw": b"{nope"}, 400, "body"),
+    ("empty body", {"raw": b""}, 400, "body"),
+    ("invalid utf-8", {"raw": b"\xff\xfe\xfd"}, 400, "body"),
+    ("deep nesting", {"raw": b"[" * 50_000}, 400, "body"),
+    ("json array", {"body": [MAIL]}, 400, "body"),
+    ("json string", {"body": "mail"}, 400, "body"),
+    ("text/plain", {"body": MAIL, "headers": {"Content-Type": "text/plain"}}, 415, ""),
+    ("form encoded", {"raw": b"to=a", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, ""),
+    ("no content type", {"body": MAIL, "headers": {"Content-Type": ""}}, 415, ""),
+    ("6 MB body", {"raw": b'{"to": "' + b"a" * 6_000_000 + b'"}'}, 413, ""),
+    ("subject number", {"body": {**MAIL, "subject": 42}}, 400, "subject"),
+    ("to number", {"body": {**MAIL, "to": 7}}, 400, "to"),
+    ("to object without address", {"body": {**MAIL, "to": [{"name": "x"}]}}, 400, "to[0].address"),
+    ("unknown field", {"body": {**MAIL, "priority": "urgent"}}, 400, "priority"),
+    ("importance wrong", {"body": {**MAIL, "importance": "urgent"}}, 400, "importance"),
+    ("saveToSentItems string", {"body": {**MAIL, "saveToSentItems": "no"}}, 400, "saveToSentItems"),
+    ("text number", {"body": {**MAIL, "text": 1}}, 400, "text"),
+    ("no body", {"body": {"to": RECIPIENT, "subject": "x"}}, 400, "text"),
+    ("no recipients", {"body": {"subject": "x", "text": "y"}}, 400, "to"),
+    ("empty to list", {"body": {**MAIL, "to": []}}, 400, "to"),
+    ("bad address", {"body": {**MAIL, "to": ["not-an-address"]}}, 400, "to[0]"),
+    ("address with space", {"body": {**MAIL, "to": ["al ice@contoso.test"]}}, 400, "to[0]"),
+    ("address without tld", {"body": {**MAIL, "to": ["alice@localhost"]}}, 400, "to[0]"),
+    ("address too long", {"body": {**MAIL, "to": ["a" * 250 + "@contoso.test"]}}, 400, "to[0]"),
+    ("bad cc", {"body": {**MAIL, "cc": ["@contoso.test"]}}, 400, "cc[0]"),
+    ("bad bcc", {"body": {**MAIL, "bcc": ["bob@"]}}, 400, "bcc[0]"),
+    ("bad replyTo", {"body": {**MAIL, "replyTo": ["nobody"]}}, 400, "replyTo[0]"),
+    ("501 recipients", {"body": {**MAIL, "to": [f"u{i}@fabrikam.test" for i in range(501)]}}, 400, "to"),
+    (
+        "501 across to/cc/bcc",
+        {
+            "body": {
+                **MAIL,
+                "to": [f"t{i}@f.test" for i in range(200)],
+                "cc": [f"c{i}@f.test" for i in range(200)],
+                "bcc": [f"b{i}@f.test" for i in range(101)],
+            }
+        },
+        400,
+        "to",
+    ),
+    ("CRLF in subject", {"body": {**MAIL, "subject": "hi\r\nBcc: evil@attacker.test"}}, 400, "subject"),
+    ("LF in subject", {"body": {**MAIL, "subject": "hi\nthere"}}, 400, "subject"),
+    ("NUL in subject", {"body": {**MAIL, "subject": "hi\x00"}}, 400, "subject"),
+    ("CRLF in address", {"body": {**MAIL, "to": ["alice@contoso.test\r\nBcc: x@y.test"]}}, 400, "to[0]"),
+    (
+        "CRLF in display name",
+        {"body": {**MAIL, "to": [{"address": "a@contoso.test", "name": "A\r\nB"}]}},
+        400,
+        "to[0].name",
+    ),
+    ("CRLF in header value", {"body": {**MAIL, "headers": {"x-alert": "a\r\nb: c"}}}, 400, "headers.x-alert"),
+    ("header not x-", {"body": {**MAIL, "headers": {"Reply-By": "tomorrow"}}}, 400, "headers.Reply-By"),
+    ("6 headers", {"body": {**MAIL, "headers": {f"x-h{i}": "v" for i in range(6)}}}, 400, "headers"),
+    (
+        "CRLF in attachment name",
+        {"body": {**MAIL, "attachments": [{"name": "a\r\n.txt", "contentBase64": "aGk="}]}},
+        400,
+        "attachments[0].name",
+    ),
+    ("subject too long", {"body": {**MAIL, "subject": "s" * 256}}, 400, "subject"),
+    ("body too long", {"body": {**MAIL, "text": "t" * 1_000_001}}, 400, "text"),
+    (
+        "bad base64",
+        {"body": {**MAIL, "attachments": [{"name": "a.txt", "contentBase64": "%%%not base64"}]}},
+        400,
+        "attachments[0].contentBase64",
+    ),
+    (
+        "base64 with bad padding",
+        {"body": {**MAIL, "attachments": [{"name": "a", "contentBase64": "aGk"}]}},
+        400,
+        "attachments[0].contentBase64",
+    ),
+    (
+        "attachment without name",
+        {"body": {**MAIL, "attachments": [{"contentBase64": "aGk="}]}},
+        400,
+        "attachments[0].name",
+    ),
+    (
+        "attachments over 3 MB",
+        {
+            "body": {
+                **MAIL,
+                "attachments": [
+                    {"name": "big.bin", "contentBase64": base64.b64encode(b"0" * (3 * 1024 * 1024 + 1)).decode()}
+                ],
+            }
+        },
+        400,
+        "attachments",
+    ),
+    ("disallowed sender", {"body": {**MAIL, "from": "ceo@contoso.test"}}, 400, "from"),
+    ("sender not an address", {"body": {**MAIL, "from": "ceo"}}, 400, "from"),
+    ("bad id", {"body": {**MAIL, "id": "../../etc/passwd"}}, 400, "id"),
+    ("id too long", {"body": {**MAIL, "id": "a" * 65}}, 400, "id"),
+    ("bad idempotency key", {"body": MAIL, "headers": {"Idempotency-Key": "has space"}}, 400, "Idempotency-Key"),
+    ("id and key differ", {"body": {**MAIL, "id": "one"}, "headers": {"Idempotency-Key": "two"}}, 400, "id"),
+    ("unknown template", {"body": {**MAIL, "template": "nope", "data": {}}}, 400, "template"),
+    ("graph: message not object", {"body": {"message": "hi"}}, 400, "message"),
+    ("graph: unknown message field", {"body": {"message": {"subject": "x", "flag": {}}}}, 400, "message.flag"),
+    (
+        "graph: bad recipient",
+        {"body": {"message": {"subject": "x", "body": {"content": "y"}, "toRecipients": ["a@b.test"]}}},
+        400,
+        "message.toRecipients[0]",
+    ),
+    (
+        "graph: body contentType",
+        {
+            "body": {
+                "message": {
+                    "subject": "x",
+                    "body": {"contentType": "rtf"},
+                    "toRecipients": [{"emailAddress": {"address": "a@b.test"}}],
+                }
+            }
+        },
+        400,
+        "message.body.contentType",
+    ),
+    (
+        "graph: item attachment",
+        {
+            "body": {
+                "message": {
+                    "subject": "x",
+                    "body": {"content": "y"},
+                    "toRecipients": [{"emailAddress": {"address": "a@b.test"}}],
+                    "attachments": [{"@odata.type": "#microsoft.graph.itemAttachment"}],
+                }
+            }
+        },
+        400,
+        "message.attachments[0]",
+    ),
+    ("graph: unknown top-level", {"body": {"message": {}, "extra": 1}}, 400, "extra"),
+]
+
+
+def test_malformed_requests_get_clear_errors_naming_the_field_and_nothing_is_queued(
+    app: Any, azurite: AzuriteProcess
+) -> None:
+    assert len(BAD_REQUESTS) >= 50
+    for what, kwargs, status, field in BAD_REQUESTS:
+        got, body, _ = _post(app, **kwargs)
+        assert got == status, (what, got, body)
+        error = body["error"]
+        assert error["code"] and error["message"], what
+        assert isinstance(error["details"], list), what
+        if field:
+            assert field in [d["field"] for d in error["details"]], (what, error["details"])
+        assert "Traceback" not in error["message"]
+    assert _queued(azurite) == []
+
+
+def test_disallowed_recipient_domains_are_refused(
+    app: Any, monkeypatch: pytest.MonkeyPatch, azurite: AzuriteProcess
+) -> None:
+    from shared.config import settings
+
+    monkeypatch.setenv("MAIL_ALLOWED_RECIPIENT_DOMAINS", "contoso.test")
+    settings.cache_clear()
+    status, body, _ = _post(app, {**MAIL, "cc": ["someone@gmail.test"]})
+    assert status == 400
+    assert body["error"]["details"][0]["field"] == "cc[0]"
+    assert _post(app, MAIL)[0] == 202
+    assert len(_queued(azurite)) == 1
+
+
+def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = run(user_function(app.health)(http("GET", "/api/health")))
+    text = response.get_body().decode()
+    body = json.loads(text)
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"config", "storage", "keyVault", "graphToken"}
+    assert APP_SECRET not in text and APP_SECRET not in caplog.text
+
+
+def test_health_reports_a_broken_key_vault_as_degraded(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import settings
+
+    monkeypatch.setenv("GRAPH_CREDENTIAL_SECRET_NAME", "no-such-secret")
+    settings.cache_clear()
+    response = run(user_function(app.health)(http("GET", "/api/health")))
+    body = json.loads(response.get_body())
+    assert response.status_code == 503
+    assert body["checks"]["storage"]["ok"] is True
+    assert body["checks"]["keyVault"]["ok"] is False
+    assert "no-such-secret" in body["checks"]["keyVault"]["error"]
+
+
+def test_openapi_describes_the_api_and_the_published_schema_matches_the_model(app: Any) -> None:
+    from pathlib import Path
+
+    from shared.openapi import mail_schema
+
+    response = run(user_function(app.openapi)(http("GET", "/api/openapi.json")))
+    document = json.loads(response.get_body())
+    assert document["openapi"].startswith("3.")
+    assert {"/mail", "/mail/{id}", "/health", "/openapi.json"} <= set(document["paths"])
+    assert "MailRequest" in document["components"]["schemas"]
+    published = json.loads((Path(__file__).parent.parent / "schemas" / "mail.schema.json").read_text())
+    assert published == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"

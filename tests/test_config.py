@@ -1,0 +1,68 @@
+"""Settings: defaults, required values, and one clear message naming a bad setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import DEVELOPMENT_STORAGE, ConfigError, load_settings
+
+BASE = {
+    "GRAPH_TENANT_ID": "t",
+    "GRAPH_CLIENT_ID": "c",
+    "KEY_VAULT_URL": "https://vault.example.test",
+    "MAIL_DEFAULT_SENDER": "Notifications@Contoso.test",
+}
+
+
+def test_defaults_follow_the_design() -> None:
+    settings = load_settings(BASE)
+    assert settings.graph_auth_mode == "keyvault"
+    assert settings.graph_credential_secret_name == "graph-client-secret"
+    assert settings.graph_credential_kind == "secret"
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.azure_authority_host == "https://login.microsoftonline.com"
+    assert settings.key_vault_verify_challenge_resource is True
+    assert settings.mail_allowed_senders == {"notifications@contoso.test"}
+    assert settings.mail_allowed_recipient_domains == frozenset()
+    assert settings.storage_connection == DEVELOPMENT_STORAGE
+    assert settings.mailbox_digest_schedule == "0 0 7 * * 1-5"
+    assert settings.audit_recipients == "hashed"
+
+
+def test_managed_identity_mode_needs_no_app_registration_or_vault() -> None:
+    settings = load_settings({"GRAPH_AUTH_MODE": "managed_identity", "MAIL_DEFAULT_SENDER": "n@contoso.test"})
+    assert settings.graph_auth_mode == "managed_identity"
+
+
+def test_allowed_senders_always_include_the_default_sender() -> None:
+    settings = load_settings({**BASE, "MAIL_ALLOWED_SENDERS": "support@contoso.test, Ops@Contoso.test"})
+    assert settings.mail_allowed_senders == {"support@contoso.test", "ops@contoso.test", "notifications@contoso.test"}
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"MAIL_DEFAULT_SENDER": ""}, "MAIL_DEFAULT_SENDER"),
+        ({"MAIL_DEFAULT_SENDER": "not an address"}, "MAIL_DEFAULT_SENDER"),
+        ({"GRAPH_TENANT_ID": ""}, "GRAPH_TENANT_ID"),
+        ({"KEY_VAULT_URL": "http://vault.example.test"}, "KEY_VAULT_URL"),
+        ({"GRAPH_BASE_URL": "graph.microsoft.com"}, "GRAPH_BASE_URL"),
+        ({"GRAPH_AUTH_MODE": "password"}, "GRAPH_AUTH_MODE"),
+        ({"GRAPH_CREDENTIAL_KIND": "token"}, "GRAPH_CREDENTIAL_KIND"),
+        ({"KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "maybe"}, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"),
+        ({"MAIL_ALLOWED_SENDERS": "a@contoso.test,nope"}, "MAIL_ALLOWED_SENDERS"),
+        ({"MAIL_ALLOWED_RECIPIENT_DOMAINS": "contoso.test,not a domain"}, "MAIL_ALLOWED_RECIPIENT_DOMAINS"),
+        ({"AzureWebJobsStorage": "garbage"}, "AzureWebJobsStorage"),
+        ({"MAILBOX_DIGEST_SCHEDULE": "0 7 * * 1-5"}, "MAILBOX_DIGEST_SCHEDULE"),
+        ({"AUDIT_RECIPIENTS": "everyone"}, "AUDIT_RECIPIENTS"),
+    ],
+)
+def test_a_bad_setting_fails_with_a_message_naming_it(override: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings({**BASE, **override})
+
+
+def test_an_unresolved_key_vault_reference_is_detected() -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/x/)"
+    with pytest.raises(ConfigError, match="GRAPH_CLIENT_ID is an unresolved Key Vault reference"):
+        load_settings({**BASE, "GRAPH_CLIENT_ID": reference})

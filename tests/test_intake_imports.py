@@ -1,0 +1,43 @@
+"""The HTTP intake path (POST /api/mail up to the enqueue) never imports msgraph: proved in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROBE = """
+import asyncio, json, sys
+import azure.functions as func
+import function_app
+from shared.functions import shutdown
+
+async def main():
+    request = func.HttpRequest("POST", "/api/mail", headers={"Content-Type": "application/json"},
+                               body=json.dumps({"to": ["alice@contoso.test"], "subject": "s", "text": "t"}).encode())
+    response = await function_app.post_mail.build().get_user_function()(request)
+    await shutdown()
+    return response.status_code
+
+status = asyncio.run(main())
+heavy = sorted({m.split(".")[0] for m in sys.modules if m.startswith(("msgraph", "kiota", "azure.identity", "msal"))})
+print(json.dumps({"status": status, "heavy": heavy}))
+"""
+
+
+def test_posting_a_mail_imports_no_msgraph_kiota_or_identity(app_env: dict[str, str]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == 202
+    assert outcome["heavy"] == []

@@ -1,0 +1,306 @@
+"""Delivery semantics of the mail-outbox trigger, on Azurite and the sandbox, with the host's queue rules."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobClient
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+from devhost.azurite import AzuriteProcess
+from devhost.queues import QueueSettings, QueueTrigger
+from sandbox.launcher import SandboxProcess
+
+from .helpers import APP_ID, APP_SECRET, SENDER, http, run, user_function
+
+MAIL = {"to": ["alice@contoso.test"], "subject": "CPU at 97% on web-3", "text": "Since 10:02 UTC."}
+
+
+@pytest.fixture
+def app(app_env: dict[str, str]) -> Any:
+    import function_app
+
+    return function_app
+
+
+def _trigger(app: Any, azurite: AzuriteProcess) -> QueueTrigger:
+    return QueueTrigger(
+        azurite.connection_string,
+        "mail-outbox",
+        user_function(app.mail_outbox),
+        QueueSettings(max_polling_interval=0.2),
+    )
+
+
+async def _post(app: Any, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    response = await user_function(app.post_mail)(http("POST", "/api/mail", body, **kwargs))
+    assert response.status_code == 202, response.get_body()
+    answer: dict[str, Any] = json.loads(response.get_body())
+    return answer
+
+
+async def _status(app: Any, mail_id: str) -> dict[str, Any]:
+    response = await user_function(app.get_mail)(http("GET", f"/api/mail/{mail_id}", route={"id": mail_id}))
+    answer: dict[str, Any] = json.loads(response.get_body())
+    return answer
+
+
+def _queue(azurite: AzuriteProcess, name: str = "mail-outbox") -> QueueClient:
+    return QueueClient.from_connection_string(azurite.connection_string, name)
+
+
+def _sends(sandbox: SandboxProcess, since: int) -> list[dict[str, Any]]:
+    return [e for e in sandbox.requests(since) if e["path"].endswith("/sendMail")]
+
+
+def test_an_accepted_mail_is_sent_once_and_a_redelivered_message_makes_no_graph_call(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        accepted = await _post(app, {**MAIL, "id": "incident-1"})
+        trigger = _trigger(app, azurite)
+        await trigger.drain()
+        first = await _status(app, "incident-1")
+        since = sandbox.last_seq()
+        # at-least-once delivery: the same message arrives again
+        queue = QueueClient.from_connection_string(
+            azurite.connection_string, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
+        )
+        queue.send_message(json.dumps({**MAIL, "id": "incident-1"}))
+        await trigger.drain()
+        again = await _post(app, {**MAIL, "id": "incident-1"})
+        await trigger.drain()
+        return {
+            "accepted": accepted,
+            "first": first,
+            "again": again,
+            "since": since,
+            "invocations": trigger.invocations,
+        }
+
+    result = run(scenario())
+    assert result["first"]["status"] == "sent" and result["first"]["attempts"] == 1
+    assert result["again"] == result["accepted"]
+    assert _sends(sandbox, result["since"]) == []
+    assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["CPU at 97% on web-3"]
+    assert len(sandbox.mailbox(SENDER, "sentitems")) == 1
+    assert all(i.ok for i in result["invocations"])
+
+
+def test_a_mail_from_an_outside_producer_is_delivered_and_gets_a_status(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    producer = QueueClient.from_connection_string(
+        azurite.connection_string, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
+    )
+    producer.send_message(
+        json.dumps(
+            {
+                "id": "from-cron",
+                "to": ["bob@contoso.test"],
+                "subject": "Nightly backup ok",
+                "html": "<p>All 12 databases backed up.</p>",
+            }
+        )
+    )
+
+    async def scenario() -> dict[str, Any]:
+        await _trigger(app, azurite).drain()
+        return await _status(app, "from-cron")
+
+    assert run(scenario())["status"] == "sent"
+    [received] = sandbox.mailbox("bob@contoso.test")
+    assert received["body"]["contentType"] == "html"
+
+
+def test_throttling_beyond_the_sdk_retries_reenqueues_with_the_retry_after_delay_without_spending_a_dequeue(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": "throttled-1"})
+        sandbox.set_faults(errorRate=1, errorStatuses=[503])  # every Graph call: 503, Retry-After: 1
+        trigger = _trigger(app, azurite)
+        await trigger.poll_once()
+        while_throttled = await _status(app, "throttled-1")
+        properties = _queue(azurite).get_queue_properties()
+        visible_now = list(_queue(azurite).peek_messages())
+        sandbox.set_faults()
+        await asyncio.sleep(1.5)
+        await trigger.drain()
+        return {
+            "throttled": while_throttled,
+            "waiting": properties.approximate_message_count,
+            "visible_now": visible_now,
+            "final": await _status(app, "throttled-1"),
+            "dequeues": [i.dequeue_count for i in trigger.invocations],
+        }
+
+    result = run(scenario())
+    throttled = result["throttled"]
+    assert throttled["status"] == "queued"
+    assert throttled["attempts"] == 1
+    assert throttled["error"]["code"] == "ServiceUnavailable"
+    assert result["waiting"] == 1 and result["visible_now"] == []  # re-enqueued, invisible for Retry-After
+    assert result["final"]["status"] == "sent" and result["final"]["attempts"] == 2
+    assert result["dequeues"] == [1, 1]  # the retry came as a new message: no dequeue was spent
+
+
+def test_a_long_retry_after_is_handed_back_to_the_queue_instead_of_sleeping(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        sandbox.set_faults(throttle={"requestsPerWindow": 1, "windowSeconds": 60})
+        await _post(app, {**MAIL, "id": "uses-the-window"})
+        await _post(app, {**MAIL, "id": "over-the-window"})
+        trigger = _trigger(app, azurite)
+        trigger.settings.batch_size = 1
+        since = sandbox.last_seq()
+        await trigger.poll_once()
+        await trigger.poll_once()
+        return {
+            "since": since,
+            "first": await _status(app, "uses-the-window"),
+            "second": await _status(app, "over-the-window"),
+            "seconds": [i.seconds for i in trigger.invocations],
+            "waiting": _queue(azurite).get_queue_properties().approximate_message_count,
+        }
+
+    result = run(scenario())
+    assert result["first"]["status"] == "sent"
+    assert result["second"]["status"] == "queued"
+    assert result["second"]["error"]["code"] == "ApplicationThrottled"
+    assert [e["status"] for e in _sends(sandbox, result["since"])] == [202, 429]  # no in-process retry
+    assert max(result["seconds"]) < 5
+    assert result["waiting"] == 1
+
+
+def test_permanent_graph_errors_fail_the_mail_at_once_with_graphs_code(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    async def scenario() -> dict[str, Any]:
+        since = sandbox.last_seq()
+        # alice@ is an allowed sender for the app, but outside the Graph app's mailbox scope: 403
+        await _post(app, {**MAIL, "id": "not-in-scope", "from": "alice@contoso.test"})
+        await _trigger(app, azurite).drain()
+        return {"since": since, "status": await _status(app, "not-in-scope")}
+
+    result = run(scenario())
+    assert result["status"]["status"] == "failed"
+    assert result["status"]["attempts"] == 1
+    assert result["status"]["error"]["code"] == "ErrorAccessDenied"
+    assert [e["status"] for e in _sends(sandbox, result["since"])] == [403]
+    assert _queue(azurite).get_queue_properties().approximate_message_count == 0
+
+
+def test_a_crashing_delivery_is_redelivered_then_poisoned_after_5_dequeues_with_the_reason_recorded(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    report = base64.b64encode(b"y" * 100_000).decode()
+
+    async def scenario() -> dict[str, Any]:
+        accepted = await _post(app, {**MAIL, "attachments": [{"name": "r.txt", "contentBase64": report}]})
+        # the claim-check blob vanishes: every delivery attempt crashes
+        BlobClient.from_connection_string(
+            azurite.connection_string, "mail-payloads", f"{accepted['id']}.json"
+        ).delete_blob()
+        trigger = _trigger(app, azurite)
+        await trigger.drain(idle_polls=2)
+        return {"id": accepted["id"], "status": await _status(app, accepted["id"]), "invocations": trigger.invocations}
+
+    result = run(scenario())
+    assert [(i.dequeue_count, i.ok) for i in result["invocations"]] == [(n, False) for n in range(1, 6)]
+    assert result["status"]["status"] == "failed"
+    assert "moved to mail-outbox-poison after 5 attempts" in result["status"]["error"]["message"]
+    [poisoned] = _queue(azurite, "mail-outbox-poison").peek_messages()
+    assert result["id"] in base64.b64decode(poisoned.content).decode()
+    assert sandbox.sent() == []
+
+
+def test_an_invalid_queue_message_is_poisoned_at_once_with_its_reason(app: Any, azurite: AzuriteProcess) -> None:
+    producer = QueueClient.from_connection_string(
+        azurite.connection_string, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
+    )
+    producer.send_message(json.dumps({"id": "broken-1", "to": ["not an address"], "subject": "x", "text": "y"}))
+    producer.send_message("this is not json")
+
+    async def scenario() -> dict[str, Any]:
+        trigger = _trigger(app, azurite)
+        await trigger.drain()
+        return {"status": await _status(app, "broken-1"), "invocations": trigger.invocations}
+
+    result = run(scenario())
+    assert result["status"]["status"] == "failed"
+    assert result["status"]["error"]["code"] == "invalid_request"
+    assert "to[0]" in result["status"]["error"]["message"]
+    assert all(i.ok for i in result["invocations"])  # handled, not crashed: no redelivery
+    assert len(_queue(azurite, "mail-outbox-poison").peek_messages(max_messages=10)) == 2
+
+
+def test_at_most_4_graph_requests_per_mailbox_are_in_flight_per_process(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    async def scenario() -> int:
+        for n in range(12):
+            await _post(app, {**MAIL, "id": f"burst-{n}"})
+        sandbox.set_faults(latencyMs=300, throttle={"concurrentPerMailbox": 4})
+        since = sandbox.last_seq()
+        await _trigger(app, azurite).drain()
+        return since
+
+    since = run(scenario())
+    statuses = [e["status"] for e in _sends(sandbox, since)]
+    assert statuses == [202] * 12  # 12 sent at once by the batch, never a 429 from the mailbox limit
+    assert len(sandbox.mailbox("alice@contoso.test")) == 12
+
+
+def test_a_rotated_graph_secret_is_picked_up_without_a_restart(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    sandbox.reset({**test_seed, "tokenLifetimeSeconds": 2})  # every send needs a fresh token
+
+    async def scenario() -> dict[str, Any]:
+        trigger = _trigger(app, azurite)
+        await _post(app, {**MAIL, "id": "before-rotation"})
+        await trigger.drain()
+        assert sandbox.control is not None
+        sandbox.control.post(f"/_sandbox/apps/{APP_ID}/secrets", json={"secret": "rotated-secret"}).raise_for_status()
+        sandbox.control.post(
+            "/_sandbox/keyvault/secrets/graph-client-secret", json={"value": "rotated-secret"}
+        ).raise_for_status()
+        await asyncio.sleep(2.1)
+        await _post(app, {**MAIL, "id": "after-rotation"})
+        await trigger.drain()
+        return {"before": await _status(app, "before-rotation"), "after": await _status(app, "after-rotation")}
+
+    result = run(scenario())
+    assert result["before"]["status"] == "sent"
+    assert result["after"]["status"] == "sent", result["after"]
+    assert len(sandbox.mailbox("alice@contoso.test")) == 2
+
+
+def test_secrets_and_tokens_never_reach_the_logs(
+    app: Any,
+    azurite: AzuriteProcess,
+    sandbox: SandboxProcess,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario() -> None:
+        await _post(app, {**MAIL, "id": "log-scan"})
+        await _trigger(app, azurite).drain()
+        await user_function(app.health)(http("GET", "/api/health"))
+
+    run(scenario())
+    captured = capfd.readouterr()
+    everything = caplog.text + captured.out + captured.err
+    assert "log-scan" in everything or caplog.records  # the flow did log
+    assert APP_SECRET not in everything
+    assert "eyJ" not in everything  # no JWT (access token) in any log line
