@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-SANDBOX_PORT ?= 8790
 
 .PHONY: run test lint bench schemas setup clean
 
@@ -30,7 +29,8 @@ test: setup lint
 	$(BIN)/pytest
 
 run: setup
-	$(BIN)/python -m sandbox --port $(SANDBOX_PORT) --data .sandbox
+	@test -f local.settings.json || cp local.settings.json.example local.settings.json
+	$(BIN)/python -m devhost.run $(RUN_ARGS)
 
 bench: setup
 	$(BIN)/python bench/sandbox_bench.py

@@ -25,7 +25,6 @@ from azure.storage.queue.aio import QueueClient
 log = logging.getLogger("devhost.queues")
 
 QueueFunction = Callable[[func.QueueMessage], Awaitable[Any]]
-LOCK_SECONDS = 300  # how long a received message stays invisible while its function runs
 
 
 @dataclass
@@ -37,6 +36,22 @@ class QueueSettings:
     max_polling_interval: float = 2.0
     visibility_timeout: float = 0.0
     max_dequeue_count: int = 5
+    lock_seconds: float = 600  # a received message stays invisible this long, renewed while its function runs
+
+    @classmethod
+    def from_host_json(cls, host: dict[str, Any], lock_seconds: float = 600) -> QueueSettings:
+        queues = host.get("extensions", {}).get("queues", {})
+        encoding = str(queues.get("messageEncoding", "base64")).lower()
+        if encoding != "base64":
+            raise ValueError("the devhost supports messageEncoding base64 only, as the app uses")
+        return cls(
+            batch_size=int(queues.get("batchSize", 16)),
+            new_batch_threshold=int(queues.get("newBatchThreshold", int(queues.get("batchSize", 16)) // 2)),
+            max_polling_interval=_seconds(queues.get("maxPollingInterval", "00:00:02")),
+            visibility_timeout=_seconds(queues.get("visibilityTimeout", "00:00:00")),
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            lock_seconds=lock_seconds,
+        )
 
 
 @dataclass
@@ -75,7 +90,7 @@ class QueueTrigger:
                     async for m in queue.receive_messages(
                         messages_per_page=self.settings.batch_size,
                         max_messages=self.settings.batch_size,
-                        visibility_timeout=LOCK_SECONDS,
+                        visibility_timeout=int(self.settings.lock_seconds),
                     )
                 ]
             except ResourceNotFoundError:
@@ -96,9 +111,11 @@ class QueueTrigger:
             time_next_visible=message.next_visible_on,
         )
         started = time.perf_counter()
+        renewal = asyncio.ensure_future(self._keep_locked(queue, message))
         try:
             await self.function(invocation)
         except Exception as error:
+            renewal.cancel()
             self.invocations.append(
                 Invocation(
                     message.id,
@@ -113,18 +130,28 @@ class QueueTrigger:
             )
             await self._after_failure(queue, message)
             return
+        renewal.cancel()
         self.invocations.append(Invocation(message.id, message.dequeue_count, True, time.perf_counter() - started))
         try:
-            await queue.delete_message(message)
+            await queue.delete_message(message.id, message.pop_receipt)
         except ResourceNotFoundError:
             log.warning("%s: message %s was gone before it could be deleted", self.queue_name, message.id)
+
+    async def _keep_locked(self, queue: QueueClient, message: Any) -> None:
+        """Renew the message's invisibility while its function runs, as the host does."""
+        while True:
+            await asyncio.sleep(self.settings.lock_seconds / 2)
+            receipt = await queue.update_message(
+                message.id, message.pop_receipt, visibility_timeout=int(self.settings.lock_seconds)
+            )
+            message.pop_receipt = receipt.pop_receipt
 
     async def _after_failure(self, queue: QueueClient, message: Any) -> None:
         if message.dequeue_count >= self.settings.max_dequeue_count:
             async with self._client(f"{self.queue_name}-poison") as poison:
                 await _create(poison)
                 await poison.send_message(message.content)
-            await queue.delete_message(message)
+            await queue.delete_message(message.id, message.pop_receipt)
             log.warning(
                 "%s: message %s moved to %s-poison after %d dequeues",
                 self.queue_name,
@@ -133,7 +160,47 @@ class QueueTrigger:
                 message.dequeue_count,
             )
         else:
-            await queue.update_message(message, visibility_timeout=int(self.settings.visibility_timeout))
+            await queue.update_message(
+                message.id, message.pop_receipt, visibility_timeout=int(self.settings.visibility_timeout)
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set, as the host does: a new batch whenever in-flight messages drop to
+        `new_batch_threshold`, polling backing off to `max_polling_interval` while the queue is empty;
+        on stop, receive no more and let the in-flight invocations finish."""
+        in_flight: set[asyncio.Task[None]] = set()
+        interval = 0.1
+        async with self._client(self.queue_name) as queue:
+            await _create(queue)
+            while not stop.is_set():
+                if len(in_flight) > self.settings.new_batch_threshold:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    received = [
+                        m
+                        async for m in queue.receive_messages(
+                            messages_per_page=self.settings.batch_size,
+                            max_messages=self.settings.batch_size,
+                            visibility_timeout=int(self.settings.lock_seconds),
+                        )
+                    ]
+                except Exception as error:
+                    log.warning("%s: receive failed: %s", self.queue_name, error)
+                    received = []
+                for message in received:
+                    task = asyncio.ensure_future(self._run(queue, message))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if received:
+                    interval = 0.1
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                except TimeoutError:
+                    interval = min(self.settings.max_polling_interval, interval * 2)
+            if in_flight:
+                await asyncio.wait(in_flight)
 
     async def drain(self, idle_polls: int = 1, timeout: float = 60) -> None:
         """Poll until the queue has stayed empty for `idle_polls` polls in a row (tests, scripts)."""
@@ -143,6 +210,14 @@ class QueueTrigger:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.queue_name} did not drain in {timeout} s")
             idle = idle + 1 if await self.poll_once() == 0 else 0
+
+
+def _seconds(value: Any) -> float:
+    """host.json time spans (`00:00:02`) or plain seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    hours, minutes, seconds = str(value).split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 async def _create(queue: QueueClient) -> None:

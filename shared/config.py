@@ -50,6 +50,7 @@ class Settings:
     alert_digest_schedule: str
     mailbox_digest_schedule: str
     audit_recipients: str
+    send_lease_seconds: int
 
     @property
     def graph_host(self) -> str:
@@ -91,6 +92,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value not in {"true", "false", "1", "0", "yes", "no"}:
         raise ConfigError(f"setting {name} must be true or false, not {value!r}")
     return value in {"true", "1", "yes"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = _text(env, name, str(default))
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"setting {name} must be a whole number from {low} to {high}, not {text!r}")
+    return int(text)
 
 
 def _address(name: str, value: str) -> str:
@@ -146,6 +154,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         alert_digest_schedule=_schedule(env, "ALERT_DIGEST_SCHEDULE", "0 0 * * * *"),
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
+        send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
     )
 
 

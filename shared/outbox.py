@@ -31,7 +31,6 @@ log = logging.getLogger("notifier.outbox")
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
-LEASE = timedelta(minutes=2)  # how long a `sending` claim keeps other instances off
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,12 @@ class Delivery:
 
 def _later(delta: timedelta) -> str:
     return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _until(stamp: str) -> float:
+    """Seconds from now until an ISO timestamp written by `_later`."""
+    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 class Sender:
@@ -86,11 +91,12 @@ class Sender:
             return Delivery(mail_id, "duplicate", "already sent")
         if status.status == "failed":
             return Delivery(mail_id, "duplicate", "already failed")
+        lease = timedelta(seconds=self.settings.send_lease_seconds)  # a `sending` claim keeps others off
         if status.status == "sending" and status.lease_until > _later(timedelta()):
-            await self.store.requeue(OUTBOX, text, LEASE.total_seconds())
+            await self.store.requeue(OUTBOX, text, _until(status.lease_until) + 1)
             return Delivery(mail_id, "busy", "another instance is sending it")
         try:
-            status.status, status.attempts, status.lease_until = "sending", status.attempts + 1, _later(LEASE)
+            status.status, status.attempts, status.lease_until = "sending", status.attempts + 1, _later(lease)
             status = await self.store.save_status(status)
         except StatusChanged:
             await self.store.requeue(OUTBOX, text, 5)

@@ -93,8 +93,9 @@ def sandbox(sandbox_process: SandboxProcess) -> SandboxProcess:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess]:
-    with AzuriteProcess(tmp_path_factory.mktemp("azurite")) as process:
-        yield process
+    process = AzuriteProcess(tmp_path_factory.mktemp("azurite")).start()
+    yield process
+    process.stop(grace=2)  # throwaway state: no need to wait for Azurite's flush
 
 
 @pytest.fixture

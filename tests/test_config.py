@@ -55,6 +55,7 @@ def test_allowed_senders_always_include_the_default_sender() -> None:
         ({"AzureWebJobsStorage": "garbage"}, "AzureWebJobsStorage"),
         ({"MAILBOX_DIGEST_SCHEDULE": "0 7 * * 1-5"}, "MAILBOX_DIGEST_SCHEDULE"),
         ({"AUDIT_RECIPIENTS": "everyone"}, "AUDIT_RECIPIENTS"),
+        ({"MAIL_SEND_LEASE_SECONDS": "1"}, "MAIL_SEND_LEASE_SECONDS"),
     ],
 )
 def test_a_bad_setting_fails_with_a_message_naming_it(override: dict[str, str], named: str) -> None:

@@ -1,0 +1,122 @@
+"""`make run`: Azurite + the sandbox (default seed) + the devhost, a banner, and Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from sandbox.launcher import SandboxProcess
+
+from .azurite import AzuriteProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def banner(api: str, sandbox: str, azurite: AzuriteProcess) -> str:
+    mail = json.dumps(
+        {"to": ["alice@contoso.test"], "subject": "Hello from make run", "text": "The notifier works locally."}
+    )
+    return f"""
+Graph mail notifier is running locally.
+  API         {api}/api/mail  (health: {api}/api/health, OpenAPI: {api}/api/openapi.json)
+  Mailboxes   {sandbox}/  (the sandbox's mailbox browser; trust .sandbox/ca.pem to skip the warning)
+  Azurite     blob :{azurite.blob_port}, queue :{azurite.queue_port}, table :{azurite.table_port}
+
+Send a mail, then find it in alice@contoso.test's Inbox on the mailbox page:
+  curl -s -X POST {api}/api/mail -H 'Content-Type: application/json' -d '{mail}'
+Its status:
+  curl -s {api}/api/mail/<id from the answer>
+
+Ctrl-C stops everything.
+RUN READY"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devhost.run", description=__doc__)
+    parser.add_argument("--http-port", type=int, default=7071)
+    parser.add_argument("--sandbox-port", type=int, default=8790)
+    parser.add_argument("--azurite-ports", default="10000,10001,10002", help="blob,queue,table")
+    args = parser.parse_args(argv)
+    azurite_ports = tuple(int(p) for p in args.azurite_ports.split(","))
+    taken = [p for p in (args.http_port, args.sandbox_port, *azurite_ports) if not _free(p)]
+    if taken:
+        print(
+            f"make run: port {', '.join(map(str, taken))} is taken (another `make run`, Azurite or Core Tools?). "
+            "Stop it, or pick other ports: make run RUN_ARGS='--http-port 7072 --sandbox-port 8791 "
+            "--azurite-ports 10010,10011,10012'",
+            file=sys.stderr,
+        )
+        return 2
+    settings = ROOT / "local.settings.json"
+    if not settings.exists():
+        settings.write_text((ROOT / "local.settings.json.example").read_text())
+        print("make run: created local.settings.json from local.settings.json.example")
+
+    with contextlib.ExitStack() as stack:
+        azurite = stack.enter_context(AzuriteProcess(ROOT / ".azurite", azurite_ports))  # type: ignore[arg-type]
+        sandbox = stack.enter_context(SandboxProcess(ROOT / ".sandbox", port=args.sandbox_port))
+        # the real processes' addresses win over local.settings.json's defaults
+        env = {**os.environ, **sandbox.env, "AzureWebJobsStorage": azurite.connection_string}
+        devhost = subprocess.Popen(
+            [sys.executable, "-m", "devhost", "--port", str(args.http_port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        stack.callback(_stop, devhost)
+        api = f"http://127.0.0.1:{args.http_port}"
+        assert devhost.stdout is not None
+        for line in devhost.stdout:
+            print(line, end="")
+            if line.startswith("DEVHOST READY"):
+                print(banner(api, sandbox.url, azurite), flush=True)
+                break
+        else:
+            print("make run: the devhost did not start; see its output above", file=sys.stderr)
+            return 1
+        try:
+            for line in devhost.stdout:
+                print(line, end="", flush=True)
+        except KeyboardInterrupt:
+            pass
+        print("make run: stopping the devhost, the sandbox and Azurite ...", flush=True)
+    print("make run: stopped.")
+    return 0
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        for line in process.stdout:
+            print(line, end="")
+        process.stdout.close()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
