@@ -29,18 +29,7 @@ PAGE_RUNS = 15
 
 
 def _token(sandbox: SandboxProcess) -> str:
-    assert sandbox.control is not None
-    answer = sandbox.control.post(
-        f"/{sandbox.env['GRAPH_TENANT_ID']}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": sandbox.env["GRAPH_CLIENT_ID"],
-            "client_secret": "sandbox-graph-client-secret",
-            "scope": "https://graph.microsoft.com/.default",
-        },
-    )
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
+    return sandbox.token(sandbox.env["GRAPH_CLIENT_ID"], "sandbox-graph-client-secret")
 
 
 async def _send_throughput(sandbox: SandboxProcess, token: str) -> float:

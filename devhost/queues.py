@@ -81,18 +81,22 @@ class QueueTrigger:
             message_decode_policy=TextBase64DecodePolicy(),
         )
 
+    async def _receive(self, queue: QueueClient) -> list[Any]:
+        """Up to a batch of messages, locked for `lock_seconds`."""
+        return [
+            m
+            async for m in queue.receive_messages(
+                messages_per_page=self.settings.batch_size,
+                max_messages=self.settings.batch_size,
+                visibility_timeout=int(self.settings.lock_seconds),
+            )
+        ]
+
     async def poll_once(self) -> int:
         """Receive and run one batch; returns how many messages were handled."""
         async with self._client(self.queue_name) as queue:
             try:
-                received = [
-                    m
-                    async for m in queue.receive_messages(
-                        messages_per_page=self.settings.batch_size,
-                        max_messages=self.settings.batch_size,
-                        visibility_timeout=int(self.settings.lock_seconds),
-                    )
-                ]
+                received = await self._receive(queue)
             except ResourceNotFoundError:
                 await _create(queue)
                 return 0
@@ -177,14 +181,7 @@ class QueueTrigger:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    received = [
-                        m
-                        async for m in queue.receive_messages(
-                            messages_per_page=self.settings.batch_size,
-                            max_messages=self.settings.batch_size,
-                            visibility_timeout=int(self.settings.lock_seconds),
-                        )
-                    ]
+                    received = await self._receive(queue)
                 except Exception as error:
                     log.warning("%s: receive failed: %s", self.queue_name, error)
                     received = []

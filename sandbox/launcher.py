@@ -100,6 +100,15 @@ class SandboxProcess:
         assert self.control is not None, "sandbox is not running"
         return self.control
 
+    def token(self, client_id: str, secret: str, scope: str = "https://graph.microsoft.com/.default") -> str:
+        """An access token from the sandbox's token endpoint (client credentials with a secret)."""
+        answer = self._client().post(
+            f"/{self.env['GRAPH_TENANT_ID']}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": scope},
+        )
+        answer.raise_for_status()
+        return str(answer.json()["access_token"])
+
     def reset(self, seed: dict[str, Any] | None = None) -> None:
         response = self._client().post("/_sandbox/reset", json=seed) if seed else self._client().post("/_sandbox/reset")
         response.raise_for_status()

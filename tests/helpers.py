@@ -50,14 +50,7 @@ def bearer(
     sandbox: SandboxProcess, client_id: str = APP_ID, secret: str = APP_SECRET, scope: str = GRAPH_SCOPE
 ) -> dict[str, str]:
     """An Authorization header from the token endpoint, for raw-HTTP tests."""
-    token_url = f"{sandbox.url}/{sandbox.env['GRAPH_TENANT_ID']}/oauth2/v2.0/token"
-    assert sandbox.control is not None
-    answer = sandbox.control.post(
-        token_url,
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": scope},
-    )
-    answer.raise_for_status()
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    return {"Authorization": f"Bearer {sandbox.token(client_id, secret, scope)}"}
 
 
 def http(
