@@ -3,9 +3,11 @@
 import azure.functions as func
 
 from shared import functions as handlers
+from shared.alerts.routing import load_notify_config
 from shared.config import settings
 
-settings()  # invalid or missing settings stop the app at start-up, with a message naming the setting
+# invalid or missing settings, or a bad routing file, stop the app at start-up with a message naming them
+load_notify_config(settings().notify_config)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

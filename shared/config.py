@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
 ADDRESS = re.compile(
@@ -23,6 +24,7 @@ DEVELOPMENT_STORAGE = (
     "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
     "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 )  # Azurite's well-known development account (public, documented)
+APP_ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings are relative to the app
 _NCRONTAB = re.compile(r"^\S+(\s+\S+){5}$")
 
 
@@ -150,7 +152,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         mail_allowed_senders=frozenset(senders | {sender}),
         mail_allowed_recipient_domains=frozenset(domains),
         storage_connection=storage,
-        notify_config=_text(env, "NOTIFY_CONFIG", "config/notify.yaml"),
+        notify_config=str(APP_ROOT / _text(env, "NOTIFY_CONFIG", "config/notify.yaml")),
         alert_digest_schedule=_schedule(env, "ALERT_DIGEST_SCHEDULE", "0 0 * * * *"),
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),

@@ -67,3 +67,9 @@ def test_an_unresolved_key_vault_reference_is_detected() -> None:
     reference = "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/x/)"
     with pytest.raises(ConfigError, match="GRAPH_CLIENT_ID is an unresolved Key Vault reference"):
         load_settings({**BASE, "GRAPH_CLIENT_ID": reference})
+
+
+def test_a_relative_notify_config_path_is_relative_to_the_app() -> None:
+    from shared.config import APP_ROOT
+
+    assert load_settings(BASE).notify_config == str(APP_ROOT / "config" / "notify.yaml")

@@ -1,0 +1,330 @@
+"""Intake: Alertmanager (webhook v4), Grafana (unified alerting webhook), Azure Monitor (common alert schema:
+metric, log search, activity log) and a generic JSON alert, mapped to `Alert`s. Unknown or malformed
+payloads raise `invalid_request` naming the place and the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import AppError, Detail, invalid_request
+from .model import Alert, fingerprint_of, normalise_severity
+
+SOURCES = ("alertmanager", "grafana", "azuremonitor", "generic")
+MAX_ALERTS = 10_000  # per payload
+MAX_LABEL = 1024  # characters per label value
+MAX_ANNOTATION = 16 * 1024  # characters per annotation; longer ones are cut, not refused
+_NEVER = "0001-01-01T00:00:00Z"  # Alertmanager's and Grafana's "no end yet"
+
+
+def _fail(source: str, where: str, reason: str) -> AppError:
+    return invalid_request(f"{source}: {where}: {reason}", [Detail(where, reason)])
+
+
+def _time(value: Any, source: str, where: str) -> datetime | None:
+    if value in (None, "", _NEVER):
+        return None
+    if not isinstance(value, str):
+        raise _fail(source, where, "must be an RFC 3339 time")
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Azure sends 7 fractional digits; Python reads at most 6
+        head, _, tail = text.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        text = f"{head}.{digits[:6]}{tail[len(digits) :]}"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(source, where, f"{value!r} is not an RFC 3339 time") from None
+    if moment.year <= 1:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _strings(value: Any, source: str, where: str, limit: int, cut: bool = False) -> dict[str, str]:
+    """A map of strings; numbers and booleans become text, anything else is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(source, where, "must be an object of strings")
+    result = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        if isinstance(item, bool):
+            item = str(item).lower()
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        if not isinstance(key, str) or not key or not isinstance(item, str):
+            raise _fail(source, f"{where}.{key}", "must be a string")
+        if len(item) > limit:
+            if not cut:
+                raise _fail(source, f"{where}.{key}", f"longer than {limit} characters")
+            item = item[: limit - 1] + "\u2026"
+        result[key] = item
+    return result
+
+
+def _status(value: Any, source: str, where: str) -> str:
+    text = str(value or "").lower()
+    if text in {"firing", "fired", "alerting", "active", "activated", "triggered"}:
+        return "firing"
+    if text in {"resolved", "ok", "normal", "deactivated", "closed"}:
+        return "resolved"
+    raise _fail(source, where, f"status {value!r} is neither firing nor resolved")
+
+
+def _alert_list(body: dict[str, Any], source: str) -> list[Any]:
+    alerts = body.get("alerts")
+    if not isinstance(alerts, list):
+        raise _fail(source, "alerts", "must be an array")
+    if len(alerts) > MAX_ALERTS:
+        raise _fail(source, "alerts", f"{len(alerts)} alerts; at most {MAX_ALERTS} per request")
+    return alerts
+
+
+def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
+    """Alertmanager's webhook, which Grafana's extends with per-alert links."""
+    common = _strings(body.get("commonAnnotations"), source, "commonAnnotations", MAX_ANNOTATION, cut=True)
+    alerts = []
+    for index, item in enumerate(_alert_list(body, source)):
+        where = f"alerts[{index}]"
+        if not isinstance(item, dict):
+            raise _fail(source, where, "must be an object")
+        labels = _strings(item.get("labels"), source, f"{where}.labels", MAX_LABEL)
+        if not labels.get("alertname"):
+            raise _fail(source, f"{where}.labels.alertname", "is required")
+        annotations = {
+            **common,
+            **_strings(item.get("annotations"), source, f"{where}.annotations", MAX_ANNOTATION, cut=True),
+        }
+        links = {
+            "source": item.get("generatorURL"),
+            "silence": item.get("silenceURL"),
+            "dashboard": item.get("dashboardURL"),
+            "panel": item.get("panelURL"),
+            "runbook": annotations.get("runbook_url") or annotations.get("runbook"),
+        }
+        if source == "grafana" and item.get("valueString"):
+            annotations.setdefault("values", str(item["valueString"])[:MAX_ANNOTATION])
+        elif source == "grafana" and isinstance(item.get("values"), dict):
+            annotations.setdefault("values", ", ".join(f"{k}={v}" for k, v in item["values"].items()))
+        alerts.append(
+            Alert(
+                source=source,
+                name=labels["alertname"],
+                status=_status(item.get("status") or body.get("status"), source, f"{where}.status"),  # type: ignore[arg-type]
+                severity=normalise_severity(labels.get("severity") or labels.get("priority")),
+                labels=labels,
+                annotations=annotations,
+                starts_at=_time(item.get("startsAt"), source, f"{where}.startsAt"),
+                ends_at=_time(item.get("endsAt"), source, f"{where}.endsAt"),
+                fingerprint=str(item.get("fingerprint") or fingerprint_of(labels)),
+                links={
+                    k: str(v) for k, v in links.items() if isinstance(v, str) and v.startswith(("https://", "http://"))
+                },
+            )
+        )
+    return alerts
+
+
+def parse_alertmanager(body: dict[str, Any]) -> list[Alert]:
+    if str(body.get("version", "4")) != "4":
+        raise _fail("alertmanager", "version", f"webhook version {body.get('version')!r} is not 4")
+    return _prometheus_style(body, "alertmanager")
+
+
+def parse_grafana(body: dict[str, Any]) -> list[Alert]:
+    return _prometheus_style(body, "grafana")
+
+
+_AZURE_SEVERITY = {"sev0": "critical", "sev1": "high", "sev2": "warning", "sev3": "info", "sev4": "info"}
+
+
+def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
+    """The common alert schema: `essentials` for every signal, `alertContext` by signal type."""
+    source = "azuremonitor"
+    if body.get("schemaId") != "azureMonitorCommonAlertSchema":
+        raise _fail(
+            source,
+            "schemaId",
+            "must be azureMonitorCommonAlertSchema (enable the common alert schema on the action group)",
+        )
+    data = body.get("data")
+    essentials = data.get("essentials") if isinstance(data, dict) else None
+    if not isinstance(essentials, dict):
+        raise _fail(source, "data.essentials", "must be an object")
+    rule = essentials.get("alertRule")
+    if not isinstance(rule, str) or not rule:
+        raise _fail(source, "data.essentials.alertRule", "is required")
+    severity = str(essentials.get("severity") or "")
+    signal = str(essentials.get("signalType") or "")
+    targets = essentials.get("alertTargetIDs") or []
+    items = essentials.get("configurationItems") or []
+    labels = {
+        "alertname": rule,
+        "severity": _AZURE_SEVERITY.get(severity.lower(), normalise_severity(severity)),
+        "azure_severity": severity,
+        "signal_type": signal,
+        "monitoring_service": str(essentials.get("monitoringService") or ""),
+    }
+    if targets and isinstance(targets, list):
+        labels["resource"] = str(targets[0])
+    if items and isinstance(items, list):
+        labels["target"] = ", ".join(str(i) for i in items)
+    custom = data.get("customProperties") if isinstance(data, dict) else None
+    labels.update(_strings(custom, source, "data.customProperties", MAX_LABEL))
+    labels = {k: v for k, v in labels.items() if v}
+    annotations = {"description": str(essentials.get("description") or "")}
+    context = data.get("alertContext") if isinstance(data, dict) else None
+    annotations.update(_azure_context(signal, context if isinstance(context, dict) else {}))
+    links = {}
+    alert_id = essentials.get("alertId")
+    if isinstance(alert_id, str) and alert_id:
+        links["source"] = (
+            "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/"
+            f"AlertDetails.ReactView/alertId~/{quote(alert_id, safe='')}"
+        )
+    search = _azure_search_link(context if isinstance(context, dict) else {})
+    if search:
+        links["dashboard"] = search
+    return [
+        Alert(
+            source=source,
+            name=rule,
+            status=_status(
+                essentials.get("monitorCondition"),
+                source,  # type: ignore[arg-type]
+                "data.essentials.monitorCondition",
+            ),
+            severity=labels["severity"],
+            labels=labels,
+            annotations={k: v for k, v in annotations.items() if v},
+            starts_at=_time(essentials.get("firedDateTime"), source, "data.essentials.firedDateTime"),
+            ends_at=_time(essentials.get("resolvedDateTime"), source, "data.essentials.resolvedDateTime"),
+            fingerprint=str(essentials.get("originAlertId") or alert_id or fingerprint_of(labels))[:128],
+            links=links,
+        )
+    ]
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _azure_context(signal: str, context: dict[str, Any]) -> dict[str, str]:
+    """What caused the alert, in words, per signal type."""
+    condition = _object(context.get("condition"))
+    criteria = condition.get("allOf") if isinstance(condition.get("allOf"), list) else []
+    notes: dict[str, str] = {}
+    if signal.lower() == "metric" and criteria:
+        first = criteria[0] if isinstance(criteria[0], dict) else {}
+        notes["summary"] = (
+            f"{first.get('metricName', 'metric')} {first.get('operator', '')} "
+            f"{first.get('threshold', '')} (value {first.get('metricValue', '?')})"
+        ).strip()
+    elif signal.lower() == "log":
+        first = criteria[0] if criteria and isinstance(criteria[0], dict) else {}
+        query = first.get("searchQuery") or context.get("SearchQuery")
+        if query:
+            notes["query"] = str(query)[:MAX_ANNOTATION]
+        value = first.get("metricValue", context.get("ResultCount"))
+        if value is not None:
+            notes["summary"] = (
+                f"log search returned {value} (threshold {first.get('operator', '')} "
+                f"{first.get('threshold', context.get('Threshold', '?'))})"
+            )
+    elif signal.lower() == "activity log":
+        operation, status, caller = context.get("operationName"), context.get("status"), context.get("caller")
+        if operation:
+            notes["summary"] = f"{operation}: {status or 'unknown status'}" + (f" by {caller}" if caller else "")
+    return {k: v.strip() for k, v in notes.items() if isinstance(v, str)}
+
+
+def _azure_search_link(context: dict[str, Any]) -> str | None:
+    condition = _object(context.get("condition"))
+    for criterion in condition.get("allOf") or []:
+        if isinstance(criterion, dict):
+            for key in ("linkToFilteredSearchResultsUI", "linkToSearchResultsUI"):
+                if str(criterion.get(key, "")).startswith("https://"):
+                    return str(criterion[key])
+    link = context.get("LinkToSearchResults")
+    return str(link) if isinstance(link, str) and link.startswith("https://") else None
+
+
+def parse_generic(body: Any) -> list[Alert]:
+    """`{"name", "status", "severity", "summary", "description", "labels", "annotations", "startsAt", "endsAt",
+    "fingerprint", "links"}`, one or a list of them, or `{"alerts": [...]}`."""
+    source = "generic"
+    items = body.get("alerts") if isinstance(body, dict) and "alerts" in body else body
+    items = items if isinstance(items, list) else [items]
+    if len(items) > MAX_ALERTS:
+        raise _fail(source, "alerts", f"{len(items)} alerts; at most {MAX_ALERTS} per request")
+    alerts = []
+    for index, item in enumerate(items):
+        where = f"alerts[{index}]" if len(items) > 1 or isinstance(body, list) else "alert"
+        if not isinstance(item, dict):
+            raise _fail(source, where, "must be an object")
+        labels = _strings(item.get("labels"), source, f"{where}.labels", MAX_LABEL)
+        name = item.get("name") or item.get("alertname") or labels.get("alertname")
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(source, f"{where}.name", "is required")
+        severity = normalise_severity(item.get("severity") or labels.get("severity"))
+        labels = {**labels, "alertname": name.strip(), "severity": severity}
+        annotations = _strings(item.get("annotations"), source, f"{where}.annotations", MAX_ANNOTATION, cut=True)
+        for key in ("summary", "description"):
+            if isinstance(item.get(key), str):
+                annotations[key] = item[key][:MAX_ANNOTATION]
+        links = _strings(item.get("links"), source, f"{where}.links", 2048)
+        alerts.append(
+            Alert(
+                source=source,
+                name=name.strip(),
+                severity=severity,
+                labels=labels,
+                annotations=annotations,
+                status=_status(item.get("status", "firing"), source, f"{where}.status"),  # type: ignore[arg-type]
+                starts_at=_time(item.get("startsAt"), source, f"{where}.startsAt"),
+                ends_at=_time(item.get("endsAt"), source, f"{where}.endsAt"),
+                fingerprint=str(item.get("fingerprint") or fingerprint_of(labels)),
+                links={k: v for k, v in links.items() if v.startswith(("https://", "http://"))},
+            )
+        )
+    return alerts
+
+
+PARSERS: dict[str, Callable[[Any], list[Alert]]] = {
+    "alertmanager": parse_alertmanager,
+    "grafana": parse_grafana,
+    "azuremonitor": parse_azure_monitor,
+    "generic": parse_generic,
+}
+
+
+def detect_source(body: Any) -> str:
+    """Which source sent a payload, from its shape; raises when it is none we know."""
+    if isinstance(body, dict):
+        if body.get("schemaId") == "azureMonitorCommonAlertSchema":
+            return "azuremonitor"
+        if "groupKey" in body and "alerts" in body:
+            return "grafana" if "orgId" in body or str(body.get("version")) == "1" else "alertmanager"
+        if "name" in body or "alertname" in body or isinstance(body.get("alerts"), list):
+            return "generic"
+    if isinstance(body, list) and body and all(isinstance(i, dict) and ("name" in i or "alertname" in i) for i in body):
+        return "generic"
+    raise invalid_request(
+        "The payload is not an alert from Alertmanager, Grafana, Azure Monitor (common alert "
+        "schema) or the generic format; name the source in the URL if it is one of them.",
+        [Detail("body", "unknown alert format")],
+    )
+
+
+def parse_alerts(body: Any, source: str | None = None) -> list[Alert]:
+    """Alerts from a payload, of the named source or the detected one."""
+    chosen = source or detect_source(body)
+    if chosen not in PARSERS:
+        raise AppError(404, "not_found", f"Unknown alert source {chosen!r}; one of {', '.join(SOURCES)}.")
+    if chosen != "generic" and not isinstance(body, dict):
+        raise _fail(chosen, "body", "must be a JSON object")
+    return PARSERS[chosen](body)

@@ -1,0 +1,84 @@
+"""The one typed Alert every source is mapped to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Status = Literal["firing", "resolved"]
+SEVERITIES = ("critical", "high", "warning", "info")
+_SEVERITY_WORDS = {
+    "critical": "critical",
+    "crit": "critical",
+    "fatal": "critical",
+    "emergency": "critical",
+    "page": "critical",
+    "disaster": "critical",
+    "sev0": "critical",
+    "p1": "critical",
+    "high": "high",
+    "error": "high",
+    "major": "high",
+    "sev1": "high",
+    "p2": "high",
+    "warning": "warning",
+    "warn": "warning",
+    "medium": "warning",
+    "minor": "warning",
+    "average": "warning",
+    "sev2": "warning",
+    "p3": "warning",
+    "info": "info",
+    "informational": "info",
+    "information": "info",
+    "low": "info",
+    "notice": "info",
+    "verbose": "info",
+    "debug": "info",
+    "none": "info",
+    "sev3": "info",
+    "sev4": "info",
+    "p4": "info",
+    "p5": "info",
+}
+
+
+def normalise_severity(value: str | None) -> str:
+    """Map a source's severity word onto critical/high/warning/info; `warning` when it names none we know."""
+    if not value:
+        return "warning"
+    return _SEVERITY_WORDS.get(value.strip().lower(), "warning")
+
+
+def fingerprint_of(labels: dict[str, str]) -> str:
+    """A stable identity of a label set, for sources that send none (16 hex digits, like Alertmanager's)."""
+    return hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert, whatever sent it. `labels` identify it (and carry `alertname` and `severity`);
+    `annotations` describe it; `links` point back to the source, runbook, dashboard, silence."""
+
+    source: str
+    name: str
+    status: Status
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    fingerprint: str = ""
+    links: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return (
+            self.annotations.get("summary")
+            or self.annotations.get("title")
+            or self.annotations.get("description", "")[:200]
+            or self.name
+        )

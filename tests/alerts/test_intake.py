@@ -1,0 +1,166 @@
+"""Intake: each source's documented payload shape maps to the expected Alerts; bad payloads get 400."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.alerts import detect_source, parse_alerts
+from shared.alerts.intake import MAX_ALERTS, MAX_ANNOTATION
+from shared.errors import AppError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _fixture(name: str) -> Any:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def test_alertmanager_webhook_v4() -> None:
+    body = _fixture("alertmanager")
+    assert detect_source(body) == "alertmanager"
+    firing, resolved = parse_alerts(body)
+    assert firing.name == "DiskFilling" and firing.status == "firing" and firing.severity == "critical"
+    assert firing.labels["instance"] == "db-1:9100"
+    assert firing.annotations["summary"] == "/var on db-1 is 92% full"
+    assert firing.links["runbook"] == "https://runbooks.contoso.test/disk"  # from the common annotations
+    assert firing.links["source"].startswith("http://prometheus.contoso.test")
+    assert firing.starts_at == datetime(2026, 11, 23, 8, 1, 30, 123000, tzinfo=UTC)
+    assert firing.ends_at is None
+    assert firing.fingerprint == "1a2b3c4d5e6f7081"
+    assert resolved.status == "resolved" and resolved.ends_at == datetime(2026, 11, 23, 8, 5, tzinfo=UTC)
+
+
+def test_grafana_unified_alerting_webhook() -> None:
+    body = _fixture("grafana")
+    assert detect_source(body) == "grafana"
+    [alert] = parse_alerts(body)
+    assert alert.source == "grafana" and alert.severity == "warning"
+    assert alert.links == {
+        "source": "https://grafana.contoso.test/alerting/grafana/abc123/view",
+        "silence": "https://grafana.contoso.test/alerting/silence/new?matcher=alertname%3DHigh+latency",
+        "dashboard": "https://grafana.contoso.test/d/checkout",
+        "panel": "https://grafana.contoso.test/d/checkout?viewPanel=4",
+        "runbook": "https://runbooks.contoso.test/latency",
+    }
+    assert alert.annotations["values"] == "A=912.5, B=1"
+    assert alert.starts_at is not None and alert.starts_at.utcoffset() is not None
+
+
+def test_azure_monitor_metric_alert() -> None:
+    body = _fixture("azuremonitor_metric")
+    assert detect_source(body) == "azuremonitor"
+    [alert] = parse_alerts(body)
+    assert alert.name == "vm-cpu-high" and alert.severity == "high" and alert.status == "firing"
+    assert alert.labels["azure_severity"] == "Sev1"
+    assert alert.labels["target"] == "web-3" and alert.labels["team"] == "web"
+    assert alert.annotations["summary"] == "Percentage CPU GreaterThan 90 (value 97.3)"
+    assert alert.links["source"].startswith("https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/")
+    assert alert.starts_at == datetime(2026, 11, 23, 10, 2, 11, 456789, tzinfo=UTC)
+
+
+def test_azure_monitor_log_search_alert() -> None:
+    [alert] = parse_alerts(_fixture("azuremonitor_log"))
+    assert alert.severity == "warning"
+    assert alert.annotations["query"].startswith("SigninLogs")
+    assert "returned 58" in alert.annotations["summary"]
+    assert alert.links["dashboard"] == "https://portal.azure.com#@contoso/blade/logs/q1"
+
+
+def test_azure_monitor_activity_log_alert() -> None:
+    [alert] = parse_alerts(_fixture("azuremonitor_activitylog"))
+    assert alert.severity == "info"
+    assert alert.annotations["summary"] == "Microsoft.Compute/virtualMachines/delete: Succeeded by ops@contoso.test"
+
+
+def test_azure_monitor_resolved_alert() -> None:
+    body = _fixture("azuremonitor_metric")
+    body["data"]["essentials"].update(monitorCondition="Resolved", resolvedDateTime="2026-11-23T10:20:00Z")
+    [alert] = parse_alerts(body)
+    assert alert.status == "resolved" and alert.ends_at == datetime(2026, 11, 23, 10, 20, tzinfo=UTC)
+
+
+def test_generic_alerts_single_list_and_wrapped() -> None:
+    single = {
+        "name": "BackupFailed",
+        "severity": "P1",
+        "summary": "Nightly backup failed",
+        "labels": {"db": "crm"},
+        "links": {"runbook": "https://runbooks.contoso.test/backup", "bad": "javascript:alert(1)"},
+    }
+    [alert] = parse_alerts(single)
+    assert detect_source(single) == "generic"
+    assert alert.severity == "critical" and alert.labels == {
+        "db": "crm",
+        "alertname": "BackupFailed",
+        "severity": "critical",
+    }
+    assert alert.links == {"runbook": "https://runbooks.contoso.test/backup"}  # no script URLs
+    assert len(parse_alerts([single, {**single, "name": "Other"}])) == 2
+    assert len(parse_alerts({"alerts": [single]})) == 1
+    assert alert.fingerprint == parse_alerts(single)[0].fingerprint  # stable without one given
+
+
+def test_long_annotations_are_cut_not_refused() -> None:
+    [alert] = parse_alerts({"name": "Noisy", "description": "x" * (MAX_ANNOTATION + 10)})
+    assert len(alert.annotations["description"]) == MAX_ANNOTATION
+
+
+@pytest.mark.parametrize(
+    ("body", "source", "field"),
+    [
+        ({"hello": "world"}, None, "body"),
+        ([1, 2], None, "body"),
+        ({"version": "4", "groupKey": "k", "alerts": "nope"}, None, "alerts"),
+        ({"version": "4", "groupKey": "k", "alerts": [{"labels": {}}]}, None, "alerts[0].labels.alertname"),
+        (
+            {"version": "4", "groupKey": "k", "alerts": [{"labels": {"alertname": "A", "x": ["list"]}}]},
+            None,
+            "alerts[0].labels.x",
+        ),
+        (
+            {"version": "4", "groupKey": "k", "alerts": [{"status": "weird", "labels": {"alertname": "A"}}]},
+            None,
+            "alerts[0].status",
+        ),
+        (
+            {
+                "version": "4",
+                "groupKey": "k",
+                "alerts": [{"status": "firing", "labels": {"alertname": "A"}, "startsAt": "yesterday"}],
+            },
+            None,
+            "alerts[0].startsAt",
+        ),
+        ({"version": "3", "alerts": []}, "alertmanager", "version"),
+        ({"schemaId": "other"}, "azuremonitor", "schemaId"),
+        ({"schemaId": "azureMonitorCommonAlertSchema", "data": {}}, None, "data.essentials"),
+        (
+            {
+                "schemaId": "azureMonitorCommonAlertSchema",
+                "data": {"essentials": {"alertRule": "r", "monitorCondition": "Maybe"}},
+            },
+            None,
+            "data.essentials.monitorCondition",
+        ),
+        ({"name": ""}, "generic", "alert.name"),
+        ({"alerts": [{"name": "a"}, "b"]}, "generic", "alerts[1]"),
+    ],
+)
+def test_malformed_payloads_are_refused_with_the_place_named(body: Any, source: str | None, field: str) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(body, source)
+    assert raised.value.status == 400
+    assert raised.value.details[0].field == field
+
+
+def test_too_many_alerts_and_unknown_sources_are_refused() -> None:
+    with pytest.raises(AppError, match="at most"):
+        parse_alerts([{"name": "a"}] * (MAX_ALERTS + 1))
+    with pytest.raises(AppError) as raised:
+        parse_alerts({"name": "a"}, "nagios")
+    assert raised.value.status == 404

@@ -1,0 +1,123 @@
+"""Routing: the route tree walked as Alertmanager walks it, and a config file validated with line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.alerts import load_notify_config, parse_alerts, route_alert
+from shared.alerts.routing import NotifyConfig, parse_duration, parse_matcher
+from shared.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+TREE = """
+receivers:
+  - {name: default, to: [ops@contoso.test]}
+  - {name: db, to: [dba@contoso.test]}
+  - {name: web, to: [web@contoso.test]}
+  - {name: audit, to: [audit@contoso.test], mode: digest}
+route:
+  receiver: default
+  routes:
+    - matchers: ['severity="info"']
+      receiver: audit
+      continue: true
+    - matchers: ['team=~"db|storage"']
+      receiver: db
+      routes:
+        - matchers: ['env!="prod"']
+          receiver: audit
+    - matchers: ['team="web"', 'alertname!~"Test.*"']
+      receiver: web
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> NotifyConfig:
+    path = tmp_path / "notify.yaml"
+    path.write_text(TREE)
+    return load_notify_config(path)
+
+
+def _route(config: NotifyConfig, **labels: str) -> list[str]:
+    [alert] = parse_alerts(
+        {"name": labels.pop("alertname", "Disk"), "labels": labels, "severity": labels.get("severity", "warning")}
+    )
+    return [r.name for r in route_alert(alert, config)]
+
+
+def test_first_matching_child_wins_and_continue_lets_siblings_match_too(config: NotifyConfig) -> None:
+    assert _route(config, team="db", env="prod") == ["db"]
+    assert _route(config, team="storage", env="dev") == ["audit"]  # the deeper route
+    assert _route(config, team="db", env="prod", severity="info") == ["audit", "db"]  # continue: true
+    assert _route(config, team="web") == ["web"]
+    assert _route(config, team="web", alertname="TestAlert") == ["default"]  # !~ excludes it
+    assert _route(config, team="mobile") == ["default"]  # nothing matched: the root's receiver
+
+
+def test_a_missing_label_matches_the_empty_string() -> None:
+    assert parse_matcher('team=""').matches({})
+    assert not parse_matcher('team!=""').matches({})
+    assert parse_matcher('team=~"db|web"').matches({"team": "web"})
+    assert not parse_matcher('team=~"db"').matches({"team": "mydb"})  # anchored
+
+
+def test_the_shipped_default_config_routes_by_severity() -> None:
+    config = load_notify_config(ROOT / "config" / "notify.yaml")
+    assert _route(config, severity="critical") == ["oncall"]
+    assert _route(config, severity="high") == ["oncall"]
+    assert _route(config, severity="warning") == ["alert-digest"]
+    assert config.receiver("oncall").seconds("group_wait") == 30
+    [digest] = config.digests
+    assert (digest.name, digest.mailbox, digest.to) == (
+        "support-unread",
+        "support@contoso.test",
+        ["alice@contoso.test", "bob@contoso.test"],
+    )
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("30s", "5m", "4h", "1d", "500ms")] == [30, 300, 14400, 86400, 0.5]
+    with pytest.raises(ValueError):
+        parse_duration("five minutes")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("receivers: []\nroute: {receiver: x}\n", "line 1: receivers"),
+        (TREE.replace("dba@contoso.test", "not-an-address"), "line 4: receivers[1].to"),
+        (TREE.replace("receiver: web\n", "receiver: nobody\n"), "no receiver named 'nobody'"),
+        (TREE.replace('team=~"db|storage"', 'team=~"(db"'), "line 13: route.routes[1].matchers"),
+        (
+            TREE.replace(
+                "{name: audit, to: [audit@contoso.test], mode: digest}",
+                "{name: audit, to: [audit@contoso.test], mode: later}",
+            ),
+            "line 6: receivers[3].mode",
+        ),
+        (TREE + "sources:\n  grafana: {bearer_secret: a, hmac_secret: b}\n", "sources.grafana"),
+        (TREE + "unknown: 1\n", "unknown"),
+        ("receivers: [", "not valid YAML"),
+        (
+            TREE.replace(
+                "{name: web, to: [web@contoso.test]}", "{name: web, to: [web@contoso.test], group_wait: soon}"
+            ),
+            "line 5: receivers[2].group_wait",
+        ),
+    ],
+)
+def test_bad_config_fails_with_a_message_naming_the_line_and_path(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "notify.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_notify_config(path)
+    assert message in str(raised.value)
+    assert str(path) in str(raised.value)
+
+
+def test_a_missing_config_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NOTIFY_CONFIG"):
+        load_notify_config(tmp_path / "absent.yaml")
