@@ -82,3 +82,25 @@ class Alert:
             or self.annotations.get("description", "")[:200]
             or self.name
         )
+
+
+@dataclass(frozen=True)
+class AlertGroup:
+    """What one notification is about: a receiver's alerts that share the values of its group_by labels."""
+
+    receiver: str
+    key: str
+    labels: dict[str, str]  # the group_by labels and their values
+    alerts: tuple[Alert, ...]
+
+    @property
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts if a.status == "firing"]
+
+    @property
+    def resolved(self) -> list[Alert]:
+        return [a for a in self.alerts if a.status == "resolved"]
+
+    @property
+    def status(self) -> Status:
+        return "firing" if self.firing else "resolved"

@@ -1,0 +1,107 @@
+"""Render: readable, Outlook-safe mails whose content can never inject HTML or headers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+
+from shared.alerts import parse_alerts
+from shared.alerts.model import AlertGroup
+from shared.alerts.render import DISPLAY_CAP, render_group, subject_of
+
+
+def _group(alerts: list[dict[str, object]], labels: dict[str, str] | None = None) -> AlertGroup:
+    parsed = tuple(a for body in alerts for a in parse_alerts(body))
+    return AlertGroup("oncall", "k", labels or {"alertname": parsed[0].name}, parsed)
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += [name for name, _ in attrs]
+
+
+def test_subject_says_status_count_and_name_like_alertmanager() -> None:
+    group = _group(
+        [{"name": "DiskFilling", "labels": {"instance": f"db-{n}"}, "severity": "critical"} for n in range(3)],
+        {"alertname": "DiskFilling", "cluster": "eu-1"},
+    )
+    assert subject_of(group) == "[FIRING:3] DiskFilling (eu-1)"
+    resolved = _group([{"name": "DiskFilling", "status": "resolved"}])
+    assert subject_of(resolved) == "[RESOLVED:1] DiskFilling"
+
+
+def test_the_mail_lists_alerts_with_severity_labels_annotations_and_links() -> None:
+    group = _group(
+        [
+            {
+                "name": "DiskFilling",
+                "severity": "critical",
+                "summary": "/var on db-1 is 92% full",
+                "description": "Predicted full within 4 hours.",
+                "labels": {"instance": "db-1"},
+                "startsAt": "2026-11-23T08:01:00Z",
+                "links": {"runbook": "https://runbooks.contoso.test/disk"},
+            }
+        ]
+    )
+    mail = render_group(group, now=datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    assert "/var on db-1 is 92% full" in mail.html and "Predicted full within 4 hours." in mail.html
+    assert "instance=db-1" in mail.html and "since 2026-11-23 08:01 UTC" in mail.html
+    assert 'href="https://runbooks.contoso.test/disk"' in mail.html
+    assert "#b3261e" in mail.html  # the critical colour, inline
+    assert (
+        "[CRITICAL] /var on db-1 is 92% full" in mail.text
+        and "runbook: https://runbooks.contoso.test/disk" in mail.text
+    )
+
+
+def test_html_in_labels_and_annotations_is_escaped_and_headers_cannot_be_injected() -> None:
+    group = _group(
+        [
+            {
+                "name": "Evil\r\nBcc: attacker@evil.test",
+                "summary": "<script>alert(1)</script>",
+                "description": '<img src=x onerror="alert(2)">',
+                "labels": {"team": "<b>ops</b> & co"},
+            }
+        ]
+    )
+    mail = render_group(group)
+    assert "\n" not in mail.subject and "\r" not in mail.subject
+    parser = _Tags()
+    parser.feed(mail.html)
+    assert "script" not in parser.tags and "img" not in parser.tags and "b" not in parser.tags
+    assert "onerror" not in parser.attributes
+    assert "&lt;script&gt;" in mail.html and "&amp; co" in mail.html
+    assert "<b>ops</b> & co" in mail.text  # the text part is plain text, not HTML
+
+
+def test_above_the_display_cap_the_rest_are_counted_most_severe_first() -> None:
+    alerts = [
+        {"name": "Storm", "severity": "info", "summary": f"info {n}", "labels": {"n": str(n)}}
+        for n in range(DISPLAY_CAP + 20)
+    ]
+    alerts.append({"name": "Storm", "severity": "critical", "summary": "the critical one", "labels": {"n": "x"}})
+    mail = render_group(_group(alerts))
+    assert f"Firing ({DISPLAY_CAP + 21})" in mail.html
+    assert "and 21 more firing" in mail.html
+    assert mail.html.index("the critical one") < mail.html.index("info 0")
+
+
+def test_resolved_alerts_have_their_own_section() -> None:
+    mail = render_group(
+        _group(
+            [
+                {"name": "Latency", "summary": "p99 high"},
+                {"name": "Latency", "status": "resolved", "summary": "p99 back to normal", "labels": {"x": "1"}},
+            ]
+        )
+    )
+    assert "Firing (1)" in mail.html and "Resolved (1)" in mail.html
+    assert mail.html.index("p99 high") < mail.html.index("p99 back to normal")
