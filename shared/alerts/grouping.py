@@ -1,0 +1,43 @@
+"""Grouping, the stateless half: which group each routed alert joins, and the group's stable key.
+
+A group is a receiver's alerts that share the values of its `group_by` labels (`...` groups by every
+label, so each alert is its own group; an empty list puts all of a receiver's alerts in one group), as
+in Alertmanager. The key is stable across processes and runs, so group state (timers, what was sent) can be
+stored under it. The stateful half (group_wait, group_interval, repeat and resolved notices) builds on this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from .model import Alert, AlertGroup
+from .routing import NotifyConfig, Receiver, route_alert
+
+
+def group_labels(alert: Alert, receiver: Receiver) -> dict[str, str]:
+    """The labels that decide an alert's group under a receiver (missing labels are left out)."""
+    if "..." in receiver.group_by:
+        return dict(sorted(alert.labels.items()))
+    return {name: alert.labels[name] for name in receiver.group_by if name in alert.labels}
+
+
+def group_key(receiver: Receiver, labels: dict[str, str]) -> str:
+    """A stable id for (receiver, group labels): safe as a Table storage key and a queue message id part."""
+    digest = hashlib.sha256(json.dumps([receiver.name, sorted(labels.items())]).encode()).hexdigest()
+    return f"{receiver.name}-{digest[:24]}"
+
+
+def group_alerts(alerts: list[Alert], config: NotifyConfig) -> list[AlertGroup]:
+    """Route every alert and gather them into groups, in first-seen order; an alert seen twice (same
+    fingerprint) within a group counts once, its latest state winning."""
+    groups: dict[str, tuple[Receiver, dict[str, str], dict[str, Alert]]] = {}
+    for alert in alerts:
+        for receiver in route_alert(alert, config):
+            labels = group_labels(alert, receiver)
+            key = group_key(receiver, labels)
+            groups.setdefault(key, (receiver, labels, {}))[2][alert.fingerprint] = alert
+    return [
+        AlertGroup(receiver.name, key, labels, tuple(members.values()))
+        for key, (receiver, labels, members) in groups.items()
+    ]
