@@ -101,16 +101,14 @@ def _sender() -> Any:
 
 async def shutdown() -> None:
     """Close this event loop's cached Storage and Graph clients (a host stopping cleanly, tests)."""
-    import asyncio
     import sys
 
     from . import store as store_module
 
-    loop = asyncio.get_running_loop()
-    cached_store = store_module._stores.pop(loop, None)
+    cached_store = store_module._stores.pop()
     if cached_store is not None:
         await cached_store.close()
     graph_module = sys.modules.get("shared.graph")  # never import Graph code just to close it
-    cached_graph = graph_module._clients.pop(loop, None) if graph_module is not None else None
+    cached_graph = graph_module._clients.pop() if graph_module is not None else None
     if cached_graph is not None:
         await cached_graph.close()

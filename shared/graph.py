@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .credentials import graph_credential, graph_scope
 from .errors import GraphError
+from .loop_cache import LoopCache
 
 if TYPE_CHECKING:
     from kiota_abstractions.request_information import RequestInformation
@@ -247,13 +247,9 @@ def _build_service(settings: Settings, credential: Any) -> tuple[GraphServiceCli
     return GraphServiceClient(request_adapter=adapter), http_client
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GraphClient] = weakref.WeakKeyDictionary()
+_clients: LoopCache[GraphClient] = LoopCache()
 
 
 def graph_client(settings: Settings) -> GraphClient:
     """The cached client of this process's event loop (the Functions worker runs one loop)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = GraphClient(settings)
-    return client
+    return _clients.get(lambda: GraphClient(settings))

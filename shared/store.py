@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,8 @@ from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
+
+from .loop_cache import LoopCache
 
 OUTBOX = "mail-outbox"
 OUTBOX_POISON = "mail-outbox-poison"
@@ -234,13 +235,9 @@ class Store:
         await self._blobs.close()
 
 
-_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Store] = weakref.WeakKeyDictionary()
+_stores: LoopCache[Store] = LoopCache()
 
 
 def store(connection_string: str) -> Store:
     """The cached store of this process's event loop."""
-    loop = asyncio.get_running_loop()
-    existing = _stores.get(loop)
-    if existing is None:
-        existing = _stores[loop] = Store(connection_string)
-    return existing
+    return _stores.get(lambda: Store(connection_string))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -75,16 +76,28 @@ def test_an_accepted_mail_is_sent_once_and_a_redelivered_message_makes_no_graph_
         await trigger.drain()
         again = await _post(app, {**MAIL, "id": "incident-1"})
         await trigger.drain()
+        from shared.config import settings
+        from shared.store import store
+
+        records = await store(settings().storage_connection).audit_records(time.strftime("%Y%m%d", time.gmtime()))
+        audit = [
+            (r["operation"], r["outcome"], r["mailbox"], r["recipientCount"])
+            for r in records
+            if r["correlationId"] == "incident-1"
+        ]
+        assert all("alice" not in r["recipients"] for r in records)  # recipients are hashed by default
         return {
             "accepted": accepted,
             "first": first,
             "again": again,
             "since": since,
             "invocations": trigger.invocations,
+            "audit": audit,
         }
 
     result = run(scenario())
     assert result["first"]["status"] == "sent" and result["first"]["attempts"] == 1
+    assert result["audit"] == [("sendMail", "sent", SENDER, 1)]  # one audit row, for the one Graph call
     assert result["again"] == result["accepted"]
     assert _sends(sandbox, result["since"]) == []
     assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["CPU at 97% on web-3"]
