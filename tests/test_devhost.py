@@ -150,8 +150,12 @@ def test_stopping_finishes_in_flight_invocations(azurite: AzuriteProcess, tmp_pa
     }
     host = Devhost(TEST_APP, env, tmp_path / "devhost.log")
     slow = _queue(azurite, "slow-stop-test")
-    slow.send_message("work")
-    _wait(lambda: (tmp_path / "slow.log").exists(), 20, "the slow function to start")
+    try:
+        slow.send_message("work")
+        _wait(lambda: (tmp_path / "slow.log").exists(), 20, "the slow function to start")
+    except BaseException:
+        host.process.kill()  # never leave a host behind when the test fails early
+        raise
     assert host.stop(signal.SIGTERM) == 0
     assert (tmp_path / "slow.log").read_text().split() == ["started", "finished"]
     assert slow.get_queue_properties().approximate_message_count == 0
