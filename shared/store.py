@@ -95,8 +95,8 @@ class Store:
 
     async def ensure(self) -> None:
         """Create tables, queues and the claim-check container once per process."""
-        if self._ready is None:
-            self._ready = asyncio.ensure_future(self._create())
+        if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
+            self._ready = asyncio.ensure_future(self._create())  # a failed attempt is not remembered
         await asyncio.shield(self._ready)
 
     async def _create(self) -> None:
