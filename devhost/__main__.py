@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         default=600,
         help="invisibility of a received queue message, renewed while it runs",
     )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30,
+        help="how long a stop waits for in-flight invocations before abandoning them",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("DEVHOST_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -118,8 +124,18 @@ async def _serve(args: argparse.Namespace, host_json: dict[str, Any], functions:
     print(f"DEVHOST READY {origin}", flush=True)
 
     await stop.wait()
-    log.info("stopping: no new work; waiting for in-flight invocations")
-    await asyncio.gather(*workers, return_exceptions=True)
+    log.info("stopping: no new work; waiting up to %.0f s for in-flight invocations", args.shutdown_timeout)
+    if workers:
+        _, unfinished = await asyncio.wait(workers, timeout=args.shutdown_timeout)
+        for task in unfinished:  # stuck (say, retrying storage that went away): abandoned, as the host does
+            task.cancel()
+        if unfinished:
+            log.warning(
+                "%d trigger(s) still busy after %.0f s; abandoned (their queue messages come back when "
+                "their locks expire)",
+                len(unfinished),
+                args.shutdown_timeout,
+            )
     server.should_exit = True
     await web
     shutdown = getattr(sys.modules.get("shared.functions"), "shutdown", None)

@@ -107,7 +107,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(30)
+            process.wait(45)  # longer than the devhost's own --shutdown-timeout (30 s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -161,6 +161,25 @@ def test_stopping_finishes_in_flight_invocations(azurite: AzuriteProcess, tmp_pa
     assert slow.get_queue_properties().approximate_message_count == 0
 
 
+def test_a_host_whose_storage_went_away_still_stops_promptly(tmp_path: Path) -> None:
+    storage = AzuriteProcess(tmp_path / "azurite", (free_port(), free_port(), free_port())).start()
+    env = {
+        **os.environ,
+        "AzureWebJobsStorage": storage.connection_string,
+        "SLOW_LOG": str(tmp_path / "s.log"),
+        "DEQUEUE_LOG": str(tmp_path / "d.log"),
+        "TICK_SCHEDULE": "0 0 0 1 1 *",
+    }
+    try:
+        host = Devhost(TEST_APP, env, tmp_path / "devhost.log", "--shutdown-timeout", "3")
+    finally:
+        storage.stop(grace=2)
+    time.sleep(1)  # the pollers are now retrying an unreachable queue
+    started = time.monotonic()
+    assert host.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+
+
 # -- the real app, end to end ------------------------------------------------------------------------------
 @pytest.fixture
 def app_host_env(app_env: dict[str, str]) -> dict[str, str]:
