@@ -3,11 +3,11 @@
 import azure.functions as func
 
 from shared import functions as handlers
-from shared.alerts.routing import load_notify_config
+from shared.alerts.routing import notify_config
 from shared.config import settings
 
 # invalid or missing settings, or a bad routing file, stop the app at start-up with a message naming them
-load_notify_config(settings().notify_config)
+notify_config(settings())
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -20,6 +20,11 @@ async def post_mail(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="mail/{id}", methods=["GET"])
 async def get_mail(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.get_mail(req)
+
+
+@app.route(route="alerts/{source?}", methods=["POST"])
+async def post_alerts(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.post_alerts(req)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -35,3 +40,13 @@ async def openapi(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_trigger(arg_name="message", queue_name="mail-outbox", connection="AzureWebJobsStorage")
 async def mail_outbox(message: func.QueueMessage) -> None:
     await handlers.mail_outbox(message)
+
+
+@app.queue_trigger(arg_name="message", queue_name="alerts-inbox", connection="AzureWebJobsStorage")
+async def alerts_inbox(message: func.QueueMessage) -> None:
+    await handlers.alerts_inbox(message)
+
+
+@app.queue_trigger(arg_name="message", queue_name="alerts-flush", connection="AzureWebJobsStorage")
+async def alerts_flush(message: func.QueueMessage) -> None:
+    await handlers.alerts_flush(message)

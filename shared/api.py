@@ -7,32 +7,30 @@ is acknowledged fast and a cold start stays short.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from .alerts.auth import SecretSource, authenticate
+from .alerts.dispatch import ingest, preview, receipts
+from .alerts.grouping import group_alerts
+from .alerts.intake import SOURCES, detect_source, parse_alerts
+from .alerts.routing import NotifyConfig
 from .config import Settings
-from .errors import (
-    AppError,
-    Detail,
-    conflict,
-    invalid_request,
-    not_found,
-    payload_too_large,
-    unavailable,
-    unsupported_media_type,
-)
-from .mail import ID_PATTERN, check_mail, parse_mail, payload_hash
-from .store import MailStatus, StatusChanged, Store
+from .errors import AppError, Detail, invalid_request, not_found, payload_too_large, unsupported_media_type
+from .mail import ID_PATTERN, check_mail, parse_mail
+from .outbox import submit_mail
+from .store import Store
 
 log = logging.getLogger("notifier.api")
 
 MAX_REQUEST_BYTES = 5 * 1024 * 1024  # 3 MB of attachments is 4 MB of base64, plus the body
+MAX_ALERT_REQUEST_BYTES = 4 * 1024 * 1024  # 10,000 alerts of a few hundred bytes; more is a misuse
 
 
 @dataclass
@@ -106,45 +104,41 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
             [Detail("id", "differs from the Idempotency-Key header")],
         )
     mail_id = mail.id or key or uuid.uuid4().hex
-    payload = mail.model_copy(update={"id": mail_id}).dump()
-    fingerprint = payload_hash(payload)
+    replay = await submit_mail(store, mail.model_copy(update={"id": mail_id}))
     accepted = ApiAnswer(202, {"id": mail_id, "status": "queued"}, {"Location": f"/api/mail/{mail_id}"})
-
-    status = await store.create_status(
-        MailStatus(
-            id=mail_id,
-            status="queued",
-            payload_hash=fingerprint,
-            sender=mail.sender or "",
-            recipient_count=len(mail.recipients()),
-        )
-    )
-    if status is None:
-        existing = await store.get_status(mail_id)
-        if existing is None:
-            raise unavailable("The mail's status changed while it was read; try again.")
-        if existing.payload_hash != fingerprint:
-            raise conflict(f"The id {mail_id!r} was already used for a different mail.")
-        if not existing.enqueued:  # the first request died between its status row and its enqueue
-            await _enqueue(store, existing, payload)
+    if replay:
         accepted.headers["Idempotent-Replay"] = "true"
-        return accepted
-    await _enqueue(store, status, payload)
     return accepted
 
 
-async def _enqueue(store: Store, status: MailStatus, payload: dict[str, Any]) -> None:
-    try:
-        await store.enqueue_mail(status.id, payload)
-    except Exception:
-        log.exception("enqueue of mail %s failed", status.id)
-        if not status.enqueued:
-            await store.delete_status(status.id)
-        raise unavailable("The mail could not be queued; nothing was accepted. Try again.") from None
-    status.enqueued = True
-    # StatusChanged: the sender got to it first; it is enqueued, and the sender's row is the newer one
-    with contextlib.suppress(StatusChanged):
-        await store.save_status(status)
+async def post_alerts(
+    request: ApiRequest,
+    settings: Settings,
+    config: NotifyConfig,
+    store: Store,
+    secrets: Callable[[], SecretSource],
+) -> ApiAnswer:
+    """Authenticate, parse and route a source's alerts; record them in their groups (202), or with
+    `?dryRun=true` answer the mails their groups would get now, storing nothing (200)."""
+    source = request.route.get("source") or None
+    if source is not None and source not in SOURCES:
+        raise not_found(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
+    payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
+    source = source or detect_source(payload)
+    await authenticate(source, config.source_auth(source), request.headers, request.body, secrets, time.time())
+    alerts = parse_alerts(payload, source)
+    now = datetime.now(UTC)
+    if request.params.get("dryRun", "").lower() in {"true", "1"}:
+        groups = group_alerts(alerts, config)
+        mails = [
+            preview(group, config.receiver(group.receiver), settings, now)
+            for group in groups
+            if config.receiver(group.receiver).mode == "immediate"
+        ]
+        answered = [r.answer() for r in receipts(groups, config)]
+        return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
+    groups_written = await ingest(alerts, config, store, now)
+    return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
 
 
 async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,8 +23,10 @@ from azure.identity.aio import CertificateCredential, ClientSecretCredential, Ma
 from azure.keyvault.secrets.aio import SecretClient
 
 from .config import Settings
+from .loop_cache import LoopCache
 
 SECRET_TTL_SECONDS = 3600
+SOURCE_SECRET_TTL_SECONDS = 300  # alert sources' bearer/HMAC secrets; a mismatch re-reads sooner
 GRAPH_SCOPE_SUFFIX = "/.default"
 # Entra's answers for a secret or certificate that is wrong, expired or removed: worth one re-read.
 _STALE_CREDENTIAL = ("invalid_client", "AADSTS7000215", "AADSTS7000222", "AADSTS700027", "AADSTS700024")
@@ -33,17 +36,62 @@ class CredentialError(Exception):
     """The Graph credential could not be obtained; the message is safe to log (no secret in it)."""
 
 
-class KeyVaultGraphCredential:
-    """An async token credential for Graph whose client secret or certificate lives in Key Vault."""
+class VaultSecrets:
+    """Named Key Vault secrets read with the managed identity, each cached for `ttl` seconds."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, settings: Settings, ttl: float = SOURCE_SECRET_TTL_SECONDS) -> None:
+        if not settings.key_vault_url:
+            raise CredentialError("KEY_VAULT_URL is not set, so no secret can be read")
         self._identity = ManagedIdentityCredential(client_id=settings.azure_client_id)
         self._vault = SecretClient(
             settings.key_vault_url,
             self._identity,
             verify_challenge_resource=settings.key_vault_verify_challenge_resource,
         )
+        self._ttl = ttl
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def get(self, name: str, refresh: bool = False) -> str:
+        """The secret's current value; from the cache unless it is older than the TTL or `refresh`."""
+        cached = self._cache.get(name)
+        if cached is not None and not refresh and time.monotonic() - cached[1] < self._ttl:
+            return cached[0]
+        try:
+            secret = await self._vault.get_secret(name)
+        except AzureError as error:
+            status = getattr(error, "status_code", None)
+            raise CredentialError(
+                f"cannot read Key Vault secret {name!r} ({type(error).__name__}{f', HTTP {status}' if status else ''})"
+            ) from None
+        if not secret.value:
+            raise CredentialError(f"Key Vault secret {name!r} is empty")
+        self._cache[name] = (secret.value, time.monotonic())
+        return secret.value
+
+    def age(self, name: str) -> float:
+        """Seconds since the secret was read (infinite when it never was)."""
+        cached = self._cache.get(name)
+        return time.monotonic() - cached[1] if cached else math.inf
+
+    async def close(self) -> None:
+        await self._vault.close()
+        await self._identity.close()
+
+
+_vaults: LoopCache[VaultSecrets] = LoopCache()
+
+
+def vault_secrets(settings: Settings) -> VaultSecrets:
+    """This event loop's cached reader of source-authentication secrets."""
+    return _vaults.get(lambda: VaultSecrets(settings))
+
+
+class KeyVaultGraphCredential:
+    """An async token credential for Graph whose client secret or certificate lives in Key Vault."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._secrets = VaultSecrets(settings, ttl=0)  # the TTL of the Graph credential is kept here
         self._inner: ClientSecretCredential | CertificateCredential | None = None
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
@@ -61,17 +109,7 @@ class KeyVaultGraphCredential:
 
     async def read_secret(self) -> str:
         """The Graph credential from Key Vault (used by the health check too)."""
-        name = self._settings.graph_credential_secret_name
-        try:
-            secret = await self._vault.get_secret(name)
-        except AzureError as error:
-            status = getattr(error, "status_code", None)
-            raise CredentialError(
-                f"cannot read Key Vault secret {name!r} ({type(error).__name__}{f', HTTP {status}' if status else ''})"
-            ) from None
-        if not secret.value:
-            raise CredentialError(f"Key Vault secret {name!r} is empty")
-        return secret.value
+        return await self._secrets.get(self._settings.graph_credential_secret_name, refresh=True)
 
     def _build(self, value: str) -> ClientSecretCredential | CertificateCredential:
         settings = self._settings
@@ -102,8 +140,7 @@ class KeyVaultGraphCredential:
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
-        await self._vault.close()
-        await self._identity.close()
+        await self._secrets.close()
 
     async def __aenter__(self) -> KeyVaultGraphCredential:
         return self

@@ -48,6 +48,10 @@ def unsupported_media_type(message: str) -> AppError:
     return AppError(415, "unsupported_media_type", message)
 
 
+def unauthorized(message: str) -> AppError:
+    return AppError(401, "unauthorized", message)
+
+
 def not_found(message: str) -> AppError:
     return AppError(404, "not_found", message)
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
 
 from . import api
+from .alerts.dispatch import flush, ingest_message
+from .alerts.routing import notify_config
 from .config import ConfigError, settings
 from .openapi import openapi_document
-from .store import store
+from .store import ALERTS_FLUSH, store
 
 log = logging.getLogger("notifier")
 
@@ -47,6 +50,48 @@ async def post_mail(req: func.HttpRequest) -> func.HttpResponse:
     config = settings()
     request = _request(req)
     return _response(await api.answer(lambda r: api.post_mail(r, config, store(config.storage_connection)), request))
+
+
+async def post_alerts(req: func.HttpRequest) -> func.HttpResponse:
+    config = settings()
+    request = _request(req)
+
+    def secrets() -> Any:  # Key Vault code is loaded only for sources that authenticate
+        from .credentials import vault_secrets
+
+        return vault_secrets(config)
+
+    return _response(
+        await api.answer(
+            lambda r: api.post_alerts(r, config, notify_config(config), store(config.storage_connection), secrets),
+            request,
+        )
+    )
+
+
+async def alerts_inbox(message: func.QueueMessage) -> None:
+    config = settings()
+    outcome = await ingest_message(
+        message.get_body().decode("utf-8", "replace"),
+        message.id or "",
+        notify_config(config),
+        config,
+        store(config.storage_connection),
+        datetime.now(UTC),
+    )
+    log.info(json.dumps({"alertsInbox": {"id": message.id, "outcome": outcome.outcome, "alerts": outcome.alerts}}))
+
+
+async def alerts_flush(message: func.QueueMessage) -> None:
+    config = settings()
+    text = message.get_body().decode("utf-8", "replace")
+    try:
+        done = await flush(text, notify_config(config), config, store(config.storage_connection))
+    except ValueError as error:  # not a flush message: nothing can ever come of it
+        await store(config.storage_connection).poison(ALERTS_FLUSH, text)
+        log.warning("alerts-flush message %s poisoned: %s", message.id, error)
+        return
+    log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
 
 
 async def get_mail(req: func.HttpRequest) -> func.HttpResponse:
@@ -108,6 +153,10 @@ async def shutdown() -> None:
     cached_store = store_module._stores.pop()
     if cached_store is not None:
         await cached_store.close()
+    credentials_module = sys.modules.get("shared.credentials")
+    cached_vault = credentials_module._vaults.pop() if credentials_module is not None else None
+    if cached_vault is not None:
+        await cached_vault.close()
     graph_module = sys.modules.get("shared.graph")  # never import Graph code just to close it
     cached_graph = graph_module._clients.pop() if graph_module is not None else None
     if cached_graph is not None:

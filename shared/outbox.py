@@ -1,4 +1,5 @@
-"""The sender: one `mail-outbox` message in, one mail out through Graph, its status kept true.
+"""The outbox: `submit_mail` puts a checked mail on `mail-outbox` once (any producer: the API, alert
+flushes, digests); the sender takes one message in and sends one mail through Graph, its status kept true.
 
 Semantics (at-least-once queue, exactly-once mail in the normal case):
 - a mail already `sent` (a redelivered message) is acknowledged without a Graph call;
@@ -12,6 +13,7 @@ Semantics (at-least-once queue, exactly-once mail in the normal case):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import audit
 from .config import Settings
-from .errors import AppError, GraphError
+from .errors import AppError, GraphError, conflict, unavailable
 from .mail import MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
 from .store import OUTBOX, MailStatus, StatusChanged, Store
 
@@ -31,6 +33,48 @@ log = logging.getLogger("notifier.outbox")
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
+
+
+async def submit_mail(store: Store, mail: MailRequest) -> bool:
+    """Record a checked mail (with its id) as `queued` and enqueue it, once: True when that id was already
+    submitted with the same content (a replay); a different mail under a used id is a 409."""
+    assert mail.id is not None
+    payload = mail.dump()
+    fingerprint = payload_hash(payload)
+    status = await store.create_status(
+        MailStatus(
+            id=mail.id,
+            status="queued",
+            payload_hash=fingerprint,
+            sender=mail.sender or "",
+            recipient_count=len(mail.recipients()),
+        )
+    )
+    if status is not None:
+        await _enqueue(store, status, payload)
+        return False
+    existing = await store.get_status(mail.id)
+    if existing is None:
+        raise unavailable("The mail's status changed while it was read; try again.")
+    if existing.payload_hash != fingerprint:
+        raise conflict(f"The id {mail.id!r} was already used for a different mail.")
+    if not existing.enqueued:  # the first submission died between its status row and its enqueue
+        await _enqueue(store, existing, payload)
+    return True
+
+
+async def _enqueue(store: Store, status: MailStatus, payload: dict[str, Any]) -> None:
+    try:
+        await store.enqueue_mail(status.id, payload)
+    except Exception:
+        log.exception("enqueue of mail %s failed", status.id)
+        if not status.enqueued:
+            await store.delete_status(status.id)
+        raise unavailable("The mail could not be queued; nothing was accepted. Try again.") from None
+    status.enqueued = True
+    # StatusChanged: the sender got to it first; it is enqueued, and the sender's row is the newer one
+    with contextlib.suppress(StatusChanged):
+        await store.save_status(status)
 
 
 @dataclass(frozen=True)
@@ -93,13 +137,13 @@ class Sender:
             return Delivery(mail_id, "duplicate", "already failed")
         lease = timedelta(seconds=self.settings.send_lease_seconds)  # a `sending` claim keeps others off
         if status.status == "sending" and status.lease_until > _later(timedelta()):
-            await self.store.requeue(OUTBOX, text, _until(status.lease_until) + 1)
+            await self.store.send_message(OUTBOX, text, _until(status.lease_until) + 1)
             return Delivery(mail_id, "busy", "another instance is sending it")
         try:
             status.status, status.attempts, status.lease_until = "sending", status.attempts + 1, _later(lease)
             status = await self.store.save_status(status)
         except StatusChanged:
-            await self.store.requeue(OUTBOX, text, 5)
+            await self.store.send_message(OUTBOX, text, 5)
             return Delivery(mail_id, "busy", "another instance claimed it")
         return await self._send(mail, status, text, payload)
 
@@ -149,7 +193,7 @@ class Sender:
             delay = error.retry_after if error.retry_after is not None else min(300, 5 * 2**status.attempts)
             status.status = "queued"
             await self._save_final(status)
-            await self.store.requeue(OUTBOX, text, delay)
+            await self.store.send_message(OUTBOX, text, delay)
             outcome, detail = "retry_later", f"Graph {error.status} {error.code}; again in {delay:.0f} s"
         else:
             status.status = "failed"

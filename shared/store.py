@@ -1,7 +1,8 @@
-"""State in Azure Storage: mail status (Tables), the outbox queue with claim check (Queues, Blobs), audit.
+"""State in Azure Storage: mail status (Tables), the outbox queue with claim check (Queues, Blobs), audit,
+and the rows, queues and blobs the alert pipeline keeps its groups in.
 
 The one module that talks to Storage. Clients are async, made once per event loop and reused; tables,
-queues and the claim-check container are created on first use.
+queues and containers are created on first use.
 """
 
 from __future__ import annotations
@@ -29,12 +30,22 @@ OUTBOX_POISON = "mail-outbox-poison"
 STATUS_TABLE = "mailstatus"
 AUDIT_TABLE = "audit"
 CLAIM_CONTAINER = "mail-payloads"
+ALERTS_INBOX = "alerts-inbox"
+ALERTS_INBOX_POISON = "alerts-inbox-poison"
+ALERTS_FLUSH = "alerts-flush"
+ALERT_GROUPS_TABLE = "alertgroups"
+ALERT_DIGEST_TABLE = "alertdigest"
+NOTICE_CONTAINER = "alert-notices"
+_TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE)
+_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH)
+_CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER)
+TRANSACTION_SIZE = 100  # Table storage: at most 100 operations per transaction, one partition
 QUEUE_PAYLOAD_LIMIT = 48 * 1024  # 64 KB per queue message once base64-encoded
 MAX_QUEUE_DELAY = 7 * 24 * 3600 - 1  # a visibility timeout must stay under 7 days
 
 
 class StatusChanged(Exception):
-    """The status row changed since it was read (another instance got there first)."""
+    """A row changed since it was read (another instance got there first)."""
 
 
 @dataclass
@@ -76,6 +87,11 @@ def _entity(status: MailStatus) -> dict[str, Any]:
     return {"PartitionKey": status.id, "RowKey": "status", **entity}
 
 
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as Table storage takes it: no ETag field, no empty values."""
+    return {k: v for k, v in row.items() if k != "etag" and v is not None}
+
+
 def _status(entity: Any) -> MailStatus:
     fields = {k: entity.get(k) for k in MailStatus.__dataclass_fields__ if k not in {"id", "etag"}}
     status = MailStatus(id=entity["PartitionKey"], **{k: v for k, v in fields.items() if v is not None})
@@ -105,11 +121,9 @@ class Store:
                 await call
 
         await asyncio.gather(
-            create(self._tables.create_table(STATUS_TABLE)),
-            create(self._tables.create_table(AUDIT_TABLE)),
-            create(self._queue(OUTBOX).create_queue()),
-            create(self._queue(OUTBOX_POISON).create_queue()),
-            create(self._blobs.create_container(CLAIM_CONTAINER)),
+            *(create(self._tables.create_table(name)) for name in _TABLES),
+            *(create(self._queue(name).create_queue()) for name in _QUEUES),
+            *(create(self._blobs.create_container(name)) for name in _CONTAINERS),
         )
 
     # -- status ---------------------------------------------------------------------------------------
@@ -164,9 +178,9 @@ class Store:
             blob = f"{mail_id}.json"
             await self._blobs.get_blob_client(CLAIM_CONTAINER, blob).upload_blob(text.encode(), overwrite=True)
             text = json.dumps({"id": mail_id, "claimCheck": f"{CLAIM_CONTAINER}/{blob}"})
-        await self.requeue(OUTBOX, text, delay_seconds)
+        await self.send_message(OUTBOX, text, delay_seconds)
 
-    async def requeue(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+    async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
         """Send a queue message as is, visible after a delay (a throttled mail's `Retry-After`)."""
         delay = min(MAX_QUEUE_DELAY, max(0, round(delay_seconds)))
         await self._queue(queue).send_message(text, visibility_timeout=delay or None)
@@ -204,7 +218,102 @@ class Store:
     async def poison(self, queue: str, text: str) -> None:
         """Move a message the app cannot use to `<queue>-poison` itself (the host does it after 5 crashes)."""
         await self.ensure()
-        await self.requeue(f"{queue}-poison", text)
+        await self.send_message(f"{queue}-poison", text)
+
+    # -- rows of the alert pipeline (groups, their alerts, the digest buffer) --------------------------
+    async def get_row(self, table: str, partition: str, row: str) -> dict[str, Any] | None:
+        """One row with its ETag under `"etag"`, or None."""
+        await self.ensure()
+        try:
+            entity = await self._tables.get_table_client(table).get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+        return {**entity, "etag": entity.metadata.get("etag")}
+
+    async def partition_rows(self, table: str, partition: str) -> list[dict[str, Any]]:
+        """Every row of a partition, each with its ETag under `"etag"`."""
+        await self.ensure()
+        rows = self._tables.get_table_client(table).query_entities(
+            "PartitionKey eq @partition", parameters={"partition": partition}
+        )
+        return [{**entity, "etag": entity.metadata.get("etag")} async for entity in rows]
+
+    async def insert_row(self, table: str, row: dict[str, Any]) -> str | None:
+        """Insert a new row; its ETag, or None when a row with those keys exists already."""
+        await self.ensure()
+        try:
+            metadata = await self._tables.get_table_client(table).create_entity(_plain(row))
+        except ResourceExistsError:
+            return None
+        return str(metadata.get("etag"))
+
+    async def replace_row(self, table: str, row: dict[str, Any], etag: str) -> str:
+        """Replace a row only if it is unchanged since it was read; StatusChanged otherwise."""
+        try:
+            metadata = await self._tables.get_table_client(table).update_entity(
+                _plain(row), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise StatusChanged(f"{row['PartitionKey']}/{row['RowKey']}") from None
+        return str(metadata.get("etag"))
+
+    async def delete_row(self, table: str, partition: str, row: str, etag: str | None = None) -> None:
+        """Delete a row (only if unchanged, given its ETag: StatusChanged otherwise); gone is fine."""
+        client = self._tables.get_table_client(table)
+        try:
+            if etag is None:
+                await client.delete_entity(partition, row)
+            else:
+                await client.delete_entity(partition, row, etag=etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceNotFoundError:
+            return
+        except ResourceModifiedError:
+            raise StatusChanged(f"{partition}/{row}") from None
+
+    async def merge_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Upsert rows, merging into what is there (fields not given are kept), a transaction per 100 rows of
+        one partition; partitions are written concurrently."""
+        await self.ensure()
+        client = self._tables.get_table_client(table)
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_partition.setdefault(row["PartitionKey"], []).append(_plain(row))
+
+        async def write(chunk: list[dict[str, Any]]) -> None:
+            await client.submit_transaction([("upsert", row, {"mode": UpdateMode.MERGE}) for row in chunk])
+
+        await asyncio.gather(
+            *(
+                write(part[start : start + TRANSACTION_SIZE])
+                for part in by_partition.values()
+                for start in range(0, len(part), TRANSACTION_SIZE)
+            )
+        )
+
+    # -- alert notices (a flush's record of what it mails, written before the mail) ---------------------
+    async def put_notice(self, name: str, notice: dict[str, Any]) -> dict[str, Any]:
+        """Store a notice unless one of that name exists; the stored one (ours or the first writer's)."""
+        await self.ensure()
+        blob = self._blobs.get_blob_client(NOTICE_CONTAINER, name)
+        try:
+            await blob.upload_blob(json.dumps(notice).encode(), overwrite=False)
+            return notice
+        except ResourceExistsError:
+            existing = await self.get_notice(name)
+            return existing if existing is not None else notice
+
+    async def get_notice(self, name: str) -> dict[str, Any] | None:
+        await self.ensure()
+        try:
+            downloader = await self._blobs.get_blob_client(NOTICE_CONTAINER, name).download_blob()
+        except ResourceNotFoundError:
+            return None
+        notice: dict[str, Any] = json.loads(await downloader.readall())
+        return notice
+
+    async def delete_notice(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._blobs.get_blob_client(NOTICE_CONTAINER, name).delete_blob()
 
     # -- audit ----------------------------------------------------------------------------------------
     async def write_audit(self, record: dict[str, Any]) -> None:

@@ -60,6 +60,7 @@ def http(
     *,
     headers: dict[str, str] | None = None,
     route: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> Any:
     """A func.HttpRequest as the host builds it; `body` is sent as JSON unless `raw` bytes are given."""
@@ -69,7 +70,9 @@ def http(
 
     content = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
     all_headers = {"Content-Type": "application/json", **(headers or {})}
-    return func.HttpRequest(method, url, headers=all_headers, params={}, route_params=route or {}, body=content)
+    return func.HttpRequest(
+        method, url, headers=all_headers, params=params or {}, route_params=route or {}, body=content
+    )
 
 
 def run(scenario: Any) -> Any:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from .model import Alert, AlertGroup
 from .routing import NotifyConfig, Receiver, route_alert
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # Table keys refuse slashes, #, ? and control characters
 
 
 def group_labels(alert: Alert, receiver: Receiver) -> dict[str, str]:
@@ -25,7 +28,7 @@ def group_labels(alert: Alert, receiver: Receiver) -> dict[str, str]:
 def group_key(receiver: Receiver, labels: dict[str, str]) -> str:
     """A stable id for (receiver, group labels): safe as a Table storage key and a queue message id part."""
     digest = hashlib.sha256(json.dumps([receiver.name, sorted(labels.items())]).encode()).hexdigest()
-    return f"{receiver.name}-{digest[:24]}"
+    return f"{_KEY_UNSAFE.sub('_', receiver.name)[:40]}-{digest[:24]}"
 
 
 def group_alerts(alerts: list[Alert], config: NotifyConfig) -> list[AlertGroup]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Status = Literal["firing", "resolved"]
 SEVERITIES = ("critical", "high", "warning", "info")
@@ -73,6 +73,45 @@ class Alert:
     ends_at: datetime | None = None
     fingerprint: str = ""
     links: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form an alert is stored in (group rows, the digest buffer, notices)."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "status": self.status,
+            "severity": self.severity,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "startsAt": self.starts_at.isoformat() if self.starts_at else None,
+            "endsAt": self.ends_at.isoformat() if self.ends_at else None,
+            "fingerprint": self.fingerprint,
+            "links": self.links,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
+        def moment(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return cls(
+            source=data["source"],
+            name=data["name"],
+            status="resolved" if data["status"] == "resolved" else "firing",
+            severity=data["severity"],
+            labels=dict(data["labels"]),
+            annotations=dict(data.get("annotations") or {}),
+            starts_at=moment(data.get("startsAt")),
+            ends_at=moment(data.get("endsAt")),
+            fingerprint=data.get("fingerprint", ""),
+            links=dict(data.get("links") or {}),
+        )
+
+    def status_at(self, moment: datetime) -> Status:
+        """Resolved when the source said so, or when its announced end has passed."""
+        if self.status == "resolved" or (self.ends_at is not None and self.ends_at <= moment):
+            return "resolved"
+        return "firing"
 
     @property
     def summary(self) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ADDRESS, ConfigError
+from ..config import ADDRESS, ConfigError, Settings
 from .model import Alert
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
@@ -206,6 +207,10 @@ class NotifyConfig(_Model):
     def receiver(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
 
+    def source_auth(self, source: str) -> SourceAuth | None:
+        """The authentication a source must pass beyond the function key, if the file asks for any."""
+        return next((auth for name, auth in self.sources.items() if name == source), None)
+
 
 def route_alert(alert: Alert, config: NotifyConfig) -> list[Receiver]:
     """The receivers an alert goes to (at least the root's), in tree order, each once."""
@@ -266,3 +271,26 @@ def load_notify_config(path: Path | str) -> NotifyConfig:
         line = _line_of(tree, location)
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}{f' line {line}' if line else ''}: {where}: {message}") from None
+
+
+@lru_cache(maxsize=4)
+def notify_config(settings: Settings) -> NotifyConfig:
+    """The routing file the settings name, loaded once and checked against them: every receiver must be able
+    to send (MAIL_ALLOWED_SENDERS, MAIL_ALLOWED_RECIPIENT_DOMAINS), and source secrets need KEY_VAULT_URL."""
+    config = load_notify_config(settings.notify_config)
+    where = settings.notify_config
+    for receiver in config.receivers:
+        sender = receiver.sender or settings.mail_default_sender
+        if sender not in settings.mail_allowed_senders:
+            raise ConfigError(
+                f"{where}: receiver {receiver.name!r} sends as {sender}, which MAIL_ALLOWED_SENDERS does not allow"
+            )
+        domains = settings.mail_allowed_recipient_domains
+        for address in receiver.to + receiver.cc:
+            if domains and address.rsplit("@", 1)[1] not in domains:
+                raise ConfigError(
+                    f"{where}: receiver {receiver.name!r} mails {address}, outside MAIL_ALLOWED_RECIPIENT_DOMAINS"
+                )
+    if config.sources and not settings.key_vault_url:
+        raise ConfigError(f"{where}: sources: source secrets are read from Key Vault, and KEY_VAULT_URL is not set")
+    return config

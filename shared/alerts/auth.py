@@ -1,0 +1,89 @@
+"""Source authentication beyond the function key, as the routing file's `sources:` asks for it.
+
+- `bearer_secret`: the request carries `Authorization: Bearer <the secret's value>`.
+- `hmac_secret`: the request carries the hex HMAC-SHA256 of its body in `hmac_header` (Grafana's
+  `X-Grafana-Alerting-Signature` by default). With `timestamp_header` set, the signed text is
+  `<timestamp>:<body>` and the timestamp (Unix seconds) must lie within `replay_window` of now.
+
+Secrets are Key Vault secret names, read through the managed identity and cached; when a request fails
+against a cached secret that is more than a minute old, the secret is read once more (it may have been
+rotated). Comparisons take constant time, and no answer says which part was wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ..errors import AppError, unauthorized, unavailable
+from .routing import SourceAuth, parse_duration
+
+REREAD_AFTER_SECONDS = 60
+
+
+class SecretSource(Protocol):
+    async def get(self, name: str, refresh: bool = False) -> str: ...
+
+    def age(self, name: str) -> float: ...
+
+
+def _signature_base(auth: SourceAuth, headers: Mapping[str, str], body: bytes, now: float) -> bytes:
+    """What the HMAC covers; raises 401 for a missing, malformed or stale timestamp."""
+    if auth.timestamp_header is None:
+        return body
+    stamp = headers.get(auth.timestamp_header.lower(), "").strip()
+    if not stamp.isdigit():
+        raise unauthorized(f"The request needs a {auth.timestamp_header} header with a Unix timestamp.")
+    if abs(now - int(stamp)) > parse_duration(auth.replay_window):
+        raise unauthorized("The request's timestamp is outside the replay window.")
+    return stamp.encode() + b":" + body
+
+
+def _presented(auth: SourceAuth, headers: Mapping[str, str]) -> str:
+    if auth.bearer_secret:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("The request needs an Authorization: Bearer header.")
+        return token.strip()
+    signature = headers.get(auth.hmac_header.lower(), "").strip().lower()
+    if not signature:
+        raise unauthorized(f"The request needs a {auth.hmac_header} header.")
+    return signature
+
+
+def _matches(auth: SourceAuth, presented: str, base: bytes, secret: str) -> bool:
+    expected = secret if auth.bearer_secret else hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+async def authenticate(
+    source: str,
+    auth: SourceAuth | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Callable[[], SecretSource],
+    now: float,
+) -> None:
+    """Pass, or raise 401 (503 when the secret cannot be read). `headers` have lower-case names."""
+    if auth is None:
+        return
+    presented = _presented(auth, headers)
+    base = _signature_base(auth, headers, body, now)
+    name = auth.bearer_secret or auth.hmac_secret or ""
+    try:
+        reader = secrets()
+        if _matches(auth, presented, base, await reader.get(name)):
+            return
+        if reader.age(name) > REREAD_AFTER_SECONDS and _matches(
+            auth, presented, base, await reader.get(name, refresh=True)
+        ):
+            return
+    except AppError:
+        raise
+    except Exception as error:
+        # our own CredentialError names the secret, never its value; others could carry anything
+        reason = str(error) if type(error).__module__.startswith("shared.") else type(error).__name__
+        raise unavailable(f"The {source} source's secret cannot be read now: {reason}"[:300]) from None
+    raise unauthorized(f"The {source} request's credentials are not valid.")

@@ -1,0 +1,385 @@
+"""Dispatch: grouping with state, Alertmanager's aggregation groups in serverless form.
+
+State lives in Table storage, one partition per group: a `group` row (receiver, labels, the due time of its
+one live flush, the last notice) and a row per alert (`a-<hash of fingerprint>`: the alert, its status,
+the status it was last announced with).
+
+- `ingest` writes routed alerts to their groups (digest receivers: to the digest buffer instead) and makes
+  sure each group has a flush pending: a message on `alerts-flush`, visible after `group_wait` for a new
+  group, or at the next `group_interval` tick after the last flush.
+- `flush` handles such a message. Only the message whose due time is the group's `scheduled_for` acts, so
+  redelivered and superseded messages do nothing. It mails when alerts fire that were not announced, when
+  announced ones resolved (with `send_resolved`), or when `repeat_interval` has passed; the notice (what it
+  mails and the alerts' statuses) is stored before the mail is submitted under an id made of the group and
+  the notice's number, so a flush that dies half-way is finished by its redelivery without a second mail.
+  While alerts remain, the next flush is one `group_interval` later.
+
+Concurrent instances are kept apart by ETags on the group row; every write can be repeated safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..audit import audit
+from ..config import Settings
+from ..errors import AppError, unavailable
+from ..mail import MailRequest
+from ..outbox import submit_mail
+from ..store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, ALERTS_FLUSH, ALERTS_INBOX, StatusChanged, Store
+from .grouping import group_alerts
+from .intake import parse_alerts
+from .model import Alert, AlertGroup
+from .notify import alert_mail
+from .render import render_group
+from .routing import NotifyConfig, Receiver
+
+log = logging.getLogger("notifier.alerts")
+
+GROUP_ROW = "group"
+STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
+MAX_ALERT_JSON = 30_000  # characters; a Table string property holds 32 K UTF-16 code units
+_ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _moment(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _whole_second_after(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0) + timedelta(seconds=1 if moment.microsecond else 0)
+
+
+def alert_row_key(alert: Alert) -> str:
+    """Fingerprints may hold characters Table keys refuse (Azure Monitor's are resource paths)."""
+    return "a-" + hashlib.sha256(alert.fingerprint.encode()).hexdigest()[:32]
+
+
+def stored_alert(alert: Alert) -> str:
+    """An alert's JSON, its longest annotations shortened until it fits a Table property."""
+    text = json.dumps(alert.as_dict(), separators=(",", ":"))
+    annotations = dict(alert.annotations)
+    while len(text) > MAX_ALERT_JSON and annotations:
+        longest = max(annotations, key=lambda name: len(annotations[name]))
+        value = annotations[longest]
+        annotations[longest] = value[: len(value) // 2] + "\u2026" if len(value) > 64 else ""
+        if not annotations[longest]:
+            del annotations[longest]
+        text = json.dumps(replace(alert, annotations=annotations).as_dict(), separators=(",", ":"))
+    return text
+
+
+@dataclass(frozen=True)
+class GroupReceipt:
+    """What intake tells the caller about one group an alert went to."""
+
+    key: str
+    receiver: str
+    mode: str
+    labels: dict[str, str]
+    alerts: int
+
+    def answer(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "receiver": self.receiver,
+            "mode": self.mode,
+            "labels": self.labels,
+            "alerts": self.alerts,
+        }
+
+
+def receipts(groups: list[AlertGroup], config: NotifyConfig) -> list[GroupReceipt]:
+    return [GroupReceipt(g.key, g.receiver, config.receiver(g.receiver).mode, g.labels, len(g.alerts)) for g in groups]
+
+
+def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
+    rendered = render_group(group, receiver.template, now=now)
+    return {
+        "group": group.key,
+        "receiver": receiver.name,
+        "from": receiver.sender or settings.mail_default_sender,
+        "to": receiver.to,
+        "cc": receiver.cc,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+    }
+
+
+async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: datetime) -> list[GroupReceipt]:
+    """Record alerts in their groups (or the digest buffer) and make sure each group has a flush pending."""
+    groups = group_alerts(alerts, config)
+    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate"]
+    digest = [g for g in groups if config.receiver(g.receiver).mode == "digest"]
+    seen = stamp(now)
+    await store.merge_rows(
+        ALERT_GROUPS_TABLE,
+        [
+            {
+                "PartitionKey": g.key,
+                "RowKey": alert_row_key(a),
+                "alert": stored_alert(a),
+                "status": a.status,
+                "updated": seen,
+            }
+            for g in immediate
+            for a in g.alerts
+        ],
+    )
+    await store.merge_rows(
+        ALERT_DIGEST_TABLE,
+        [
+            {
+                "PartitionKey": g.key,
+                "RowKey": alert_row_key(a),
+                "receiver": g.receiver,
+                "alert": stored_alert(a),
+                "status": a.status,
+                "lastSeen": seen,
+            }
+            for g in digest
+            for a in g.alerts
+        ],
+    )
+    for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
+        await schedule_flush(group.key, config.receiver(group.receiver), group.labels, store, now)
+    return receipts(groups, config)
+
+
+async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], store: Store, now: datetime) -> None:
+    """Make sure the group has one live flush: `group_wait` from now for a new or idle group, else the next
+    `group_interval` tick. The message is sent before the row names it: a crash in between leaves a
+    message that does nothing, never a group that waits for a message that was not sent."""
+    for _ in range(_ATTEMPTS):
+        row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
+        if row is not None and row.get("scheduled_for") and _moment(row["scheduled_for"]) > now - STALE_AFTER:
+            return  # a flush is pending; it will see the alerts just written
+        if row is None or not row.get("last_flush") or not row.get("scheduled_for"):
+            due = _whole_second_after(now + timedelta(seconds=receiver.seconds("group_wait")))
+        else:
+            tick = _moment(row["last_flush"]) + timedelta(seconds=receiver.seconds("group_interval"))
+            due = max(_whole_second_after(now), tick)
+        await send_flush(store, key, due, now)
+        if row is None:
+            created = {
+                "PartitionKey": key,
+                "RowKey": GROUP_ROW,
+                "receiver": receiver.name,
+                "labels": json.dumps(labels),
+                "scheduled_for": stamp(due),
+                "last_flush": "",
+                "last_notice": "",
+                "seq": 0,
+                "epoch": uuid.uuid4().hex[:12],  # mail ids stay unique if a group's rows are ever lost
+            }
+            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+                return
+            continue
+        try:
+            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "scheduled_for": stamp(due)}, row["etag"])
+            return
+        except StatusChanged:
+            continue
+    raise unavailable(f"Alert group {key} is busy; try again.")
+
+
+async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> None:
+    delay = max(0, math.ceil((due - now).total_seconds()))
+    await store.send_message(ALERTS_FLUSH, json.dumps({"group": key, "due": stamp(due)}), delay)
+
+
+@dataclass(frozen=True)
+class Flush:
+    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `dropped`
+    (its receiver is no longer configured)."""
+
+    group: str
+    outcome: str
+    mail_id: str | None = None
+    alerts: int = 0
+
+
+def parse_flush_message(text: str) -> tuple[str, str]:
+    """(group key, due) of an `alerts-flush` message; ValueError when it is not one."""
+    message = json.loads(text)
+    if not isinstance(message, dict) or not isinstance(message.get("group"), str):
+        raise ValueError("not an alerts-flush message")
+    due = str(message.get("due", ""))
+    _moment(due)
+    return message["group"], due
+
+
+async def flush(text: str, config: NotifyConfig, settings: Settings, store: Store) -> Flush:
+    """Handle one `alerts-flush` message (see the module's docstring)."""
+    key, due = parse_flush_message(text)
+    row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
+    if row is None or row.get("scheduled_for") != due:
+        return Flush(key, "stale")
+    at = _moment(due)
+    rows = [r for r in await store.partition_rows(ALERT_GROUPS_TABLE, key) if r["RowKey"] != GROUP_ROW]
+    receiver = next((r for r in config.receivers if r.name == row["receiver"]), None)
+    if receiver is None or receiver.mode != "immediate":
+        for stale in rows:
+            await store.delete_row(ALERT_GROUPS_TABLE, key, stale["RowKey"])
+        await store.delete_row(ALERT_GROUPS_TABLE, key, GROUP_ROW, row["etag"])
+        return Flush(key, "dropped")
+
+    seq = int(row.get("seq", 0)) + 1
+    notice_id = f"{row.get('epoch', '')}-{seq}"
+    notice_name = f"{key}/{notice_id}.json"
+    notice = await store.get_notice(notice_name)  # a flush that died after deciding: finish its notice
+    if notice is None:
+        notice = _decide(key, row, rows, receiver, settings, at, notice_id)
+        if notice is not None:
+            notice = await store.put_notice(notice_name, notice)
+    announced: dict[str, str] = {}
+    if notice is not None:
+        await submit_mail(store, MailRequest.model_validate(notice["mail"]))
+        announced = notice["alerts"]
+        await store.merge_rows(
+            ALERT_GROUPS_TABLE,
+            [
+                {"PartitionKey": key, "RowKey": row_key, "notified": status}
+                for row_key, status in announced.items()
+                if status == "firing"
+            ],
+        )
+    remaining = await _forget_resolved(store, key, rows, receiver, announced, at)
+
+    updated = {**row, "last_flush": due}
+    if notice is not None:
+        updated.update(seq=seq, last_notice=due)
+    if remaining:
+        following = at + timedelta(seconds=receiver.seconds("group_interval"))
+        await send_flush(store, key, following, datetime.now(UTC))
+        updated["scheduled_for"] = stamp(following)
+    else:
+        updated["scheduled_for"] = ""
+    try:
+        await store.replace_row(ALERT_GROUPS_TABLE, updated, row["etag"])
+    except StatusChanged:
+        return Flush(key, "stale")  # another instance finished this flush first
+    if notice is not None:
+        await store.delete_notice(notice_name)
+    if not remaining and any(r["RowKey"] != GROUP_ROW for r in await store.partition_rows(ALERT_GROUPS_TABLE, key)):
+        # alerts written while this flush ran saw it pending and left the scheduling to it
+        labels = json.loads(row.get("labels") or "{}")
+        await schedule_flush(key, receiver, labels, store, datetime.now(UTC))
+    if notice is None:
+        return Flush(key, "quiet")
+    return Flush(key, "notified", notice["mail"]["id"], len(announced))
+
+
+def _decide(
+    key: str,
+    row: dict[str, Any],
+    rows: list[dict[str, Any]],
+    receiver: Receiver,
+    settings: Settings,
+    at: datetime,
+    notice_id: str,
+) -> dict[str, Any] | None:
+    """The notice this flush owes, or None: new firing alerts, announced ones resolved (send_resolved), or a
+    repeat after repeat_interval. The notice lists every firing alert and the resolved ones it announces."""
+    firing: list[tuple[str, Alert]] = []
+    resolved: list[tuple[str, Alert]] = []
+    news = False
+    for alert_row in rows:
+        alert = Alert.from_dict(json.loads(alert_row["alert"]))
+        alert = replace(alert, status=alert.status_at(at))
+        announced_firing = alert_row.get("notified") == "firing"
+        if alert.status == "firing":
+            firing.append((alert_row["RowKey"], alert))
+            news = news or not announced_firing
+        elif receiver.send_resolved and announced_firing:
+            resolved.append((alert_row["RowKey"], alert))
+    last = str(row.get("last_notice") or "")
+    every = timedelta(seconds=receiver.seconds("repeat_interval"))
+    repeat = bool(firing) and bool(last) and at - _moment(last) >= every
+    if not (news or resolved or repeat):
+        return None
+    labels = json.loads(row.get("labels") or "{}")
+    group = AlertGroup(receiver.name, key, labels, tuple(a for _, a in firing + resolved))
+    mail_id = f"alert-{hashlib.sha256(key.encode()).hexdigest()[:20]}-{notice_id}"
+    mail = alert_mail(group, receiver, settings, mail_id, at)
+    return {"mail": mail.dump(), "alerts": {row_key: alert.status for row_key, alert in firing + resolved}}
+
+
+async def _forget_resolved(
+    store: Store,
+    key: str,
+    rows: list[dict[str, Any]],
+    receiver: Receiver,
+    announced: dict[str, str],
+    at: datetime,
+) -> bool:
+    """Delete resolved alerts that need no more notice; True when alerts remain in the group. A row written
+    since it was read (ETag) stays for the next flush."""
+    remaining = False
+    for alert_row in rows:
+        status = Alert.from_dict(json.loads(alert_row["alert"])).status_at(at)
+        notified = announced.get(alert_row["RowKey"], alert_row.get("notified"))
+        owed = receiver.send_resolved and notified == "firing"  # its resolved notice is still to come
+        if status == "firing" or owed:
+            remaining = True
+            continue
+        try:
+            await store.delete_row(ALERT_GROUPS_TABLE, key, alert_row["RowKey"], alert_row["etag"])
+        except StatusChanged:
+            remaining = True
+    return remaining
+
+
+@dataclass(frozen=True)
+class InboxOutcome:
+    """What became of one `alerts-inbox` message: `ingested` (with its groups) or `poisoned` (with why)."""
+
+    outcome: str
+    alerts: int = 0
+    groups: tuple[GroupReceipt, ...] = ()
+    reason: str = ""
+
+
+async def ingest_message(
+    text: str, message_id: str, config: NotifyConfig, settings: Settings, store: Store, now: datetime
+) -> InboxOutcome:
+    """One `alerts-inbox` message (any supported format, auto-detected). One that can never be read goes to
+    `alerts-inbox-poison` at once, its reason in the log and the audit table; Storage trouble is raised for
+    the host to redeliver."""
+    try:
+        alerts = parse_alerts(json.loads(text))
+    except (ValueError, RecursionError) as error:
+        return await _poison_inbox(text, message_id, settings, store, f"not JSON: {error}"[:300])
+    except AppError as error:
+        return await _poison_inbox(text, message_id, settings, store, error.message[:300])
+    written = await ingest(alerts, config, store, now)
+    return InboxOutcome("ingested", len(alerts), tuple(written))
+
+
+async def _poison_inbox(text: str, message_id: str, settings: Settings, store: Store, reason: str) -> InboxOutcome:
+    await store.poison(ALERTS_INBOX, text)
+    log.warning("alerts-inbox message %s poisoned: %s", message_id, reason)
+    await audit(
+        store,
+        settings,
+        operation="alertIntake",
+        mailbox="",
+        outcome="poisoned",
+        caller="alerts-inbox",
+        correlation_id=message_id,
+        detail=reason,
+    )
+    return InboxOutcome("poisoned", reason=reason)

@@ -1,0 +1,87 @@
+"""The alert pipeline's test set-up: a routing file with sources that authenticate, and clean alert state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devhost.azurite import AzuriteProcess
+from sandbox.launcher import SandboxProcess
+
+ROUTING = """
+receivers:
+  - name: oncall
+    to: [alice@contoso.test]
+    group_by: [alertname]
+    group_wait: 30s
+    group_interval: 5m
+    repeat_interval: 10m
+    send_resolved: true
+  - name: quiet
+    to: [bob@contoso.test]
+    group_by: [alertname]
+    send_resolved: false
+  - name: digest
+    to: [bob@contoso.test]
+    mode: digest
+route:
+  receiver: digest
+  routes:
+    - matchers: ['team="quiet"']
+      receiver: quiet
+    - matchers: ['severity=~"critical|high"']
+      receiver: oncall
+sources:
+  grafana:
+    hmac_secret: grafana-webhook-hmac
+    timestamp_header: X-Grafana-Alerting-Timestamp
+    replay_window: 5m
+  azuremonitor:
+    bearer_secret: azuremonitor-webhook-token
+"""
+GRAFANA_SECRET = "grafana-hmac-value"
+AZURE_MONITOR_TOKEN = "azure-monitor-token-value"
+ALERT_QUEUES = ("alerts-inbox", "alerts-inbox-poison", "alerts-flush", "mail-outbox", "mail-outbox-poison")
+ALERT_TABLES = ("alertgroups", "alertdigest")
+
+
+@pytest.fixture
+def alerts_app(
+    app_env: dict[str, str],
+    sandbox: SandboxProcess,
+    azurite: AzuriteProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
+    """`function_app` with the test routing file, its source secrets in the vault, and no alert state."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue import QueueClient
+
+    from shared.alerts.routing import notify_config
+
+    routing = tmp_path / "notify.yaml"
+    routing.write_text(ROUTING)
+    monkeypatch.setenv("NOTIFY_CONFIG", str(routing))
+    sandbox.control.post("/_sandbox/keyvault/secrets/grafana-webhook-hmac", json={"value": GRAFANA_SECRET})
+    sandbox.control.post("/_sandbox/keyvault/secrets/azuremonitor-webhook-token", json={"value": AZURE_MONITOR_TOKEN})
+    for name in ALERT_QUEUES:
+        queue = QueueClient.from_connection_string(azurite.connection_string, name)
+        try:
+            queue.create_queue()
+        except ResourceExistsError:
+            queue.clear_messages()
+        queue.close()
+    with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+        for name in ALERT_TABLES:
+            with contextlib.suppress(ResourceNotFoundError):
+                tables.delete_table(name)
+    notify_config.cache_clear()
+    import function_app
+
+    yield function_app
+    notify_config.cache_clear()
