@@ -1,0 +1,202 @@
+"""`POST /api/alerts[/{source}]` and the `alerts-inbox` queue: what callers see, what is stored, what is refused.
+
+Source authentication runs against secrets in the sandbox's Key Vault, read through the managed identity."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+from devhost.azurite import AzuriteProcess
+from devhost.queues import QueueSettings, QueueTrigger
+from sandbox.launcher import SandboxProcess
+from shared.alerts import auth
+
+from ..helpers import http, run, user_function
+from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return loaded
+
+
+def _post(app: Any, body: Any = None, source: str | None = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    route = {"source": source} if source else {}
+    url = f"/api/alerts/{source}" if source else "/api/alerts"
+    response = run(user_function(app.post_alerts)(http("POST", url, body, route=route, **kwargs)))
+    return response.status_code, json.loads(response.get_body())
+
+
+def _stored(azurite: AzuriteProcess) -> int:
+    """Alert rows and group rows in Table storage, and flush messages queued."""
+    with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+        names = {t.name for t in tables.list_tables()}
+        rows = sum(
+            len(list(tables.get_table_client(name).list_entities()))
+            for name in ("alertgroups", "alertdigest")
+            if name in names
+        )
+    queue = QueueClient.from_connection_string(azurite.connection_string, "alerts-flush")
+    messages = queue.get_queue_properties().approximate_message_count
+    queue.close()
+    return rows + messages
+
+
+def _grafana_headers(body: bytes, secret: str = GRAFANA_SECRET, stamp: int | None = None) -> dict[str, str]:
+    stamp = int(time.time()) if stamp is None else stamp
+    signature = hmac.new(secret.encode(), f"{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Grafana-Alerting-Signature": signature, "X-Grafana-Alerting-Timestamp": str(stamp)}
+
+
+def test_an_alertmanager_webhook_is_accepted_with_its_groups(alerts_app: Any, azurite: AzuriteProcess) -> None:
+    status, answer = _post(alerts_app, fixture("alertmanager"))
+    assert status == 202
+    assert answer["accepted"] == 2
+    assert [(g["receiver"], g["mode"], g["labels"], g["alerts"]) for g in answer["groups"]] == [
+        ("oncall", "immediate", {"alertname": "DiskFilling"}, 2)
+    ]
+    assert _stored(azurite) == 4  # two alert rows, the group row, one pending flush
+
+
+def test_a_named_source_is_parsed_as_that_source_and_an_unknown_one_is_404(alerts_app: Any) -> None:
+    status, answer = _post(alerts_app, fixture("alertmanager"), source="alertmanager")
+    assert status == 202 and answer["accepted"] == 2
+    status, answer = _post(alerts_app, fixture("alertmanager"), source="nagios")
+    assert status == 404 and answer["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"hello": "world"}', "body"),
+        (b'{"version": "4", "groupKey": ', "body"),
+        (b'{"version": "4", "groupKey": "x", "alerts": "not a list"}', "alerts"),
+        (b'{"version": "4", "groupKey": "x", "alerts": [{"labels": {"alertname": ["a"]}}]}', "labels.alertname"),
+        (b"[1, 2, 3]", "body"),
+    ],
+)
+def test_malformed_alert_payloads_get_400_naming_the_place_and_nothing_is_stored(
+    alerts_app: Any, azurite: AzuriteProcess, raw: bytes, field: str
+) -> None:
+    status, answer = _post(alerts_app, raw=raw)
+    assert status == 400
+    assert any(field in d["field"] for d in answer["error"]["details"]), answer
+    assert _stored(azurite) == 0
+
+
+def test_a_5_mb_payload_gets_413_and_a_wrong_media_type_415(alerts_app: Any, azurite: AzuriteProcess) -> None:
+    big = {"alerts": [{"name": "Big", "description": "x" * 1000}] * 5243}  # 5 MB of JSON
+    status, answer = _post(alerts_app, big)
+    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+    status, answer = _post(alerts_app, raw=b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415
+    assert _stored(azurite) == 0
+
+
+def test_a_dry_run_answers_the_mails_and_stores_nothing(alerts_app: Any, azurite: AzuriteProcess) -> None:
+    status, answer = _post(alerts_app, fixture("alertmanager"), params={"dryRun": "true"})
+    assert status == 200 and answer["dryRun"] is True and answer["accepted"] == 2
+    [mail] = answer["mails"]
+    assert mail["subject"] == "[FIRING:1] DiskFilling"
+    assert mail["to"] == ["alice@contoso.test"] and mail["from"] == "notifications@contoso.test"
+    assert "/var on db-1 is 92% full" in mail["html"] and "/var on db-1 is 92% full" in mail["text"]
+    assert _stored(azurite) == 0
+
+
+def test_grafana_with_a_valid_signature_and_fresh_timestamp_is_accepted(alerts_app: Any) -> None:
+    body = json.dumps(fixture("grafana")).encode()
+    status, answer = _post(alerts_app, raw=body, headers=_grafana_headers(body))
+    assert status == 202, answer
+    assert answer["accepted"] == len(fixture("grafana")["alerts"])
+
+
+@pytest.mark.parametrize(
+    "case", ["no signature", "wrong secret", "body changed", "stale timestamp", "no timestamp", "future timestamp"]
+)
+def test_grafana_with_a_bad_signature_or_timestamp_gets_401_and_nothing_is_stored(
+    alerts_app: Any, azurite: AzuriteProcess, case: str
+) -> None:
+    body = json.dumps(fixture("grafana")).encode()
+    headers = {
+        "no signature": {},
+        "wrong secret": _grafana_headers(body, secret="guess"),
+        "body changed": _grafana_headers(body + b" "),
+        "stale timestamp": _grafana_headers(body, stamp=int(time.time()) - 301),
+        "no timestamp": {"X-Grafana-Alerting-Signature": _grafana_headers(body)["X-Grafana-Alerting-Signature"]},
+        "future timestamp": _grafana_headers(body, stamp=int(time.time()) + 400),
+    }[case]
+    status, answer = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert GRAFANA_SECRET not in json.dumps(answer)
+    assert _stored(azurite) == 0
+
+
+def test_auto_detection_does_not_skip_a_sources_authentication(alerts_app: Any, azurite: AzuriteProcess) -> None:
+    status, _ = _post(alerts_app, fixture("grafana"))  # detected as Grafana, so it needs Grafana's signature
+    assert status == 401
+    assert _stored(azurite) == 0
+
+
+def test_azure_monitor_needs_its_bearer_token_and_a_rotated_one_is_picked_up(
+    alerts_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = fixture("azuremonitor_metric")
+    status, _ = _post(alerts_app, body, headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and _stored(azurite) == 0
+    status, _ = _post(alerts_app, body, headers={"Authorization": f"Bearer {AZURE_MONITOR_TOKEN}"})
+    assert status == 202
+
+    sandbox.control.post("/_sandbox/keyvault/secrets/azuremonitor-webhook-token", json={"value": "rotated-token"})
+    monkeypatch.setattr(auth, "REREAD_AFTER_SECONDS", 0)  # instead of waiting a minute
+    status, _ = _post(alerts_app, body, headers={"Authorization": "Bearer rotated-token"})
+    assert status == 202
+    status, _ = _post(alerts_app, body, headers={"Authorization": f"Bearer {AZURE_MONITOR_TOKEN}"})
+    assert status == 401
+
+
+def test_sources_without_authentication_in_the_routing_file_need_only_the_function_key(alerts_app: Any) -> None:
+    status, _ = _post(alerts_app, {"name": "BackupFailed", "severity": "high"}, source="generic")
+    assert status == 202
+
+
+def _inbox(alerts_app: Any, azurite: AzuriteProcess, messages: list[str]) -> None:
+    producer = QueueClient.from_connection_string(
+        azurite.connection_string, "alerts-inbox", message_encode_policy=TextBase64EncodePolicy()
+    )
+    for text in messages:
+        producer.send_message(text)
+    producer.close()
+    trigger = QueueTrigger(
+        azurite.connection_string,
+        "alerts-inbox",
+        user_function(alerts_app.alerts_inbox),
+        QueueSettings(max_polling_interval=0.1),
+    )
+    run(trigger.drain())
+
+
+def test_the_alerts_inbox_takes_any_format_and_poisons_what_it_cannot_read(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    _inbox(alerts_app, azurite, [json.dumps(fixture("alertmanager")), "not json", json.dumps({"hello": 1})])
+    with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+        alerts = [e for e in tables.get_table_client("alertgroups").list_entities() if e["RowKey"] != "group"]
+        audit = [e for e in tables.get_table_client("audit").list_entities() if e["operation"] == "alertIntake"]
+    assert len(alerts) == 2
+    poison = QueueClient.from_connection_string(azurite.connection_string, "alerts-inbox-poison")
+    assert poison.get_queue_properties().approximate_message_count == 2
+    poison.close()
+    reasons = [e["detail"] for e in audit]
+    assert any(r.startswith("not JSON") for r in reasons)
+    assert any(r.startswith("The payload is not an alert") for r in reasons)
