@@ -7,8 +7,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,39 +20,10 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 from devhost.azurite import AzuriteProcess, free_port
 from sandbox.launcher import SandboxProcess
 
-from .helpers import SENDER
+from .helpers import ROOT, SENDER, Devhost
+from .helpers import wait_for as _wait
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_APP = Path(__file__).resolve().parent / "devhost_app"
-
-
-class Devhost:
-    """A `python -m devhost` child process; its output goes to a file the test can read."""
-
-    def __init__(self, app_dir: Path, env: dict[str, str], log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log = log
-        self.output = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "devhost", "--port", str(self.port), "--app-dir", str(app_dir), *args],
-            cwd=ROOT,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while "DEVHOST READY" not in log.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("devhost did not start:\n" + log.read_text())
-            time.sleep(0.05)
-
-    def stop(self, signum: int = signal.SIGINT) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            self.process.wait(30)
-        self.output.close()
-        return self.process.returncode
 
 
 def _queue(azurite: AzuriteProcess, name: str) -> QueueClient:
@@ -67,14 +36,6 @@ def _queue(azurite: AzuriteProcess, name: str) -> QueueClient:
     with contextlib.suppress(ResourceExistsError):
         queue.create_queue()
     return queue
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
