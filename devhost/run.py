@@ -33,6 +33,7 @@ def banner(api: str, sandbox: str, azurite: AzuriteProcess) -> str:
     mail = json.dumps(
         {"to": ["alice@contoso.test"], "subject": "Hello from make run", "text": "The notifier works locally."}
     )
+    alert = json.dumps({"name": "DiskFilling", "severity": "critical", "summary": "/var on db-1 is 95% full"})
     return f"""
 Graph mail notifier is running locally.
   API         {api}/api/mail  (health: {api}/api/health, OpenAPI: {api}/api/openapi.json)
@@ -43,6 +44,11 @@ Send a mail, then find it in alice@contoso.test's Inbox on the mailbox page:
   curl -s -X POST {api}/api/mail -H 'Content-Type: application/json' -d '{mail}'
 Its status:
   curl -s {api}/api/mail/<id from the answer>
+
+Raise an alert; critical ones reach alice@contoso.test after group_wait (30 s in config/notify.yaml):
+  curl -s -X POST {api}/api/alerts -H 'Content-Type: application/json' -d '{alert}'
+See the mail it would make, without sending it:
+  curl -s -X POST '{api}/api/alerts?dryRun=true' -H 'Content-Type: application/json' -d '{alert}'
 
 Ctrl-C stops everything.
 RUN READY"""

@@ -137,6 +137,8 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/alerts": {"post": _alerts_operation(key, named=False)},
+            "/alerts/{source}": {"post": _alerts_operation(key, named=True)},
             "/health": {
                 "get": {
                     "summary": "Configuration, storage, Key Vault and Graph token checks",
@@ -147,6 +149,56 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}
             },
+        },
+    }
+
+
+def _alerts_operation(key: list[dict[str, list[str]]], named: bool) -> dict[str, Any]:
+    sources = ["alertmanager", "grafana", "azuremonitor", "generic"]
+    parameters: list[dict[str, Any]] = [
+        {"name": "dryRun", "in": "query", "schema": {"type": "boolean"}, "description": "Answer the mails only"}
+    ]
+    if named:
+        parameters.insert(0, {"name": "source", "in": "path", "required": True, "schema": {"enum": sources}})
+    group = {
+        "type": "object",
+        "properties": {
+            "key": {"type": "string"},
+            "receiver": {"type": "string"},
+            "mode": {"enum": ["immediate", "digest"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "alerts": {"type": "integer"},
+        },
+    }
+    accepted = {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer"},
+            "groups": {"type": "array", "items": group},
+            "mails": {"type": "array", "items": {"type": "object"}, "description": "dry runs only"},
+        },
+    }
+    return {
+        "summary": "Alerts from " + ("the named source" if named else "a source detected from the payload"),
+        "security": key,
+        "parameters": parameters,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "description": "A webhook payload of " + ", ".join(sources)}
+                }
+            },
+        },
+        "responses": {
+            "202": {"description": "Recorded in their groups", "content": {"application/json": {"schema": accepted}}},
+            "200": {"description": "Dry run", "content": {"application/json": {"schema": accepted}}},
+            "400": _error("Not an alert payload of the source"),
+            "401": _error("The source's bearer token or signature is missing or wrong"),
+            "404": _error("Unknown source"),
+            "413": _error("Body too large"),
+            "415": _error("Not JSON"),
+            "503": _error("Storage or Key Vault unavailable"),
         },
     }
 

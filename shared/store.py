@@ -37,7 +37,7 @@ ALERT_GROUPS_TABLE = "alertgroups"
 ALERT_DIGEST_TABLE = "alertdigest"
 NOTICE_CONTAINER = "alert-notices"
 _TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE)
-_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH)
+APP_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH)
 _CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER)
 TRANSACTION_SIZE = 100  # Table storage: at most 100 operations per transaction, one partition
 QUEUE_PAYLOAD_LIMIT = 48 * 1024  # 64 KB per queue message once base64-encoded
@@ -122,7 +122,7 @@ class Store:
 
         await asyncio.gather(
             *(create(self._tables.create_table(name)) for name in _TABLES),
-            *(create(self._queue(name).create_queue()) for name in _QUEUES),
+            *(create(self._queue(name).create_queue()) for name in APP_QUEUES),
             *(create(self._blobs.create_container(name)) for name in _CONTAINERS),
         )
 

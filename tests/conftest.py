@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -102,11 +103,14 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess
 def app_env(
     sandbox: SandboxProcess, azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
-    """The app's settings pointing at the sandbox and Azurite, with the outbox queues emptied."""
-    from azure.core.exceptions import ResourceExistsError
+    """The app's settings pointing at the sandbox and Azurite, with the app's queues emptied and no alert
+    state left from earlier tests (a leftover flush would otherwise mail someone in a later test)."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.data.tables import TableServiceClient
     from azure.storage.queue import QueueClient
 
     from shared.config import settings
+    from shared.store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, APP_QUEUES
 
     env = {
         "GRAPH_AUTH_MODE": "keyvault",
@@ -123,12 +127,16 @@ def app_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings.cache_clear()
-    for name in ("mail-outbox", "mail-outbox-poison"):
+    for name in APP_QUEUES:
         queue = QueueClient.from_connection_string(azurite.connection_string, name)
         try:
             queue.create_queue()
         except ResourceExistsError:
             queue.clear_messages()
         queue.close()
+    with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+        for name in (ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE):
+            with contextlib.suppress(ResourceNotFoundError):
+                tables.delete_table(name)
     yield env
     settings.cache_clear()

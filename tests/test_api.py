@@ -322,7 +322,7 @@ def test_openapi_describes_the_api_and_the_published_schema_matches_the_model(ap
     response = run(user_function(app.openapi)(http("GET", "/api/openapi.json")))
     document = json.loads(response.get_body())
     assert document["openapi"].startswith("3.")
-    assert {"/mail", "/mail/{id}", "/health", "/openapi.json"} <= set(document["paths"])
+    assert {"/mail", "/mail/{id}", "/alerts", "/alerts/{source}", "/health", "/openapi.json"} <= set(document["paths"])
     assert "MailRequest" in document["components"]["schemas"]
     published = json.loads((Path(__file__).parent.parent / "schemas" / "mail.schema.json").read_text())
     assert published == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"

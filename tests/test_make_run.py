@@ -28,7 +28,7 @@ SESSION_VARIABLES = (
 )
 
 
-def test_make_run_reaches_its_banner_whose_curl_sends_a_mail_and_sigint_stops_everything() -> None:
+def test_make_run_reaches_its_banner_whose_curls_send_a_mail_and_an_alert_and_sigint_stops_everything() -> None:
     http, sandbox, blob, queue, table = (free_port() for _ in range(5))
     env = {k: v for k, v in os.environ.items() if k not in SESSION_VARIABLES}  # as a developer's shell would be
     run = subprocess.Popen(
@@ -67,6 +67,19 @@ def test_make_run_reaches_its_banner_whose_curl_sends_a_mail_and_sigint_stops_ev
             f"https://127.0.0.1:{sandbox}/_sandbox/users/alice@contoso.test/messages", verify=trust
         ).json()["value"]
         assert "Hello from make run" in [m["subject"] for m in inbox]
+
+        alert_curl = next(
+            line.strip() for line in output if line.strip().startswith("curl -s -X POST http") and "/api/alerts" in line
+        )
+        alerted = json.loads(
+            subprocess.run(["bash", "-c", alert_curl], capture_output=True, text=True, timeout=30, check=True).stdout
+        )
+        assert alerted["accepted"] == 1 and [g["receiver"] for g in alerted["groups"]] == ["oncall"]
+        dry_curl = next(line.strip() for line in output if "dryRun=true" in line)
+        preview = json.loads(
+            subprocess.run(["bash", "-c", dry_curl], capture_output=True, text=True, timeout=30, check=True).stdout
+        )
+        assert preview["mails"][0]["subject"] == "[FIRING:1] DiskFilling"
     finally:
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:

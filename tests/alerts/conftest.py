@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,6 @@ sources:
 """
 GRAFANA_SECRET = "grafana-hmac-value"
 AZURE_MONITOR_TOKEN = "azure-monitor-token-value"
-ALERT_QUEUES = ("alerts-inbox", "alerts-inbox-poison", "alerts-flush", "mail-outbox", "mail-outbox-poison")
-ALERT_TABLES = ("alertgroups", "alertdigest")
 
 
 @pytest.fixture
@@ -57,11 +54,8 @@ def alerts_app(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Any]:
-    """`function_app` with the test routing file, its source secrets in the vault, and no alert state."""
-    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-    from azure.data.tables import TableServiceClient
-    from azure.storage.queue import QueueClient
-
+    """`function_app` with the test routing file and its source secrets in the vault (`app_env` has emptied
+    the queues and the alert tables)."""
     from shared.alerts.routing import notify_config
 
     routing = tmp_path / "notify.yaml"
@@ -69,17 +63,6 @@ def alerts_app(
     monkeypatch.setenv("NOTIFY_CONFIG", str(routing))
     sandbox.control.post("/_sandbox/keyvault/secrets/grafana-webhook-hmac", json={"value": GRAFANA_SECRET})
     sandbox.control.post("/_sandbox/keyvault/secrets/azuremonitor-webhook-token", json={"value": AZURE_MONITOR_TOKEN})
-    for name in ALERT_QUEUES:
-        queue = QueueClient.from_connection_string(azurite.connection_string, name)
-        try:
-            queue.create_queue()
-        except ResourceExistsError:
-            queue.clear_messages()
-        queue.close()
-    with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
-        for name in ALERT_TABLES:
-            with contextlib.suppress(ResourceNotFoundError):
-                tables.delete_table(name)
     notify_config.cache_clear()
     import function_app
 

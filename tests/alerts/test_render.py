@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
@@ -105,3 +106,10 @@ def test_resolved_alerts_have_their_own_section() -> None:
     )
     assert "Firing (1)" in mail.html and "Resolved (1)" in mail.html
     assert mail.html.index("p99 high") < mail.html.index("p99 back to normal")
+
+
+def test_the_label_line_separates_labels_without_a_dangling_separator() -> None:
+    group = _group([{"name": "DiskFilling", "severity": "critical", "labels": {"instance": "db-1", "zone": "b"}}])
+    html = render_group(group).html
+    assert "instance=db-1 &middot; zone=b" in html
+    assert re.search(r"zone=b\s*&middot;", html) is None
