@@ -27,6 +27,11 @@ async def post_alerts(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.post_alerts(req)
 
 
+@app.route(route="digests/{name}/run", methods=["POST"])
+async def run_digest(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.run_digest(req)
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.health(req)
@@ -50,3 +55,13 @@ async def alerts_inbox(message: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="message", queue_name="alerts-flush", connection="AzureWebJobsStorage")
 async def alerts_flush(message: func.QueueMessage) -> None:
     await handlers.alerts_flush(message)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%ALERT_DIGEST_SCHEDULE%")
+async def alert_digest(timer: func.TimerRequest) -> None:
+    await handlers.alert_digest(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%MAILBOX_DIGEST_SCHEDULE%")
+async def mailbox_digest(timer: func.TimerRequest) -> None:
+    await handlers.mailbox_digest(timer)

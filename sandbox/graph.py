@@ -557,8 +557,16 @@ def _list_messages(service: GraphService, call: GraphCall, user: User, folder_id
     expand = _expand_attachments(call)
     documents, total = service.store.query_messages(user, folder_id, where, order, top + 1, skip, count)
     more = len(documents) > top
-    items = [project(d, select, expand_attachments=expand) for d in documents[:top]]
+    items = [_web_link(project(d, select, expand_attachments=expand), call, user) for d in documents[:top]]
     return _collection(call, _context(call, user, tail, select), items, top, skip, more, total)
+
+
+def _web_link(item: dict[str, Any], call: GraphCall, user: User) -> dict[str, Any]:
+    """Graph's webLink opens a message in Outlook on the web; the sandbox's opens its own mailbox page."""
+    if "webLink" in item and not item["webLink"]:
+        origin = call.base_url.rsplit("/v1.0", 1)[0]
+        item["webLink"] = f"{origin}/mailboxes/{quote(user.upn, safe='@')}/messages/{quote(item['id'], safe='')}"
+    return item
 
 
 def _expand_attachments(call: GraphCall) -> bool:
@@ -588,7 +596,7 @@ def get_message(service: GraphService, call: GraphCall, user: User, params: dict
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
     select_text = call.option("$select")
     select = parse_select(select_text, MESSAGE_PROPERTIES) if select_text is not None else None
-    answer = project(document, select, expand_attachments=_expand_attachments(call))
+    answer = _web_link(project(document, select, expand_attachments=_expand_attachments(call)), call, user)
     context = _context(call, user, "/messages", select) + "/$entity"
     return GraphResult(200, {"@odata.context": context, **answer})
 

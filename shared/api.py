@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .alerts.auth import SecretSource, authenticate
 from .alerts.dispatch import ingest, preview, receipts
@@ -22,10 +22,14 @@ from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, detect_source, parse_alerts
 from .alerts.routing import NotifyConfig
 from .config import Settings
+from .digests.mailbox import run_mailbox_digest
 from .errors import AppError, Detail, invalid_request, not_found, payload_too_large, unsupported_media_type
 from .mail import ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
 from .store import Store
+
+if TYPE_CHECKING:
+    from .graph import GraphClient
 
 log = logging.getLogger("notifier.api")
 
@@ -139,6 +143,23 @@ async def post_alerts(
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
     groups_written = await ingest(alerts, config, store, now)
     return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
+
+
+async def run_digest(
+    request: ApiRequest, settings: Settings, config: NotifyConfig, store: Store, graph: Callable[[], GraphClient]
+) -> ApiAnswer:
+    """Run a configured mailbox digest now (200 with what it did); `?dryRun=true` answers the mail it would
+    send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code."""
+    name = request.route.get("name", "")
+    digest = next((d for d in config.digests if d.name == name), None)
+    if digest is None:
+        known = ", ".join(d.name for d in config.digests) or "none"
+        raise not_found(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
+    dry_run = request.params.get("dryRun", "").lower() in {"true", "1"}
+    run = await run_mailbox_digest(digest, settings, graph(), store, datetime.now(UTC), dry_run=dry_run)
+    if run.outcome == "failed" and run.error:
+        raise AppError(502, run.error["code"], f"Digest {name!r} failed: {run.error['message']}")
+    return ApiAnswer(200, run.answer())
 
 
 async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:

@@ -25,7 +25,6 @@ DEVELOPMENT_STORAGE = (
     "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 )  # Azurite's well-known development account (public, documented)
 APP_ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings are relative to the app
-_NCRONTAB = re.compile(r"^\S+(\s+\S+){5}$")
 
 
 class ConfigError(ValueError):
@@ -109,10 +108,44 @@ def _address(name: str, value: str) -> str:
     return value.lower()
 
 
+_CRON_FIELDS = (
+    ("second", 0, 59, ()),
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
+_CRON_ITEM = re.compile(r"^(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
+
+
+def ncrontab_problem(expression: str) -> str | None:
+    """Why an expression is not a six-field NCRONTAB (seconds first) as the Functions timer takes it; None if
+    it is one."""
+    fields = expression.split()
+    if len(fields) != 6:
+        return f"it has {len(fields)} fields; NCRONTAB has six, seconds first (e.g. '0 0 7 * * 1-5')"
+    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            match = _CRON_ITEM.match(item.upper())
+            if match is None:
+                return f"the {what} field {text!r} is not a value, range, list or step"
+            for value in (match.group(2), match.group(3)):
+                if value is None:
+                    continue
+                number = names.index(value) + low if value in names else (int(value) if value.isdigit() else None)
+                if number is None or not low <= number <= high:
+                    return f"the {what} field {text!r} is outside {low}-{high}"
+            if match.group(4) is not None and int(match.group(4)) == 0:
+                return f"the {what} field {text!r} has a step of 0"
+    return None
+
+
 def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
     value = _text(env, name, default)
-    if not _NCRONTAB.match(value):
-        raise ConfigError(f"setting {name} must be an NCRONTAB expression of six fields (seconds first), not {value!r}")
+    problem = ncrontab_problem(value)
+    if problem:
+        raise ConfigError(f"setting {name}: {value!r} is not an NCRONTAB schedule: {problem}")
     return value
 
 

@@ -17,6 +17,8 @@ from . import api
 from .alerts.dispatch import flush, ingest_message
 from .alerts.routing import notify_config
 from .config import ConfigError, settings
+from .digests.alerts import run_alert_digests
+from .digests.mailbox import run_mailbox_digest
 from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
@@ -92,6 +94,39 @@ async def alerts_flush(message: func.QueueMessage) -> None:
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
+
+
+async def run_digest(req: func.HttpRequest) -> func.HttpResponse:
+    config = settings()
+
+    def graph() -> Any:
+        from .graph import graph_client
+
+        return graph_client(config)
+
+    return _response(
+        await api.answer(
+            lambda r: api.run_digest(r, config, notify_config(config), store(config.storage_connection), graph),
+            _request(req),
+        )
+    )
+
+
+async def alert_digest(timer: func.TimerRequest) -> None:
+    config = settings()
+    runs = await run_alert_digests(notify_config(config), config, store(config.storage_connection), datetime.now(UTC))
+    log.info(json.dumps({"alertDigest": [run.__dict__ for run in runs], "pastDue": timer.past_due}))
+
+
+async def mailbox_digest(timer: func.TimerRequest) -> None:
+    from .graph import graph_client
+
+    config = settings()
+    for digest in notify_config(config).digests:  # one failing digest does not stop the others
+        run = await run_mailbox_digest(
+            digest, config, graph_client(config), store(config.storage_connection), datetime.now(UTC)
+        )
+        log.info(json.dumps({"mailboxDigest": run.answer(), "pastDue": timer.past_due}))
 
 
 async def get_mail(req: func.HttpRequest) -> func.HttpResponse:

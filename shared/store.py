@@ -35,10 +35,12 @@ ALERTS_INBOX_POISON = "alerts-inbox-poison"
 ALERTS_FLUSH = "alerts-flush"
 ALERT_GROUPS_TABLE = "alertgroups"
 ALERT_DIGEST_TABLE = "alertdigest"
+DIGEST_STATUS_TABLE = "digeststatus"
 NOTICE_CONTAINER = "alert-notices"
-_TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE)
+DIGEST_RUN_CONTAINER = "digest-runs"
+_TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE, DIGEST_STATUS_TABLE)
 APP_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH)
-_CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER)
+_CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER, DIGEST_RUN_CONTAINER)
 TRANSACTION_SIZE = 100  # Table storage: at most 100 operations per transaction, one partition
 QUEUE_PAYLOAD_LIMIT = 48 * 1024  # 64 KB per queue message once base64-encoded
 MAX_QUEUE_DELAY = 7 * 24 * 3600 - 1  # a visibility timeout must stay under 7 days
@@ -290,30 +292,33 @@ class Store:
             )
         )
 
-    # -- alert notices (a flush's record of what it mails, written before the mail) ---------------------
-    async def put_notice(self, name: str, notice: dict[str, Any]) -> dict[str, Any]:
-        """Store a notice unless one of that name exists; the stored one (ours or the first writer's)."""
+    # -- records: what a run will do, written before it does it (alert notices, digest runs) -----------
+    async def put_record(
+        self, container: str, name: str, record: dict[str, Any], *, replace: bool = False
+    ) -> dict[str, Any]:
+        """Store a record unless one of that name exists (or replace it); the stored one (ours, or the first
+        writer's)."""
         await self.ensure()
-        blob = self._blobs.get_blob_client(NOTICE_CONTAINER, name)
+        blob = self._blobs.get_blob_client(container, name)
         try:
-            await blob.upload_blob(json.dumps(notice).encode(), overwrite=False)
-            return notice
+            await blob.upload_blob(json.dumps(record).encode(), overwrite=replace)
+            return record
         except ResourceExistsError:
-            existing = await self.get_notice(name)
-            return existing if existing is not None else notice
+            existing = await self.get_record(container, name)
+            return existing if existing is not None else record
 
-    async def get_notice(self, name: str) -> dict[str, Any] | None:
+    async def get_record(self, container: str, name: str) -> dict[str, Any] | None:
         await self.ensure()
         try:
-            downloader = await self._blobs.get_blob_client(NOTICE_CONTAINER, name).download_blob()
+            downloader = await self._blobs.get_blob_client(container, name).download_blob()
         except ResourceNotFoundError:
             return None
-        notice: dict[str, Any] = json.loads(await downloader.readall())
-        return notice
+        record: dict[str, Any] = json.loads(await downloader.readall())
+        return record
 
-    async def delete_notice(self, name: str) -> None:
+    async def delete_record(self, container: str, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
-            await self._blobs.get_blob_client(NOTICE_CONTAINER, name).delete_blob()
+            await self._blobs.get_blob_client(container, name).delete_blob()
 
     # -- audit ----------------------------------------------------------------------------------------
     async def write_audit(self, record: dict[str, Any]) -> None:

@@ -107,10 +107,18 @@ def app_env(
     state left from earlier tests (a leftover flush would otherwise mail someone in a later test)."""
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
     from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient
 
     from shared.config import settings
-    from shared.store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, APP_QUEUES
+    from shared.store import (
+        ALERT_DIGEST_TABLE,
+        ALERT_GROUPS_TABLE,
+        APP_QUEUES,
+        DIGEST_RUN_CONTAINER,
+        DIGEST_STATUS_TABLE,
+        NOTICE_CONTAINER,
+    )
 
     env = {
         "GRAPH_AUTH_MODE": "keyvault",
@@ -135,8 +143,12 @@ def app_env(
             queue.clear_messages()
         queue.close()
     with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
-        for name in (ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE):
+        for name in (ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE, DIGEST_STATUS_TABLE):
             with contextlib.suppress(ResourceNotFoundError):
                 tables.delete_table(name)
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:
+        for name in (NOTICE_CONTAINER, DIGEST_RUN_CONTAINER):
+            with contextlib.suppress(ResourceNotFoundError):
+                blobs.delete_container(name)
     yield env
     settings.cache_clear()

@@ -33,8 +33,16 @@ from ..config import Settings
 from ..errors import AppError, unavailable
 from ..mail import MailRequest
 from ..outbox import submit_mail
-from ..store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, ALERTS_FLUSH, ALERTS_INBOX, StatusChanged, Store
-from .grouping import group_alerts
+from ..store import (
+    ALERT_DIGEST_TABLE,
+    ALERT_GROUPS_TABLE,
+    ALERTS_FLUSH,
+    ALERTS_INBOX,
+    NOTICE_CONTAINER,
+    StatusChanged,
+    Store,
+)
+from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
 from .model import Alert, AlertGroup
 from .notify import alert_mail
@@ -143,7 +151,7 @@ async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: d
         ALERT_DIGEST_TABLE,
         [
             {
-                "PartitionKey": g.key,
+                "PartitionKey": receiver_key(g.receiver),
                 "RowKey": alert_row_key(a),
                 "receiver": g.receiver,
                 "alert": stored_alert(a),
@@ -240,11 +248,13 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     seq = int(row.get("seq", 0)) + 1
     notice_id = f"{row.get('epoch', '')}-{seq}"
     notice_name = f"{key}/{notice_id}.json"
-    notice = await store.get_notice(notice_name)  # a flush that died after deciding: finish its notice
+    notice = await store.get_record(
+        NOTICE_CONTAINER, notice_name
+    )  # a flush that died after deciding: finish its notice
     if notice is None:
         notice = _decide(key, row, rows, receiver, settings, at, notice_id)
         if notice is not None:
-            notice = await store.put_notice(notice_name, notice)
+            notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
     announced: dict[str, str] = {}
     if notice is not None:
         await submit_mail(store, MailRequest.model_validate(notice["mail"]))
@@ -273,7 +283,7 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     except StatusChanged:
         return Flush(key, "stale")  # another instance finished this flush first
     if notice is not None:
-        await store.delete_notice(notice_name)
+        await store.delete_record(NOTICE_CONTAINER, notice_name)
     if not remaining and any(r["RowKey"] != GROUP_ROW for r in await store.partition_rows(ALERT_GROUPS_TABLE, key)):
         # alerts written while this flush ran saw it pending and left the scheduling to it
         labels = json.loads(row.get("labels") or "{}")

@@ -25,6 +25,11 @@ def group_labels(alert: Alert, receiver: Receiver) -> dict[str, str]:
     return {name: alert.labels[name] for name in receiver.group_by if name in alert.labels}
 
 
+def receiver_key(name: str) -> str:
+    """A receiver's name made safe as a Table key (the digest buffer's partition)."""
+    return _KEY_UNSAFE.sub("_", name)[:40] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
 def group_key(receiver: Receiver, labels: dict[str, str]) -> str:
     """A stable id for (receiver, group labels): safe as a Table storage key and a queue message id part."""
     digest = hashlib.sha256(json.dumps([receiver.name, sorted(labels.items())]).encode()).hexdigest()

@@ -7,44 +7,17 @@ header. Above `DISPLAY_CAP` alerts a mail lists the most severe and newest ones 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
+from ..templating import RenderedMail, one_line, render_mail
 from .model import SEVERITIES, Alert, AlertGroup
 
+__all__ = ["DISPLAY_CAP", "RenderedMail", "one_line", "render_group", "subject_of"]
+
 DISPLAY_CAP = 50
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SEVERITY_COLOURS = {"critical": "#b3261e", "high": "#d9480f", "warning": "#b7791f", "info": "#2b6cb0"}
 RESOLVED_COLOUR = "#2f855a"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-# HTML templates are escaped; text ones are not (a text part must not show &amp;); anything else: escaped
-_env = Environment(
-    loader=FileSystemLoader(TEMPLATES),
-    autoescape=select_autoescape(
-        enabled_extensions=("html.j2",), disabled_extensions=("txt.j2",), default=True, default_for_string=True
-    ),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-
-
-@dataclass(frozen=True)
-class RenderedMail:
-    subject: str
-    html: str
-    text: str
-
-
-def one_line(text: str, limit: int = 255) -> str:
-    """Control characters (CR, LF ...) folded into spaces, trimmed to `limit` characters."""
-    flat = _CONTROL.sub(" ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
 
 
 def subject_of(group: AlertGroup) -> str:
@@ -71,9 +44,8 @@ def _order(alerts: list[Alert]) -> list[Alert]:
 def render_group(group: AlertGroup, template: str = "default", now: datetime | None = None) -> RenderedMail:
     """The mail for one group; `template` names `templates/alert_<template>.html.j2` and `.txt.j2`."""
     firing, resolved = _order(group.firing), _order(group.resolved)
-    context = {
+    context: dict[str, Any] = {
         "group": group,
-        "subject": subject_of(group),
         "firing": firing[:DISPLAY_CAP],
         "firing_more": max(0, len(firing) - DISPLAY_CAP),
         "resolved": resolved[:DISPLAY_CAP],
@@ -82,6 +54,4 @@ def render_group(group: AlertGroup, template: str = "default", now: datetime | N
         "resolved_colour": RESOLVED_COLOUR,
         "now": now or datetime.now(UTC),
     }
-    html = _env.get_template(f"alert_{template}.html.j2").render(**context)
-    text = _env.get_template(f"alert_{template}.txt.j2").render(**context)
-    return RenderedMail(context["subject"], html, text)  # type: ignore[arg-type]
+    return render_mail(f"alert_{template}", subject_of(group), **context)

@@ -24,6 +24,7 @@ _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_duration(text: str) -> float:
@@ -155,7 +156,8 @@ class MailboxDigest(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     mailbox: str
-    folders: list[str] = ["Inbox"]
+    sender: str | None = None
+    folders: list[str] = Field(["Inbox"], min_length=1)
     include_child_folders: bool = True
     unread_only: bool = True
     since_last_run: bool = False
@@ -175,6 +177,23 @@ class MailboxDigest(_Model):
     @classmethod
     def _recipients(cls, values: list[str]) -> list[str]:
         return Receiver._addresses(values)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        return Receiver._sender(value)
+
+    @field_validator("folders")
+    @classmethod
+    def _folders(cls, values: list[str]) -> list[str]:
+        """Folder paths like `Inbox` or `Inbox/Escalations` (display names, case-insensitive), or `*` for all."""
+        for value in values:
+            parts = value.split("/")
+            if value != "*" and (any(not p.strip() or p != p.strip() for p in parts) or len(parts) > 10):
+                raise ValueError(f"{value!r} is not a folder path like Inbox or Inbox/Escalations (or * for all)")
+            if _CONTROL.search(value) or len(value) > 1024:
+                raise ValueError(f"{value!r} is not a folder path")
+        return values
 
 
 class NotifyConfig(_Model):
@@ -291,6 +310,12 @@ def notify_config(settings: Settings) -> NotifyConfig:
                 raise ConfigError(
                     f"{where}: receiver {receiver.name!r} mails {address}, outside MAIL_ALLOWED_RECIPIENT_DOMAINS"
                 )
+    for digest in config.digests:
+        sender = digest.sender or settings.mail_default_sender
+        if sender not in settings.mail_allowed_senders:
+            raise ConfigError(
+                f"{where}: digest {digest.name!r} sends as {sender}, which MAIL_ALLOWED_SENDERS does not allow"
+            )
     if config.sources and not settings.key_vault_url:
         raise ConfigError(f"{where}: sources: source secrets are read from Key Vault, and KEY_VAULT_URL is not set")
     return config

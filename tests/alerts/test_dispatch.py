@@ -16,6 +16,7 @@ from devhost.azurite import AzuriteProcess
 from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import GROUP_ROW, Flush, flush, ingest
+from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.alerts.routing import notify_config
 from shared.config import settings
@@ -226,7 +227,7 @@ def test_digest_mode_alerts_are_kept_for_the_digest_and_not_mailed(
 ) -> None:
     async def scenario() -> tuple[str | None, list[dict[str, Any]]]:
         key = await _ingest([alert("web-1", severity="warning"), alert("web-2", severity="info")], START)
-        rows = await store(settings().storage_connection).partition_rows(ALERT_DIGEST_TABLE, key)
+        rows = await store(settings().storage_connection).partition_rows(ALERT_DIGEST_TABLE, receiver_key("digest"))
         return await _live(key), rows
 
     live, rows = run(scenario())

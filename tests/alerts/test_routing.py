@@ -107,6 +107,13 @@ def test_durations() -> None:
             ),
             "line 5: receivers[2].group_wait",
         ),
+        (TREE + "digests:\n  - {name: d, mailbox: support, to: [a@contoso.test]}\n", "digests[0].mailbox"),
+        (
+            TREE + "digests:\n  - {name: d, mailbox: s@contoso.test, folders: [Inbox//Old], to: [a@contoso.test]}\n",
+            "digests[0].folders",
+        ),
+        (TREE + "digests:\n  - {name: d, mailbox: s@contoso.test, folders: [], to: [a@contoso.test]}\n", "folders"),
+        (TREE + "digests:\n  - {name: Bad Name, mailbox: s@contoso.test, to: [a@contoso.test]}\n", "digests[0].name"),
     ],
 )
 def test_bad_config_fails_with_a_message_naming_the_line_and_path(tmp_path: Path, text: str, message: str) -> None:
@@ -121,3 +128,23 @@ def test_bad_config_fails_with_a_message_naming_the_line_and_path(tmp_path: Path
 def test_a_missing_config_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NOTIFY_CONFIG"):
         load_notify_config(tmp_path / "absent.yaml")
+
+
+def test_receivers_and_digests_must_be_able_to_send_under_the_mail_settings(tmp_path: Path) -> None:
+    from shared.alerts.routing import notify_config
+    from shared.config import load_settings
+
+    path = tmp_path / "notify.yaml"
+    env = {
+        "GRAPH_AUTH_MODE": "managed_identity",
+        "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
+        "NOTIFY_CONFIG": str(path),
+    }
+    path.write_text(
+        TREE + "digests:\n  - {name: d, mailbox: s@contoso.test, sender: s@contoso.test, to: [a@contoso.test]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"digest 'd' sends as s@contoso\.test"):
+        notify_config(load_settings(env))
+    path.write_text(TREE + "sources:\n  grafana: {hmac_secret: g}\n")
+    with pytest.raises(ConfigError, match="KEY_VAULT_URL"):
+        notify_config(load_settings(env))

@@ -1,0 +1,98 @@
+"""The alert digest: the alerts kept for each `mode: digest` receiver, in one mail per receiver per run.
+
+A run reads the receiver's rows of `alertdigest`, records the mail and the rows it covers (with their ETags)
+as a blob, submits the mail to the outbox under an id made of the receiver and the run, then deletes exactly
+those rows, each only if unchanged since it was read: an alert seen again meanwhile stays for the next
+digest. A run that finds a record left by one that died (or one still running elsewhere) finishes that
+record first, so every buffered alert is mailed once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..alerts.grouping import receiver_key
+from ..alerts.model import Alert
+from ..alerts.routing import NotifyConfig, Receiver
+from ..config import Settings
+from ..mail import MailRequest, check_mail
+from ..outbox import submit_mail
+from ..store import ALERT_DIGEST_TABLE, DIGEST_RUN_CONTAINER, StatusChanged, Store
+from .render import alert_digest_lines, render_alert_digest
+
+log = logging.getLogger("notifier.digests")
+
+
+@dataclass(frozen=True)
+class AlertDigestRun:
+    receiver: str
+    outcome: str  # sent | nothing_new
+    alerts: int = 0
+    mail_id: str | None = None
+    resumed: bool = False
+
+
+def _record_name(receiver: Receiver) -> str:
+    return f"alerts/{receiver_key(receiver.name)}.json"
+
+
+async def run_alert_digests(
+    config: NotifyConfig, settings: Settings, store: Store, now: datetime
+) -> list[AlertDigestRun]:
+    """One digest per digest-mode receiver that has alerts waiting."""
+    return [
+        await run_alert_digest(receiver, settings, store, now)
+        for receiver in config.receivers
+        if receiver.mode == "digest"
+    ]
+
+
+async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store, now: datetime) -> AlertDigestRun:
+    resumed = False
+    pending = await store.get_record(DIGEST_RUN_CONTAINER, _record_name(receiver))
+    if pending is not None:
+        await _finish(receiver, pending, store)
+        resumed = True
+    rows = await store.partition_rows(ALERT_DIGEST_TABLE, receiver_key(receiver.name))
+    if not rows:
+        return AlertDigestRun(receiver.name, "nothing_new", resumed=resumed)
+    entries = [(Alert.from_dict(json.loads(row["alert"])), str(row.get("lastSeen", ""))) for row in rows]
+    lines = alert_digest_lines(entries)
+    rendered = render_alert_digest(receiver.name, lines, now)
+    # unique per run; a rerun finds the record (and this id in it) rather than making the id again
+    mail_id = f"alertdigest-{receiver_key(receiver.name)}-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    mail = MailRequest.model_validate(
+        {
+            "id": mail_id,
+            "from": receiver.sender or settings.mail_default_sender,
+            "to": receiver.to,
+            "cc": receiver.cc,
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+        }
+    )
+    record: dict[str, Any] = {
+        "mail": check_mail(mail, settings).dump(),
+        "rows": [[row["RowKey"], row["etag"]] for row in rows],
+    }
+    record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(receiver), record)
+    await _finish(receiver, record, store)
+    return AlertDigestRun(receiver.name, "sent", len(record["rows"]), record["mail"]["id"], resumed)
+
+
+async def _finish(receiver: Receiver, record: dict[str, Any], store: Store) -> None:
+    """Submit a recorded digest (once: the outbox knows its id) and delete the rows it covers."""
+    await submit_mail(store, MailRequest.model_validate(record["mail"]))
+    partition = receiver_key(receiver.name)
+    for row_key, etag in record["rows"]:
+        try:
+            await store.delete_row(ALERT_DIGEST_TABLE, partition, row_key, etag)
+        except StatusChanged:
+            log.info("alert %s was seen again during the digest; it stays for the next one", row_key)
+    await store.delete_record(DIGEST_RUN_CONTAINER, _record_name(receiver))

@@ -1,0 +1,337 @@
+"""The mailbox digest: what waits (unread, or received since the last run) in a shared mailbox's folders, in
+one mail; the messages it reports are tagged with a category (and optionally marked read) so no later digest
+reports them again.
+
+A run: list the folders (paged, children too), list each chosen folder's messages with `$select` of what the
+mail shows and a `$filter` that obeys Graph's InefficientFilter rule (`receivedDateTime` first, as the
+`$orderby` has it), drop those already tagged, render, then:
+1. record the run (the mail and the message set) as a blob, before anything is sent;
+2. submit the mail to the outbox under an id made of the digest and the run;
+3. tag the messages by PATCH through `$batch` (20 per request), throttled sub-requests tried again later;
+4. note the run in the digest's status row and drop the record.
+A run that finds a record left by one that died finishes it first (the mail is not sent twice: same id; the
+messages are tagged), then looks for new messages. Messages that arrive during a run are not in its set and
+come in the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..alerts.routing import MailboxDigest
+from ..audit import audit
+from ..config import Settings
+from ..errors import GraphError
+from ..mail import MailRequest, check_mail
+from ..outbox import submit_mail
+from ..store import DIGEST_RUN_CONTAINER, DIGEST_STATUS_TABLE, Store
+from .render import DigestItem, FolderCount, render_mailbox_digest
+
+if TYPE_CHECKING:
+    from ..graph import GraphClient
+
+log = logging.getLogger("notifier.digests")
+
+PAGE_SIZE = 1000  # Graph's largest $top: the fewest requests per folder
+BATCH_SIZE = 20  # Graph's JSON batch limit
+SELECT = ["id", "subject", "from", "receivedDateTime", "bodyPreview", "webLink", "categories", "isRead"]
+EPOCH = "1900-01-01T00:00:00Z"
+TAG_ROUNDS = 6  # passes over throttled sub-requests before the rest is left for the next run
+MAX_TAG_WAIT = 30.0  # seconds a pass may wait for Graph's Retry-After
+
+
+class DigestFailed(Exception):
+    """A digest cannot run (a folder it names is missing); the message says which and why."""
+
+
+@dataclass
+class DigestRun:
+    """What one run did: `sent`, `nothing_new`, `failed` (with Graph's code or ours) or `dry_run`."""
+
+    name: str
+    outcome: str
+    messages: int = 0
+    folders: list[FolderCount] = field(default_factory=list)
+    mail_id: str | None = None
+    tagged: int = 0
+    untagged: int = 0
+    resumed: bool = False
+    error: dict[str, str] | None = None
+    preview: dict[str, Any] | None = None
+
+    def answer(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self.name,
+            "outcome": self.outcome,
+            "messages": self.messages,
+            "folders": [{"path": f.path, "count": f.count} for f in self.folders],
+        }
+        if self.mail_id:
+            body["mailId"] = self.mail_id
+        if self.outcome != "dry_run":
+            body.update(tagged=self.tagged, untagged=self.untagged, resumedEarlierRun=self.resumed)
+        if self.error:
+            body["error"] = self.error
+        if self.preview:
+            body["mail"] = self.preview
+        return body
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _record_name(digest: MailboxDigest) -> str:
+    return f"mailbox/{digest.name}.json"
+
+
+async def run_mailbox_digest(
+    digest: MailboxDigest,
+    settings: Settings,
+    graph: GraphClient,
+    store: Store,
+    now: datetime,
+    *,
+    dry_run: bool = False,
+) -> DigestRun:
+    """Run one digest (see the module's docstring); Graph errors fail this digest only, recorded in its
+    status row and the audit table."""
+    resumed = False
+    try:
+        if not dry_run:
+            pending = await store.get_record(DIGEST_RUN_CONTAINER, _record_name(digest))
+            if pending is not None:
+                await _finish(digest, pending, graph, store)
+                resumed = True
+        status = await store.get_row(DIGEST_STATUS_TABLE, digest.name, "status") or {}
+        since = status.get("lastRun") if digest.since_last_run and status.get("lastRun") else EPOCH
+        folders, found = await _collect(digest, graph, str(since))
+    except (GraphError, DigestFailed) as error:
+        return await _failed(digest, settings, store, error, now, dry_run)
+
+    run = DigestRun(digest.name, "nothing_new", len(found), folders, resumed=resumed)
+    if not found:
+        if not dry_run:
+            await _note(store, digest, run, now)
+        return run
+    run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a rerun resumes the record instead
+    mail = _digest_mail(digest, settings, folders, found, f"digest-{digest.name}-{run_id}", now)
+    if dry_run:
+        run.outcome = "dry_run"
+        run.preview = {
+            "from": mail.sender,
+            "to": digest.to,
+            "subject": mail.subject,
+            "html": mail.html,
+            "text": mail.text,
+        }
+        return run
+    record: dict[str, Any] = {
+        "run": run_id,
+        "started": _stamp(now),
+        "mail": mail.dump(),
+        "messages": {m["id"]: m.get("categories") or [] for m in found},
+    }
+    record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(digest), record)
+    try:
+        run.tagged, run.untagged = await _finish(digest, record, graph, store)
+    except GraphError as error:  # the record stays: the next run finishes the tagging
+        return await _failed(digest, settings, store, error, now, dry_run=False)
+    run.outcome, run.mail_id = "sent", record["mail"]["id"]
+    await _note(store, digest, run, now)
+    await audit(
+        store,
+        settings,
+        operation="mailboxDigest",
+        mailbox=digest.mailbox,
+        outcome="sent",
+        caller=f"digest:{digest.name}",
+        correlation_id=run.mail_id or "",
+        recipients=digest.to,
+        detail=f"{run.messages} messages in {len(folders)} folders; {run.tagged} tagged, {run.untagged} left",
+    )
+    return run
+
+
+async def _finish(digest: MailboxDigest, record: dict[str, Any], graph: GraphClient, store: Store) -> tuple[int, int]:
+    """Send a recorded run's mail (once: the outbox knows its id) and tag its messages; (tagged, left)."""
+    await submit_mail(store, MailRequest.model_validate(record["mail"]))
+    tagged, left = await _tag(digest, record["messages"], graph)
+    if left:
+        log.warning("digest %s: %d messages could not be tagged; the next run retries them", digest.name, len(left))
+        record["messages"] = {message_id: record["messages"][message_id] for message_id in left}
+        await store.put_record(DIGEST_RUN_CONTAINER, _record_name(digest), record, replace=True)
+    else:
+        await store.delete_record(DIGEST_RUN_CONTAINER, _record_name(digest))
+    return tagged, len(left)
+
+
+async def _collect(
+    digest: MailboxDigest, graph: GraphClient, since: str
+) -> tuple[list[FolderCount], list[dict[str, Any]]]:
+    """The chosen folders with their counts, and every message to report (newest first), each with the
+    folder path it is in."""
+    folders = await graph.list_folders(digest.mailbox)
+    chosen = _choose(digest, folders)
+    unread = " and isRead eq false" if digest.unread_only else ""
+    query = f"receivedDateTime ge {since}{unread}"
+    counts: list[FolderCount] = []
+    found: list[dict[str, Any]] = []
+    for folder in chosen:
+        messages = [
+            m
+            async for m in graph.list_messages(
+                digest.mailbox,
+                folder_id=folder["id"],
+                select=SELECT,
+                filter=query,
+                orderby="receivedDateTime desc",
+                top=PAGE_SIZE,
+            )
+            if digest.category not in (m.get("categories") or [])
+        ]
+        for message in messages:
+            message["folder"] = folder["path"]
+        counts.append(FolderCount(folder["path"], len(messages)))
+        found += messages
+    found.sort(key=lambda m: str(m.get("receivedDateTime", "")), reverse=True)
+    return counts, found
+
+
+def _choose(digest: MailboxDigest, folders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The folders a digest names (case-insensitive paths), with their children when it asks; `*` is all."""
+    if "*" in digest.folders:
+        return [f for f in folders if not f.get("isHidden")]
+    by_path = {f["path"].lower(): f for f in folders}
+    chosen: dict[str, dict[str, Any]] = {}
+    for wanted in digest.folders:
+        folder = by_path.get(wanted.lower())
+        if folder is None:
+            raise DigestFailed(f"digest {digest.name}: no folder {wanted!r} in {digest.mailbox}")
+        chosen[folder["id"]] = folder
+        if digest.include_child_folders:
+            prefix = folder["path"].lower() + "/"
+            for other in folders:
+                if other["path"].lower().startswith(prefix):
+                    chosen[other["id"]] = other
+    return list(chosen.values())
+
+
+async def _tag(digest: MailboxDigest, messages: dict[str, list[str]], graph: GraphClient) -> tuple[int, list[str]]:
+    """Add the digest's category (and isRead) to every message, 20 per `$batch`; throttled sub-requests are
+    tried again after Graph's Retry-After. (tagged count, ids left untagged by throttling)."""
+    pending = list(messages)
+    tagged = 0
+    for _ in range(TAG_ROUNDS):
+        retry: list[str] = []
+        wait = 0.0
+        for start in range(0, len(pending), BATCH_SIZE):
+            chunk = pending[start : start + BATCH_SIZE]
+            updates = {message_id: _tagging(digest, messages[message_id]) for message_id in chunk}
+            try:
+                outcome = await graph.batch_update(digest.mailbox, updates)
+            except GraphError as error:
+                if not error.transient:
+                    raise
+                retry += chunk
+                wait = max(wait, error.retry_after or 1.0)
+                continue
+            for message_id in chunk:
+                failure = outcome.get(message_id, GraphError(0, "no_answer", "missing from the batch answer"))
+                if failure is None:
+                    tagged += 1
+                elif failure.transient:
+                    retry.append(message_id)
+                    wait = max(wait, failure.retry_after or 1.0)
+                # a permanent failure (the message was deleted or moved away) leaves nothing to tag
+        pending = retry
+        if not pending:
+            break
+        await asyncio.sleep(min(wait, MAX_TAG_WAIT))
+    return tagged, pending
+
+
+def _tagging(digest: MailboxDigest, categories: list[str]) -> dict[str, Any]:
+    """The PATCH body: categories replace the message's list, so the existing ones are kept."""
+    changes: dict[str, Any] = {"categories": [*categories, digest.category]}
+    if digest.mark_read:
+        changes["isRead"] = True
+    return changes
+
+
+def _digest_mail(
+    digest: MailboxDigest,
+    settings: Settings,
+    folders: list[FolderCount],
+    found: list[dict[str, Any]],
+    mail_id: str,
+    now: datetime,
+) -> MailRequest:
+    items = [DigestItem.from_graph(m, now) for m in found[: digest.max_items]]
+    rendered = render_mailbox_digest(digest, folders, items, len(found), now)
+    mail = MailRequest.model_validate(
+        {
+            "id": mail_id,
+            "from": digest.sender or settings.mail_default_sender,
+            "to": digest.to,
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+        }
+    )
+    return check_mail(mail, settings)
+
+
+async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:
+    """The digest's status row: when it last ran (the next run's `since`), what came of it."""
+    row: dict[str, Any] = {
+        "PartitionKey": digest.name,
+        "RowKey": "status",
+        "lastOutcome": run.outcome,
+        "lastMessages": run.messages,
+        "lastMail": run.mail_id or "",
+        "lastError": "",
+        "updated": _stamp(datetime.now(UTC)),
+    }
+    if run.outcome in {"sent", "nothing_new"}:
+        row["lastRun"] = _stamp(now)
+    await store.merge_rows(DIGEST_STATUS_TABLE, [row])
+
+
+async def _failed(
+    digest: MailboxDigest, settings: Settings, store: Store, error: Exception, now: datetime, dry_run: bool
+) -> DigestRun:
+    code = error.code if isinstance(error, GraphError) else "digest_failed"
+    message = error.message if isinstance(error, GraphError) else str(error)
+    run = DigestRun(digest.name, "failed", error={"code": code, "message": message[:300]})
+    log.warning("digest %s failed: %s %s", digest.name, code, message[:300])
+    if dry_run:
+        return run
+    await store.merge_rows(
+        DIGEST_STATUS_TABLE,
+        [
+            {
+                "PartitionKey": digest.name,
+                "RowKey": "status",
+                "lastOutcome": "failed",
+                "lastError": f"{code}: {message}"[:500],
+                "updated": _stamp(datetime.now(UTC)),
+            }
+        ],
+    )
+    await audit(
+        store,
+        settings,
+        operation="mailboxDigest",
+        mailbox=digest.mailbox,
+        outcome="failed",
+        caller=f"digest:{digest.name}",
+        correlation_id=f"digest-{digest.name}-{now.strftime('%Y%m%dT%H%M%S')}",
+        detail=f"{code}: {message}"[:500],
+    )
+    return run

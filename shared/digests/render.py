@@ -1,0 +1,135 @@
+"""Render the digests: the mailbox digest (per-folder counts, the newest items with sender, subject, age,
+preview and a link to open each, "and N more") and the alert digest (alerts by name and severity, with
+counts, first and last seen, and links). Outlook-safe HTML plus a text part, from `shared/templates/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..alerts.model import SEVERITIES, Alert
+from ..alerts.render import SEVERITY_COLOURS
+from ..templating import RenderedMail, one_line, render_mail
+
+if TYPE_CHECKING:
+    from ..alerts.routing import MailboxDigest
+
+
+@dataclass(frozen=True)
+class FolderCount:
+    path: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One message as the digest lists it."""
+
+    folder: str
+    sender: str
+    subject: str
+    preview: str
+    received: str
+    age: str
+    link: str
+
+    @classmethod
+    def from_graph(cls, message: dict[str, Any], now: datetime) -> DigestItem:
+        address = ((message.get("from") or {}).get("emailAddress")) or {}
+        sender = address.get("name") or address.get("address") or "(unknown sender)"
+        received = str(message.get("receivedDateTime") or "")
+        link = str(message.get("webLink") or "")
+        return cls(
+            folder=str(message.get("folder", "")),
+            sender=one_line(str(sender), 120),
+            subject=one_line(str(message.get("subject") or "(no subject)"), 200),
+            preview=one_line(str(message.get("bodyPreview") or ""), 160),
+            received=received,
+            age=_age(received, now),
+            link=link if link.startswith("https://") else "",
+        )
+
+
+def _age(received: str, now: datetime) -> str:
+    """`5 min`, `3 h`, `2 d`: how long a message has waited."""
+    try:
+        moment = datetime.fromisoformat(received.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    minutes = max(0, int((now - moment).total_seconds() // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // 1440} d"
+
+
+def render_mailbox_digest(
+    digest: MailboxDigest, folders: list[FolderCount], items: list[DigestItem], total: int, now: datetime
+) -> RenderedMail:
+    subject = one_line(f"[DIGEST] {total} waiting in {digest.mailbox} ({digest.name})")
+    by_folder: dict[str, list[DigestItem]] = {}
+    for item in items:
+        by_folder.setdefault(item.folder, []).append(item)
+    return render_mail(
+        "digest_mailbox",
+        subject,
+        digest=digest,
+        folders=[f for f in folders if f.count],
+        empty_folders=[f for f in folders if not f.count],
+        by_folder=by_folder,
+        total=total,
+        more=max(0, total - len(items)),
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class AlertDigestLine:
+    """Alerts of one name and severity in an alert digest."""
+
+    name: str
+    severity: str
+    count: int
+    firing: int
+    first_seen: str
+    last_seen: str
+    summary: str
+    links: dict[str, str]
+
+
+def alert_digest_lines(entries: list[tuple[Alert, str]]) -> list[AlertDigestLine]:
+    """(alert, last seen) pairs gathered by alert name and severity, most severe and most frequent first."""
+    gathered: dict[tuple[str, str], list[tuple[Alert, str]]] = {}
+    for alert, seen in entries:
+        gathered.setdefault((alert.name, alert.severity), []).append((alert, seen))
+    lines = []
+    for (name, severity), members in gathered.items():
+        starts = [a.starts_at.strftime("%Y-%m-%d %H:%M UTC") for a, _ in members if a.starts_at] or [
+            s for _, s in members
+        ]
+        last_seen = max(s for _, s in members)
+        first = members[0][0]
+        lines.append(
+            AlertDigestLine(
+                name=name,
+                severity=severity,
+                count=len(members),
+                firing=sum(1 for a, _ in members if a.status == "firing"),
+                first_seen=min(starts),
+                last_seen=last_seen.replace("T", " ").replace("Z", " UTC"),
+                summary=first.summary,
+                links=first.links,
+            )
+        )
+    rank = {s: n for n, s in enumerate(SEVERITIES)}
+    return sorted(lines, key=lambda line: (rank.get(line.severity, 9), -line.count, line.name))
+
+
+def render_alert_digest(receiver: str, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
+    total = sum(line.count for line in lines)
+    subject = one_line(f"[ALERT DIGEST] {total} alerts, {len(lines)} kinds ({receiver})")
+    return render_mail(
+        "digest_alerts", subject, receiver=receiver, lines=lines, total=total, colours=SEVERITY_COLOURS, now=now
+    )

@@ -1,0 +1,44 @@
+"""The one Jinja2 environment of the app's mail templates (`shared/templates/`), and the one-line rule for
+subjects. HTML templates autoescape; text templates do not (a text part must not show `&amp;`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+templates = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(
+        enabled_extensions=("html.j2",), disabled_extensions=("txt.j2",), default=True, default_for_string=True
+    ),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    subject: str
+    html: str
+    text: str
+
+
+def one_line(text: str, limit: int = 255) -> str:
+    """Control characters (CR, LF ...) folded into spaces, trimmed to `limit` characters: a safe subject."""
+    flat = _CONTROL.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def render_mail(kind: str, subject: str, **context: Any) -> RenderedMail:
+    """`templates/<kind>.html.j2` and `.txt.j2` with the same context (and the subject)."""
+    html = templates.get_template(f"{kind}.html.j2").render(subject=subject, **context)
+    text = templates.get_template(f"{kind}.txt.j2").render(subject=subject, **context)
+    return RenderedMail(subject, html, text)

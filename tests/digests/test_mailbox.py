@@ -1,0 +1,239 @@
+"""The mailbox digest against the sandbox and Azurite: counts, tagging, the request budget, throttling and 503s,
+a run that dies between the mail and the tagging, a dry run, and a mailbox the app may not read."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import pytest
+
+from devhost.azurite import AzuriteProcess
+from devhost.queues import QueueSettings, QueueTrigger
+from sandbox.launcher import SandboxProcess
+from shared.config import settings
+from shared.store import DIGEST_STATUS_TABLE, store
+
+from ..helpers import SUPPORT, http, run, user_function
+
+FOLDERS = {  # 12 folders, some nested, 3,000 unread messages in all
+    "Inbox": 700,
+    "Inbox/Escalations": 300,
+    "Inbox/Escalations/Tier 3": 50,
+    "Inbox/Billing": 400,
+    "Inbox/Billing/Refunds": 150,
+    "Inbox/Partners": 100,
+    "Orders": 500,
+    "Orders/Returns": 200,
+    "Orders/Returns/Damaged": 100,
+    "Projects": 250,
+    "Projects/Alpha": 150,
+    "Projects/Beta": 100,
+}
+PAGE = 1000  # the digest's $top
+
+
+@pytest.fixture
+def support_mailbox(sandbox: SandboxProcess, test_seed: dict[str, Any]) -> dict[str, int]:
+    """support@ with exactly the 3,000 unread messages of FOLDERS (the default seed's five removed) and five
+    read ones that no digest may report."""
+    seed = copy.deepcopy(test_seed)
+    for user in seed["users"]:
+        if user["userPrincipalName"] == SUPPORT:
+            user["messages"] = []
+    sandbox.reset(seed)
+    for path, count in FOLDERS.items():
+        sandbox.deliver(
+            SUPPORT,
+            [
+                {
+                    "subject": f"{path} question {n}",
+                    "from": f"customer{n}@fabrikam.test",
+                    "body": f"Message {n} waiting in {path}.",
+                    "folder": path,
+                    "receivedDateTime": f"2026-11-{1 + n % 20:02d}T{n % 24:02d}:{n % 60:02d}:00Z",
+                }
+                for n in range(count)
+            ],
+        )
+    sandbox.deliver(
+        SUPPORT, [{"subject": f"already read {n}", "from": "x@fabrikam.test", "isRead": True} for n in range(5)]
+    )
+    return FOLDERS
+
+
+def _run_digest(app: Any, name: str = "support-unread", dry_run: bool = False) -> tuple[int, dict[str, Any]]:
+    params = {"dryRun": "true"} if dry_run else {}
+    request = http("POST", f"/api/digests/{name}/run", route={"name": name}, params=params, raw=b"")
+    response = run(user_function(app.run_digest)(request))
+    return response.status_code, json.loads(response.get_body())
+
+
+def _deliver_outbox(app: Any, azurite: AzuriteProcess) -> None:
+    trigger = QueueTrigger(
+        azurite.connection_string,
+        "mail-outbox",
+        user_function(app.mail_outbox),
+        QueueSettings(max_polling_interval=0.1),
+    )
+    run(trigger.drain())
+
+
+def _tagged(sandbox: SandboxProcess) -> int:
+    return sum(1 for m in sandbox.mailbox(SUPPORT) if "Digested" in (m.get("categories") or []))
+
+
+def test_a_digest_of_3000_unread_messages_in_12_folders_counts_tags_and_stays_within_its_request_budget(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    since = sandbox.last_seq()
+    status, answer = _run_digest(digest_app)
+    _deliver_outbox(digest_app, azurite)
+    assert status == 200, answer
+    assert answer["outcome"] == "sent" and answer["messages"] == 3000
+    assert {f["path"]: f["count"] for f in answer["folders"]} == support_mailbox
+    assert answer["tagged"] == 3000 and answer["untagged"] == 0
+    assert _tagged(sandbox) == 3000
+
+    requests = sandbox.requests(since)
+    folder_pages = [
+        r for r in requests if r["method"] == "GET" and r["path"].lower().endswith(("/mailfolders", "/childfolders"))
+    ]
+    message_pages = [r for r in requests if r["method"] == "GET" and r["path"].lower().endswith("/messages")]
+    sends = [r for r in requests if r["path"].endswith("/sendMail")]
+    batches = [r for r in requests if r["path"] == "/$batch"]
+    parents = 1 + sum(1 for p in FOLDERS if any(q.startswith(p + "/") for q in FOLDERS))  # root + folders with children
+    assert len(folder_pages) == parents  # one page each: at most 100 children per parent
+    assert len(message_pages) == sum(max(1, math.ceil(n / PAGE)) for n in FOLDERS.values())
+    assert len(sends) == 1
+    assert len(batches) == math.ceil(3000 / 20)
+    assert len(requests) == len(folder_pages) + len(message_pages) + 1 + math.ceil(3000 / 20)
+    assert all(len(b["requests"]) <= 20 for b in batches)
+
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[DIGEST] 3000 waiting in support@contoso.test (support-unread)"
+    body = mail["body"]["content"]
+    assert "and 2990 more" in body  # max_items is 10
+    assert "Inbox/Billing/Refunds" in body and "/mailboxes/support@contoso.test/messages/" in body
+
+
+def test_a_second_run_reports_nothing_and_a_message_arriving_in_between_comes_in_the_next_run_only(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    assert _run_digest(digest_app)[1]["outcome"] == "sent"
+    status, second = _run_digest(digest_app)
+    assert status == 200 and second["outcome"] == "nothing_new" and second["messages"] == 0
+    sandbox.deliver(SUPPORT, [{"subject": "Late arrival", "from": "late@fabrikam.test", "folder": "Orders/Returns"}])
+    _, third = _run_digest(digest_app)
+    assert third["outcome"] == "sent" and third["messages"] == 1
+    assert {f["path"]: f["count"] for f in third["folders"]}["Orders/Returns"] == 1
+    _deliver_outbox(digest_app, azurite)
+    subjects = sorted(m["subject"] for m in sandbox.sent())
+    assert subjects == [
+        "[DIGEST] 1 waiting in support@contoso.test (support-unread)",
+        "[DIGEST] 3000 waiting in support@contoso.test (support-unread)",
+    ]
+
+
+def test_under_throttling_and_2_percent_503s_the_run_still_completes_correctly(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    sandbox.set_faults(throttle={"concurrentPerMailbox": 4}, errorRate=0.02, errorStatuses=[503], randomSeed=11)
+    since = sandbox.last_seq()
+    status, answer = _run_digest(digest_app)
+    assert status == 200, answer
+    assert answer["outcome"] == "sent" and answer["messages"] == 3000 and answer["untagged"] == 0
+    _deliver_outbox(digest_app, azurite)
+    sandbox.set_faults()
+    assert _tagged(sandbox) == 3000
+    assert len(sandbox.sent()) == 1
+    failed_subrequests = [
+        s for r in sandbox.requests(since) if r["path"] == "/$batch" for s in r["requests"] if s["status"] >= 500
+    ]
+    assert failed_subrequests, "the 503s should have hit some sub-requests"
+
+
+class _DiesWhileTagging:
+    """A Graph client whose process 'dies' (raises) at the first tagging batch: after the mail was submitted."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def batch_update(self, mailbox: str, updates: dict[str, Any]) -> Any:
+        raise ConnectionError("the worker died")
+
+
+def test_a_run_that_died_between_the_mail_and_the_tagging_is_finished_without_a_second_digest(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    from shared.alerts.routing import notify_config
+    from shared.digests.mailbox import run_mailbox_digest
+    from shared.graph import graph_client
+
+    async def dying_run() -> None:
+        config = settings()
+        digest = notify_config(config).digests[0]
+        graph = _DiesWhileTagging(graph_client(config))
+        await run_mailbox_digest(digest, config, graph, store(config.storage_connection), _now())  # type: ignore[arg-type]
+
+    with pytest.raises(ConnectionError):
+        run(dying_run())
+    assert _tagged(sandbox) == 0
+    status, answer = _run_digest(digest_app)  # the next run finishes the recorded one, then finds nothing new
+    assert status == 200 and answer["resumedEarlierRun"] is True and answer["outcome"] == "nothing_new"
+    _deliver_outbox(digest_app, azurite)
+    assert _tagged(sandbox) == 3000
+    assert [m["subject"] for m in sandbox.sent()] == ["[DIGEST] 3000 waiting in support@contoso.test (support-unread)"]
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_a_dry_run_answers_the_mail_without_sending_or_tagging(
+    digest_app: Any, sandbox: SandboxProcess, support_mailbox: dict[str, int]
+) -> None:
+    since = sandbox.last_seq()
+    status, answer = _run_digest(digest_app, dry_run=True)
+    assert status == 200 and answer["outcome"] == "dry_run" and answer["messages"] == 3000
+    assert answer["mail"]["subject"].startswith("[DIGEST] 3000 waiting")
+    assert "Inbox/Escalations/Tier 3" in answer["mail"]["html"] and answer["mail"]["text"]
+    writes = [r for r in sandbox.requests(since) if r["method"] != "GET"]
+    assert writes == [] and _tagged(sandbox) == 0
+
+
+def test_a_mailbox_the_app_may_not_read_fails_that_digest_only_recorded_in_status_and_audit(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    from azure.functions.timer import TimerRequest
+
+    status, answer = _run_digest(digest_app, "forbidden")
+    assert status == 502 and answer["error"]["code"] == "ErrorAccessDenied"
+
+    run(user_function(digest_app.mailbox_digest)(TimerRequest(past_due=False)))  # the timer runs both
+    _deliver_outbox(digest_app, azurite)
+    assert [m["subject"] for m in sandbox.sent()] == ["[DIGEST] 3000 waiting in support@contoso.test (support-unread)"]
+
+    async def records() -> tuple[Any, list[dict[str, Any]]]:
+        target = store(settings().storage_connection)
+        row = await target.get_row(DIGEST_STATUS_TABLE, "forbidden", "status")
+        from datetime import UTC, datetime
+
+        return row, await target.audit_records(datetime.now(UTC).strftime("%Y%m%d"))
+
+    row, audit = run(records())
+    assert row is not None and row["lastOutcome"] == "failed" and row["lastError"].startswith("ErrorAccessDenied")
+    failures = [a for a in audit if a["operation"] == "mailboxDigest" and a["outcome"] == "failed"]
+    assert failures and failures[0]["mailbox"] == "alice@contoso.test"
+
+
+def test_unknown_digests_are_404(digest_app: Any) -> None:
+    status, answer = _run_digest(digest_app, "no-such-digest")
+    assert status == 404 and "support-unread" in answer["error"]["message"]
