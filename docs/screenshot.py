@@ -1,7 +1,8 @@
 """Screenshots of rendered mails for the README, taken with headless Chromium (Debian's `chromium`).
 
-`make screenshots` runs it: the alert mail is rendered from the Alertmanager fixture by the app's own
-templates, written to a temporary file and photographed. Chromium runs with its network features off, so
+`make screenshots` runs it: the alert mail (from the Alertmanager fixture) and a mailbox digest (from sample
+messages shaped as Graph lists them) are rendered by the app's own templates, written to a temporary file
+and photographed. Chromium runs with its network features off, so
 nothing leaves the machine.
 """
 
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 from shared.alerts import parse_alerts  # noqa: E402
 from shared.alerts.model import AlertGroup  # noqa: E402
 from shared.alerts.render import render_group  # noqa: E402
+from shared.alerts.routing import MailboxDigest  # noqa: E402
+from shared.digests.render import DigestItem, FolderCount, render_mailbox_digest  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -54,6 +57,60 @@ def alert_mail_html() -> str:
     return render_group(group, now=datetime(2026, 11, 23, 8, 15, tzinfo=UTC)).html
 
 
+def mailbox_digest_html() -> str:
+    now = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    digest = MailboxDigest(
+        name="support-unread", mailbox="support@contoso.test", to=["alice@contoso.test"], max_items=5
+    )
+    samples = [
+        (
+            "Inbox/Escalations",
+            "Ops at Fabrikam",
+            "Outage in region West",
+            "Our users in West cannot reach the API.",
+            25,
+        ),
+        (
+            "Inbox/Escalations",
+            "Fay Northwind",
+            "Data export stuck at 90%",
+            "The export has not moved for two hours.",
+            58,
+        ),
+        ("Inbox", "Erik Fabrikam", "Invoice 2026-0412 is wrong", "The invoice lists 12 seats; we have 10.", 130),
+        (
+            "Inbox",
+            "Dana Fabrikam",
+            "Cannot log in to the portal",
+            "Since this morning the portal rejects my password.",
+            410,
+        ),
+        (
+            "Inbox/Billing",
+            "Gus Contractor",
+            "Refund for order 7781",
+            "Please refund the duplicate charge from Friday.",
+            1500,
+        ),
+    ]
+    items = [
+        DigestItem.from_graph(
+            {
+                "folder": folder,
+                "from": {"emailAddress": {"name": sender, "address": "someone@fabrikam.test"}},
+                "subject": subject,
+                "bodyPreview": preview,
+                "receivedDateTime": (now - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "webLink": f"https://outlook.office365.com/owa/?ItemID=example{n}",
+            },
+            now,
+        )
+        for n, (folder, sender, subject, preview, minutes) in enumerate(samples)
+    ]
+    folders = [FolderCount("Inbox", 9), FolderCount("Inbox/Escalations", 2), FolderCount("Inbox/Billing", 3)]
+    return render_mailbox_digest(digest, folders, items, 14, now).html
+
+
 def photograph(html: str, target: Path, size: str = "760,470") -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -79,3 +136,4 @@ def photograph(html: str, target: Path, size: str = "760,470") -> None:
 
 if __name__ == "__main__":
     photograph(alert_mail_html(), ROOT / "docs" / "alert-mail.png")
+    photograph(mailbox_digest_html(), ROOT / "docs" / "mailbox-digest.png", size="760,820")

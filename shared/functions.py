@@ -6,6 +6,7 @@ store, Graph client, sender) are built once per worker process and event loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from .alerts.dispatch import flush, ingest_message
 from .alerts.routing import notify_config
 from .config import ConfigError, settings
 from .digests.alerts import run_alert_digests
-from .digests.mailbox import run_mailbox_digest
+from .digests.mailbox import check_digest, run_mailbox_digest
 from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
@@ -146,6 +147,8 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
     if config.graph_auth_mode == "keyvault":
         checks["keyVault"] = graph.read_credential
     checks["graphToken"] = graph.token_check
+    for digest in notify_config(config).digests:
+        checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
     return _response(await api.health(config, checks))
 
 

@@ -49,6 +49,24 @@ def openapi_document() -> dict[str, Any]:
             "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
         },
     }
+    components["DigestRun"] = {
+        "type": "object",
+        "required": ["name", "outcome", "messages", "folders"],
+        "properties": {
+            "name": {"type": "string"},
+            "outcome": {"enum": ["sent", "nothing_new", "dry_run"]},
+            "messages": {"type": "integer"},
+            "folders": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"path": {"type": "string"}, "count": {"type": "integer"}}},
+            },
+            "mailId": {"type": "string"},
+            "tagged": {"type": "integer"},
+            "untagged": {"type": "integer"},
+            "resumedEarlierRun": {"type": "boolean"},
+            "mail": {"type": "object", "description": "dry runs: from, to, subject, html, text"},
+        },
+    }
     components["Error"] = {
         "type": "object",
         "required": ["error"],
@@ -139,6 +157,25 @@ def openapi_document() -> dict[str, Any]:
             },
             "/alerts": {"post": _alerts_operation(key, named=False)},
             "/alerts/{source}": {"post": _alerts_operation(key, named=True)},
+            "/digests/{name}/run": {
+                "post": {
+                    "summary": "Run a configured mailbox digest now",
+                    "security": key,
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "dryRun", "in": "query", "schema": {"type": "boolean"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "What the run did (or, dry, the mail it would send)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DigestRun"}}},
+                        },
+                        "404": _error("No digest of that name"),
+                        "502": _error("Graph refused the digest's mailbox (Graph's code)"),
+                        "503": _error("Storage unavailable"),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Configuration, storage, Key Vault and Graph token checks",

@@ -297,7 +297,7 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
     body = json.loads(text)
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"config", "storage", "keyVault", "graphToken"}
+    assert set(body["checks"]) == {"config", "storage", "keyVault", "graphToken", "digest:support-unread"}
     assert APP_SECRET not in text and APP_SECRET not in caplog.text
 
 
@@ -322,7 +322,9 @@ def test_openapi_describes_the_api_and_the_published_schema_matches_the_model(ap
     response = run(user_function(app.openapi)(http("GET", "/api/openapi.json")))
     document = json.loads(response.get_body())
     assert document["openapi"].startswith("3.")
-    assert {"/mail", "/mail/{id}", "/alerts", "/alerts/{source}", "/health", "/openapi.json"} <= set(document["paths"])
+    assert {"/mail", "/mail/{id}", "/alerts", "/alerts/{source}", "/digests/{name}/run", "/health"} <= set(
+        document["paths"]
+    )
     assert "MailRequest" in document["components"]["schemas"]
     published = json.loads((Path(__file__).parent.parent / "schemas" / "mail.schema.json").read_text())
     assert published == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"

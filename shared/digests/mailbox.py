@@ -203,6 +203,17 @@ async def _collect(
     return counts, found
 
 
+async def check_digest(digest: MailboxDigest, graph: GraphClient) -> None:
+    """The health check of a digest: its mailbox can be read and its folders exist. The reason given is
+    short and names no mailbox or folder (health answers anonymous callers)."""
+    try:
+        _choose(digest, await graph.list_folders(digest.mailbox))
+    except GraphError as error:
+        raise DigestFailed(f"Graph {error.status} {error.code}") from None
+    except DigestFailed:
+        raise DigestFailed("a configured folder does not exist") from None
+
+
 def _choose(digest: MailboxDigest, folders: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The folders a digest names (case-insensitive paths), with their children when it asks; `*` is all."""
     if "*" in digest.folders:

@@ -237,3 +237,18 @@ def test_a_mailbox_the_app_may_not_read_fails_that_digest_only_recorded_in_statu
 def test_unknown_digests_are_404(digest_app: Any) -> None:
     status, answer = _run_digest(digest_app, "no-such-digest")
     assert status == 404 and "support-unread" in answer["error"]["message"]
+
+
+def test_health_checks_each_digests_mailbox_and_folders_without_naming_them(
+    digest_app: Any, support_mailbox: dict[str, int]
+) -> None:
+    response = run(user_function(digest_app.health)(http("GET", "/api/health")))
+    body = json.loads(response.get_body())
+    assert response.status_code == 503
+    assert body["checks"]["digest:support-unread"]["ok"] is True
+    assert body["checks"]["digest:forbidden"] == {
+        "ok": False,
+        "error": "DigestFailed: Graph 403 ErrorAccessDenied",
+        "ms": body["checks"]["digest:forbidden"]["ms"],
+    }
+    assert "alice@contoso.test" not in response.get_body().decode()
