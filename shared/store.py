@@ -13,17 +13,16 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableServiceClient
-from azure.storage.blob.aio import BlobServiceClient
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-from azure.storage.queue.aio import QueueClient
 
 from .loop_cache import LoopCache
+
+if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a cold start 0.25 s
+    from azure.storage.blob.aio import BlobClient, BlobServiceClient
+    from azure.storage.queue.aio import QueueClient
 
 OUTBOX = "mail-outbox"
 OUTBOX_POISON = "mail-outbox-poison"
@@ -105,11 +104,14 @@ class Store:
     """Mail status, the outbox queue, claim-check blobs and the audit table."""
 
     def __init__(self, connection_string: str) -> None:
+        from azure.data.tables.aio import TableServiceClient
+
         self._tables = TableServiceClient.from_connection_string(connection_string)
         self._connection_string = connection_string
         self._queues: dict[str, QueueClient] = {}
-        self._blobs = BlobServiceClient.from_connection_string(connection_string)
+        self._blobs: BlobServiceClient | None = None  # most sends never touch a blob: made on first use
         self._ready: asyncio.Task[None] | None = None
+        self._blobs_ready: asyncio.Task[None] | None = None
 
     async def ensure(self) -> None:
         """Create tables, queues and the claim-check container once per process."""
@@ -125,8 +127,24 @@ class Store:
         await asyncio.gather(
             *(create(self._tables.create_table(name)) for name in _TABLES),
             *(create(self._queue(name).create_queue()) for name in APP_QUEUES),
-            *(create(self._blobs.create_container(name)) for name in _CONTAINERS),
         )
+
+    async def _blob(self, container: str, name: str) -> BlobClient:
+        """A blob's client; the Blob SDK is loaded and the containers are made when the first blob is used."""
+        if self._blobs_ready is None or (self._blobs_ready.done() and self._blobs_ready.exception() is not None):
+            self._blobs_ready = asyncio.ensure_future(self._create_containers())
+        await asyncio.shield(self._blobs_ready)
+        assert self._blobs is not None
+        return self._blobs.get_blob_client(container, name)
+
+    async def _create_containers(self) -> None:
+        from azure.storage.blob.aio import BlobServiceClient
+
+        if self._blobs is None:
+            self._blobs = BlobServiceClient.from_connection_string(self._connection_string)
+        for name in _CONTAINERS:
+            with contextlib.suppress(ResourceExistsError):
+                await self._blobs.create_container(name)
 
     # -- status ---------------------------------------------------------------------------------------
     async def create_status(self, status: MailStatus) -> MailStatus | None:
@@ -155,11 +173,11 @@ class Store:
         table = self._tables.get_table_client(STATUS_TABLE)
         try:
             if status.etag is None:
-                metadata = await table.upsert_entity(_entity(status), mode=UpdateMode.REPLACE)
+                metadata = await table.upsert_entity(_entity(status), mode="replace")
             else:
                 metadata = await table.update_entity(
                     _entity(status),
-                    mode=UpdateMode.REPLACE,
+                    mode="replace",
                     etag=status.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
@@ -178,7 +196,7 @@ class Store:
         text = json.dumps(payload, separators=(",", ":"))
         if len(text.encode()) > QUEUE_PAYLOAD_LIMIT:
             blob = f"{mail_id}.json"
-            await self._blobs.get_blob_client(CLAIM_CONTAINER, blob).upload_blob(text.encode(), overwrite=True)
+            await (await self._blob(CLAIM_CONTAINER, blob)).upload_blob(text.encode(), overwrite=True)
             text = json.dumps({"id": mail_id, "claimCheck": f"{CLAIM_CONTAINER}/{blob}"})
         await self.send_message(OUTBOX, text, delay_seconds)
 
@@ -190,6 +208,9 @@ class Store:
     def _queue(self, name: str) -> QueueClient:
         """A client per queue, base64 like the Functions host (QueueServiceClient would drop the policy)."""
         if name not in self._queues:
+            from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+            from azure.storage.queue.aio import QueueClient
+
             self._queues[name] = QueueClient.from_connection_string(
                 self._connection_string,
                 name,
@@ -206,7 +227,7 @@ class Store:
         container, _, blob = str(claim).partition("/")
         if container != CLAIM_CONTAINER or not blob or "/" in blob:
             raise ValueError(f"claimCheck {claim!r} does not name a mail payload")
-        downloader = await self._blobs.get_blob_client(container, blob).download_blob()
+        downloader = await (await self._blob(container, blob)).download_blob()
         mail: dict[str, Any] = json.loads(await downloader.readall())
         return mail
 
@@ -215,7 +236,7 @@ class Store:
         if claim:
             container, _, blob = str(claim).partition("/")
             with contextlib.suppress(ResourceNotFoundError):
-                await self._blobs.get_blob_client(container, blob).delete_blob()
+                await (await self._blob(container, blob)).delete_blob()
 
     async def poison(self, queue: str, text: str) -> None:
         """Move a message the app cannot use to `<queue>-poison` itself (the host does it after 5 crashes)."""
@@ -253,7 +274,7 @@ class Store:
         """Replace a row only if it is unchanged since it was read; StatusChanged otherwise."""
         try:
             metadata = await self._tables.get_table_client(table).update_entity(
-                _plain(row), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                _plain(row), mode="replace", etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise StatusChanged(f"{row['PartitionKey']}/{row['RowKey']}") from None
@@ -282,7 +303,7 @@ class Store:
             by_partition.setdefault(row["PartitionKey"], []).append(_plain(row))
 
         async def write(chunk: list[dict[str, Any]]) -> None:
-            await client.submit_transaction([("upsert", row, {"mode": UpdateMode.MERGE}) for row in chunk])
+            await client.submit_transaction([("upsert", row, {"mode": "merge"}) for row in chunk])
 
         await asyncio.gather(
             *(
@@ -299,7 +320,7 @@ class Store:
         """Store a record unless one of that name exists (or replace it); the stored one (ours, or the first
         writer's)."""
         await self.ensure()
-        blob = self._blobs.get_blob_client(container, name)
+        blob = await self._blob(container, name)
         try:
             await blob.upload_blob(json.dumps(record).encode(), overwrite=replace)
             return record
@@ -310,7 +331,7 @@ class Store:
     async def get_record(self, container: str, name: str) -> dict[str, Any] | None:
         await self.ensure()
         try:
-            downloader = await self._blobs.get_blob_client(container, name).download_blob()
+            downloader = await (await self._blob(container, name)).download_blob()
         except ResourceNotFoundError:
             return None
         record: dict[str, Any] = json.loads(await downloader.readall())
@@ -318,7 +339,7 @@ class Store:
 
     async def delete_record(self, container: str, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
-            await self._blobs.get_blob_client(container, name).delete_blob()
+            await (await self._blob(container, name)).delete_blob()
 
     # -- audit ----------------------------------------------------------------------------------------
     async def write_audit(self, record: dict[str, Any]) -> None:
@@ -346,7 +367,8 @@ class Store:
         await self._tables.close()
         for queue in self._queues.values():
             await queue.close()
-        await self._blobs.close()
+        if self._blobs is not None:
+            await self._blobs.close()
 
 
 _stores: LoopCache[Store] = LoopCache()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +13,7 @@ from kiota_authentication_azure.azure_identity_authentication_provider import Az
 from msgraph import GraphServiceClient
 from msgraph.graph_request_adapter import GraphRequestAdapter
 
-from devhost.azurite import free_port
+from devhost.process import DevhostProcess as Devhost  # noqa: F401 (the tests' name for it)
 from sandbox.launcher import SandboxProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,35 +98,6 @@ def run(scenario: Any) -> Any:
 def user_function(builder: Any) -> Any:
     """The plain function behind a v2 decorator (`fn.build().get_user_function()`)."""
     return builder.build().get_user_function()
-
-
-class Devhost:
-    """A `python -m devhost` child process; its output goes to a file the test can read."""
-
-    def __init__(self, app_dir: Path, env: dict[str, str], log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.log = log
-        self.output = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "devhost", "--port", str(self.port), "--app-dir", str(app_dir), *args],
-            cwd=ROOT,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while "DEVHOST READY" not in log.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("devhost did not start:\n" + log.read_text())
-            time.sleep(0.05)
-
-    def stop(self, signum: int = signal.SIGINT) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            self.process.wait(30)
-        self.output.close()
-        return self.process.returncode
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

@@ -1,0 +1,96 @@
+"""Cold start: a fresh interpreter importing `function_app` and indexing it (time, peak RSS), and the first
+mail a cold worker sends (import, managed identity -> Key Vault -> Entra token, sendMail to the sandbox with
+no added latency, status rows in Azurite). Baseline in the same run: a bare `import azure.functions`.
+
+Targets (2-core machine, medians of 7 runs): import + index <= 300 ms and <= 90 MB peak RSS; first mail <= 1.0 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+from common import ROOT, bench_line, local_cloud, median
+
+RUNS = 7
+
+IMPORT_ONLY = """
+import json, time
+started = time.perf_counter()
+import azure.functions
+elapsed = time.perf_counter() - started
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"ms": elapsed * 1000, "rss_mb": rss / 1024}))
+"""
+
+IMPORT_AND_INDEX = """
+import json, time
+started = time.perf_counter()
+import function_app
+functions = function_app.app.get_functions()
+elapsed = time.perf_counter() - started
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"ms": elapsed * 1000, "rss_mb": rss / 1024, "functions": len(functions)}))
+"""
+
+FIRST_MAIL = """
+import time
+started = time.perf_counter()
+import asyncio, json, sys
+from azure.functions.queue import QueueMessage
+import function_app
+from shared.functions import shutdown
+
+async def main():
+    mail = {"id": sys.argv[1], "to": ["alice@contoso.test"], "subject": "Cold start", "text": "first mail"}
+    message = QueueMessage(id=sys.argv[1], body=json.dumps(mail).encode(), dequeue_count=1)
+    await function_app.mail_outbox.build().get_user_function()(message)
+    sent = time.perf_counter() - started
+    from shared.config import settings
+    from shared.store import store
+    status = await store(settings().storage_connection).get_status(sys.argv[1])
+    await shutdown()
+    return sent, status.status
+
+sent, status = asyncio.run(main())
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"ms": sent * 1000, "status": status, "rss_mb": rss / 1024}))
+"""
+
+
+def _child(script: str, env: dict[str, str], *args: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    with local_cloud() as cloud:
+        env = cloud.env
+        _child(IMPORT_AND_INDEX, env)  # warm the OS file cache once, as a deployed app's would be
+        base = [_child(IMPORT_ONLY, env) for _ in range(RUNS)]
+        app = [_child(IMPORT_AND_INDEX, env) for _ in range(RUNS)]
+        mails = [_child(FIRST_MAIL, env, f"cold-{uuid.uuid4().hex[:8]}") for _ in range(RUNS)]
+    assert all(m["status"] == "sent" for m in mails), mails
+    print(f"import azure.functions: {[round(r['ms']) for r in base]} ms")
+    print(f"import function_app + index ({int(app[0]['functions'])} functions): {[round(r['ms']) for r in app]} ms")
+    print(f"peak RSS after import + index: {[round(r['rss_mb'], 1) for r in app]} MB")
+    print(f"first mail by a cold worker: {[round(r['ms']) for r in mails]} ms")
+    base_ms, base_mb = median([r["ms"] for r in base]), median([r["rss_mb"] for r in base])
+    bench_line("cold_import_index", median([r["ms"] for r in app]), "ms", f"import azure.functions {base_ms:.0f} ms")
+    bench_line("cold_peak_rss", median([r["rss_mb"] for r in app]), "MB", f"import azure.functions {base_mb:.1f} MB")
+    bench_line("cold_first_mail", median([r["ms"] for r in mails]), "ms", f"import azure.functions {base_ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

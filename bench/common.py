@@ -1,0 +1,71 @@
+"""What the benchmarks share: the local cloud (Azurite + the sandbox) with the app's settings pointing at it,
+devhosts of the real app, medians, and the `BENCH <name> <value> <unit>` lines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devhost.azurite import AzuriteProcess  # noqa: E402
+from devhost.process import DevhostProcess  # noqa: E402
+from sandbox.launcher import SandboxProcess  # noqa: E402
+
+SENDER = "notifications@contoso.test"
+SUPPORT = "support@contoso.test"
+
+
+@dataclass
+class LocalCloud:
+    folder: Path
+    azurite: AzuriteProcess
+    sandbox: SandboxProcess
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The app's settings: the example's defaults, then the real addresses of this run's processes."""
+        example = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+        return {
+            **os.environ,
+            **example,
+            **self.sandbox.env,
+            "AzureWebJobsStorage": self.azurite.connection_string,
+            "NOTIFY_CONFIG": str(ROOT / "config" / "notify.yaml"),
+        }
+
+    def devhost(self, name: str, *args: str) -> DevhostProcess:
+        return DevhostProcess(ROOT, self.env, self.folder / f"{name}.log", *args)
+
+
+@contextlib.contextmanager
+def local_cloud() -> Iterator[LocalCloud]:
+    """Azurite and the sandbox (default seed) on free ports, in a temporary folder, stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="notifier-bench-") as folder:
+        base = Path(folder)
+        with AzuriteProcess(base / "azurite") as azurite, SandboxProcess(base / "sandbox") as sandbox:
+            yield LocalCloud(base, azurite, sandbox)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def bench_line(name: str, value: float, unit: str, baseline: str = "") -> None:
+    """The figure's last line, as `make bench` and the README expect it."""
+    print(
+        f"BENCH {name} {value:.{1 if value < 100 else 0}f} {unit}" + (f"  (baseline: {baseline})" if baseline else "")
+    )
