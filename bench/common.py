@@ -42,8 +42,9 @@ class LocalCloud:
             "NOTIFY_CONFIG": str(ROOT / "config" / "notify.yaml"),
         }
 
-    def devhost(self, name: str, *args: str) -> DevhostProcess:
-        return DevhostProcess(ROOT, self.env, self.folder / f"{name}.log", *args)
+    def devhost(self, name: str, *args: str, settings: dict[str, str] | None = None) -> DevhostProcess:
+        """A devhost of the real app, its output in `<name>.log`; `settings` override the app's."""
+        return DevhostProcess(ROOT, {**self.env, **(settings or {})}, self.folder / f"{name}.log", *args)
 
 
 @contextlib.contextmanager

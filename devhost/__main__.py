@@ -16,7 +16,16 @@ from typing import Any
 
 import uvicorn
 
-from .host import HostError, Invoker, connection_string, index_app, load_host_json, load_local_settings, resolve
+from .host import (
+    HostError,
+    Invoker,
+    connection_string,
+    disabled,
+    index_app,
+    load_host_json,
+    load_local_settings,
+    resolve,
+)
 from .http import http_app
 from .queues import QueueSettings, QueueTrigger
 from .timers import TimerTrigger
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_local_settings(args.settings or app_dir / "local.settings.json")
         host_json = load_host_json(app_dir)
-        functions = index_app(args.app, app_dir)
+        functions = [f for f in index_app(args.app, app_dir) if not disabled(f.name)]
         return asyncio.run(_serve(args, host_json, functions))
     except HostError as error:
         print(f"devhost: {error}", file=sys.stderr)

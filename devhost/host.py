@@ -131,6 +131,11 @@ def index_app(module_name: str, app_dir: Path) -> list[HostedFunction]:
     return hosted
 
 
+def disabled(function_name: str) -> bool:
+    """The host's `AzureWebJobs.<name>.Disabled` setting: `true` (or 1) keeps a function from running."""
+    return os.environ.get(f"AzureWebJobs.{function_name}.Disabled", "").strip().lower() in {"true", "1"}
+
+
 class OutValue(func.Out[Any]):
     """An output binding's value, set by the function and sent by the host after it returns."""
 

@@ -13,7 +13,7 @@ Semantics (at-least-once queue, exactly-once mail in the normal case):
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -37,44 +37,45 @@ MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is give
 
 async def submit_mail(store: Store, mail: MailRequest) -> bool:
     """Record a checked mail (with its id) as `queued` and enqueue it, once: True when that id was already
-    submitted with the same content (a replay); a different mail under a used id is a 409."""
+    submitted with the same content (a replay); a different mail under a used id is a 409.
+
+    The status row and the queue message are written at the same time, so accepting a mail costs one Storage
+    round trip of latency, not three. Whatever the outcome, no refused mail stays queued (its message is
+    withdrawn) and no accepted mail lacks a message: a replay's own message stays, and the sender
+    acknowledges whichever copy comes second without a Graph call.
+    """
     assert mail.id is not None
     payload = mail.dump()
     fingerprint = payload_hash(payload)
-    status = await store.create_status(
-        MailStatus(
-            id=mail.id,
-            status="queued",
-            payload_hash=fingerprint,
-            sender=mail.sender or "",
-            recipient_count=len(mail.recipients()),
-        )
+    row = MailStatus(
+        id=mail.id,
+        status="queued",
+        payload_hash=fingerprint,
+        sender=mail.sender or "",
+        recipient_count=len(mail.recipients()),
+        enqueued=True,
     )
-    if status is not None:
-        await _enqueue(store, status, payload)
+    created, enqueued = await asyncio.gather(
+        store.create_status(row), store.enqueue_mail(mail.id, payload), return_exceptions=True
+    )
+    if isinstance(enqueued, BaseException):
+        log.error("enqueue of mail %s failed: %s", mail.id, type(enqueued).__name__)
+        if isinstance(created, MailStatus):
+            await store.delete_status(mail.id)
+        raise unavailable("The mail could not be queued; nothing was accepted. Try again.")
+    if isinstance(created, BaseException):
+        log.error("status row of mail %s failed: %s", mail.id, type(created).__name__)
+        await store.withdraw(enqueued)
+        raise unavailable("The mail could not be recorded; nothing was accepted. Try again.")
+    if created is not None:
         return False
     existing = await store.get_status(mail.id)
-    if existing is None:
-        raise unavailable("The mail's status changed while it was read; try again.")
-    if existing.payload_hash != fingerprint:
+    if existing is None or existing.payload_hash != fingerprint:
+        await store.withdraw(enqueued)
+        if existing is None:
+            raise unavailable("The mail's status changed while it was read; try again.")
         raise conflict(f"The id {mail.id!r} was already used for a different mail.")
-    if not existing.enqueued:  # the first submission died between its status row and its enqueue
-        await _enqueue(store, existing, payload)
     return True
-
-
-async def _enqueue(store: Store, status: MailStatus, payload: dict[str, Any]) -> None:
-    try:
-        await store.enqueue_mail(status.id, payload)
-    except Exception:
-        log.exception("enqueue of mail %s failed", status.id)
-        if not status.enqueued:
-            await store.delete_status(status.id)
-        raise unavailable("The mail could not be queued; nothing was accepted. Try again.") from None
-    status.enqueued = True
-    # StatusChanged: the sender got to it first; it is enqueued, and the sender's row is the newer one
-    with contextlib.suppress(StatusChanged):
-        await store.save_status(status)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class Sender:
             return await self._poison(text, mail_id, error.code, error.message)
 
         status = await self._status_for(mail_id, mail, payload)
+        if status.payload_hash and status.payload_hash != payload_hash(payload):
+            return Delivery(mail_id, "duplicate", "another mail holds this id; this copy was refused at intake")
         if status.status == "sent":
             return Delivery(mail_id, "duplicate", "already sent")
         if status.status == "failed":

@@ -79,6 +79,15 @@ class MailStatus:
         return body
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """A message `enqueue_mail` sent: enough to delete it again."""
+
+    message_id: str
+    pop_receipt: str | None
+    claim: dict[str, Any] | None = None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -190,15 +199,26 @@ class Store:
         await self._tables.get_table_client(STATUS_TABLE).delete_entity(mail_id, "status")
 
     # -- outbox queue ---------------------------------------------------------------------------------
-    async def enqueue_mail(self, mail_id: str, payload: dict[str, Any], delay_seconds: float = 0) -> None:
-        """Put a mail on the outbox; a payload too big for a queue message goes through a blob."""
+    async def enqueue_mail(self, mail_id: str, payload: dict[str, Any]) -> Enqueued:
+        """Put a mail on the outbox; a payload too big for a queue message goes through a blob of its own
+        (never shared by two submissions of one id). The answer can withdraw the message again."""
         await self.ensure()
         text = json.dumps(payload, separators=(",", ":"))
+        claim: dict[str, Any] | None = None
         if len(text.encode()) > QUEUE_PAYLOAD_LIMIT:
-            blob = f"{mail_id}.json"
-            await (await self._blob(CLAIM_CONTAINER, blob)).upload_blob(text.encode(), overwrite=True)
-            text = json.dumps({"id": mail_id, "claimCheck": f"{CLAIM_CONTAINER}/{blob}"})
-        await self.send_message(OUTBOX, text, delay_seconds)
+            blob = f"{mail_id}-{uuid.uuid4().hex[:12]}.json"
+            await (await self._blob(CLAIM_CONTAINER, blob)).upload_blob(text.encode(), overwrite=False)
+            claim = {"id": mail_id, "claimCheck": f"{CLAIM_CONTAINER}/{blob}"}
+            text = json.dumps(claim)
+        sent = await self._queue(OUTBOX).send_message(text)
+        return Enqueued(sent.id, sent.pop_receipt, claim)
+
+    async def withdraw(self, enqueued: Enqueued) -> None:
+        """Take back a message `enqueue_mail` sent (a submission that turned out to be refused)."""
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._queue(OUTBOX).delete_message(enqueued.message_id, enqueued.pop_receipt)
+        if enqueued.claim is not None:
+            await self.delete_payload(enqueued.claim)
 
     async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
         """Send a queue message as is, visible after a delay (a throttled mail's `Retry-After`)."""

@@ -237,3 +237,13 @@ def test_killing_one_of_two_devhosts_mid_drain_loses_no_mail(
     assert set(subjects) == {f"kill {n}" for n in range(300)}
     # only a mail the victim had handed to Graph but not yet marked sent may go twice (documented window)
     assert len(subjects) - 300 <= 16
+
+
+def test_a_function_disabled_by_its_app_setting_is_not_hosted(azurite: AzuriteProcess, tmp_path: Path) -> None:
+    env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string, "AzureWebJobs.special.Disabled": "true"}
+    host = Devhost(TEST_APP, env, tmp_path / "devhost.log")
+    try:
+        assert httpx.get(f"{host.url}/api/items/special").status_code == 404  # `special` is gone
+        assert httpx.get(f"{host.url}/api/items/7").status_code == 200  # the others still run
+    finally:
+        host.stop()

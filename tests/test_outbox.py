@@ -219,9 +219,9 @@ def test_a_crashing_delivery_is_redelivered_then_poisoned_after_5_dequeues_with_
     async def scenario() -> dict[str, Any]:
         accepted = await _post(app, {**MAIL, "attachments": [{"name": "r.txt", "contentBase64": report}]})
         # the claim-check blob vanishes: every delivery attempt crashes
-        BlobClient.from_connection_string(
-            azurite.connection_string, "mail-payloads", f"{accepted['id']}.json"
-        ).delete_blob()
+        [message] = _queue(azurite).peek_messages()
+        claim = json.loads(base64.b64decode(message.content))["claimCheck"]
+        BlobClient.from_connection_string(azurite.connection_string, *claim.split("/", 1)).delete_blob()
         trigger = _trigger(app, azurite)
         await trigger.drain(idle_polls=2)
         return {"id": accepted["id"], "status": await _status(app, accepted["id"]), "invocations": trigger.invocations}

@@ -1,0 +1,104 @@
+"""Intake latency: `POST /api/mail` and `POST /api/alerts` through the devhost, 16 concurrent clients for 20 s
+each; p50 and p99. Baseline in the same run: the bare Azurite enqueue of the same message (16 concurrent).
+
+The devhost hosts only the HTTP functions here (the queue triggers and timers are disabled with the host's
+own `AzureWebJobs.<name>.Disabled` settings), so the figure is the webhook's answer time, not delivery's.
+Targets (2-core machine; the load generator shares it): p50 <= 20 ms, p99 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+from common import bench_line, local_cloud, percentile
+
+CLIENTS = 16
+SECONDS = 20.0
+MAIL = {"to": ["alice@contoso.test"], "subject": "Disk full on db-1", "text": "/var is at 97% since 10:02 UTC."}
+ALERT = {"name": "DiskFilling", "severity": "critical", "labels": {"instance": "db-1"}, "summary": "/var at 97%"}
+BACKGROUND = ("mail_outbox", "alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
+
+
+async def _load(call: Callable[[int], Awaitable[None]]) -> list[float]:
+    """Run `call` from CLIENTS concurrent loops for SECONDS; the latency of each call in ms."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + SECONDS
+    counter = iter(range(10**9))
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await call(next(counter))
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return latencies
+
+
+async def _http(url: str, body: dict[str, object]) -> list[float]:
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def post(_: int) -> None:
+            answer = await client.post(url, json=body)
+            if answer.status_code != 202:
+                raise SystemExit(f"{url}: {answer.status_code} {answer.text}")
+
+        for _ in range(50):  # warm-up: connections, first-use imports
+            await post(0)
+        return await _load(post)
+
+
+async def _enqueue(connection: str) -> list[float]:
+    queue = QueueClient.from_connection_string(
+        connection, "bench-baseline", message_encode_policy=TextBase64EncodePolicy()
+    )
+    async with queue:
+        with contextlib.suppress(ResourceExistsError):
+            await queue.create_queue()
+        text = json.dumps(MAIL)
+
+        async def send(_: int) -> None:
+            await queue.send_message(text)
+
+        for _ in range(50):
+            await send(0)
+        return await _load(send)
+
+
+def _summary(name: str, latencies: list[float]) -> str:
+    rate = len(latencies) / SECONDS
+    return (
+        f"{name}: {len(latencies)} requests, {rate:.0f}/s, p50 {percentile(latencies, 0.5):.1f} ms, "
+        f"p99 {percentile(latencies, 0.99):.1f} ms"
+    )
+
+
+def main() -> None:
+    with local_cloud() as cloud:
+        host = cloud.devhost("intake", settings={f"AzureWebJobs.{name}.Disabled": "true" for name in BACKGROUND})
+        try:
+            baseline = asyncio.run(_enqueue(cloud.azurite.connection_string))
+            mail = asyncio.run(_http(f"{host.url}/api/mail", MAIL))
+            alerts = asyncio.run(_http(f"{host.url}/api/alerts", ALERT))
+        finally:
+            host.stop()
+    for name, values in (("bare Azurite enqueue", baseline), ("POST /api/mail", mail), ("POST /api/alerts", alerts)):
+        print(_summary(name, values))
+    base = f"Azurite enqueue p50 {percentile(baseline, 0.5):.1f} ms, p99 {percentile(baseline, 0.99):.1f} ms"
+    bench_line("intake_mail_p50", percentile(mail, 0.5), "ms", base)
+    bench_line("intake_mail_p99", percentile(mail, 0.99), "ms", base)
+    bench_line("intake_alerts_p50", percentile(alerts, 0.5), "ms", base)
+    bench_line("intake_alerts_p99", percentile(alerts, 0.99), "ms", base)
+
+
+if __name__ == "__main__":
+    main()
