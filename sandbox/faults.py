@@ -100,7 +100,7 @@ class RequestLog:
 
     def add(self, entry: dict[str, Any]) -> dict[str, Any]:
         self.last_seq += 1
-        entry = {"seq": self.last_seq, **entry}
+        entry = {"seq": self.last_seq, "at": round(time.time(), 4), **entry}  # when the answer was ready
         self.entries.append(entry)
         return entry
 

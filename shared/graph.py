@@ -28,6 +28,31 @@ MAX_IN_PROCESS_WAIT = 10.0  # seconds the SDK may sleep for a Retry-After before
 BATCH_LIMIT = 20  # requests per JSON batch
 
 
+class MailboxSlots:
+    """How many requests to one mailbox this process may have in flight; the number can change at run time
+    (when other instances start or stop sending, they split Outlook's 4 between them)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._busy = 0
+        self._freed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self._busy < self.capacity)
+            self._busy += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        async with self._freed:
+            self._busy -= 1
+            self._freed.notify_all()
+
+    async def resize(self, capacity: int) -> None:
+        async with self._freed:
+            self.capacity = capacity
+            self._freed.notify_all()
+
+
 class GraphClient:
     """Graph mail operations for the app: send, list messages, list folders, update, batch updates."""
 
@@ -36,7 +61,8 @@ class GraphClient:
         self._credential = credential or graph_credential(settings)
         self._service: GraphServiceClient | None = None
         self._http: Any = None
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, MailboxSlots] = {}
+        self._share = MAILBOX_CONCURRENCY
 
     # -- plumbing -------------------------------------------------------------------------------------
     def _client(self) -> GraphServiceClient:
@@ -44,8 +70,18 @@ class GraphClient:
             self._service, self._http = _build_service(self._settings, self._credential)
         return self._service
 
-    def _slot(self, mailbox: str) -> asyncio.Semaphore:
-        return self._slots.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
+    def _slot(self, mailbox: str) -> MailboxSlots:
+        return self._slots.setdefault(mailbox.lower(), MailboxSlots(self._share))
+
+    async def share_mailboxes(self, position: int, instances: int) -> None:
+        """Take this instance's share of Outlook's per-mailbox limit: with n instances sending, each gets
+        4 // n slots per mailbox (the first 4 % n one more), at least one."""
+        instances = max(1, instances)
+        share = MAILBOX_CONCURRENCY // instances + (1 if position < MAILBOX_CONCURRENCY % instances else 0)
+        self._share = max(1, share)
+        for slots in self._slots.values():
+            if slots.capacity != self._share:
+                await slots.resize(self._share)
 
     async def _send(self, mailbox: str, info: RequestInformation, *, expect_body: bool = True) -> Any:
         from httpx import HTTPError

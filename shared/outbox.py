@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("notifier.outbox")
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
+INSTANCE_ID = uuid.uuid4().hex  # this worker process, among the instances sending mail
+SHARE_REFRESH_SECONDS = 2.0
+SHARE_ALIVE_SECONDS = 10.0
+_share_checked = 0.0
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
 
 
@@ -107,6 +113,7 @@ class Sender:
 
     async def deliver(self, text: str, message_id: str, dequeue_count: int) -> Delivery:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
+        await self._share_mailboxes()
         fallback_id = f"q-{message_id}"  # a mail an outside producer enqueued without an id
         try:
             envelope = json.loads(text)
@@ -120,6 +127,21 @@ class Sender:
         except Exception as error:
             await self._record_crash(mail_id, error, dequeue_count)
             raise
+
+    async def _share_mailboxes(self) -> None:
+        """Every few seconds: say this instance is sending, and take its share of each mailbox's 4
+        concurrent requests among the instances sending now, so together they stay under Outlook's limit."""
+        global _share_checked
+        if time.monotonic() - _share_checked < SHARE_REFRESH_SECONDS:
+            return
+        _share_checked = time.monotonic()
+        try:
+            alive = await self.store.heartbeat(INSTANCE_ID, SHARE_ALIVE_SECONDS)
+        except Exception as error:  # Storage trouble: keep the current share; delivery shows the real problem
+            log.warning("instance heartbeat failed: %s", type(error).__name__)
+            return
+        position = alive.index(INSTANCE_ID) if INSTANCE_ID in alive else 0
+        await self.graph.share_mailboxes(position, len(alive))
 
     async def _deliver(self, text: str, envelope: dict[str, Any], mail_id: str) -> Delivery:
         try:

@@ -35,9 +35,10 @@ ALERTS_FLUSH = "alerts-flush"
 ALERT_GROUPS_TABLE = "alertgroups"
 ALERT_DIGEST_TABLE = "alertdigest"
 DIGEST_STATUS_TABLE = "digeststatus"
+INSTANCES_TABLE = "instances"
 NOTICE_CONTAINER = "alert-notices"
 DIGEST_RUN_CONTAINER = "digest-runs"
-_TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE, DIGEST_STATUS_TABLE)
+_TABLES = (STATUS_TABLE, AUDIT_TABLE, ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE, DIGEST_STATUS_TABLE, INSTANCES_TABLE)
 APP_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH)
 _CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER, DIGEST_RUN_CONTAINER)
 TRANSACTION_SIZE = 100  # Table storage: at most 100 operations per transaction, one partition
@@ -360,6 +361,16 @@ class Store:
     async def delete_record(self, container: str, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             await (await self._blob(container, name)).delete_blob()
+
+    # -- the senders alive now (they share Outlook's per-mailbox concurrency) --------------------------
+    async def heartbeat(self, instance: str, alive_for: float) -> list[str]:
+        """Say this instance is alive; the ids of all instances heard from within `alive_for` seconds."""
+        await self.ensure()
+        table = self._tables.get_table_client(INSTANCES_TABLE)
+        now = datetime.now(UTC).timestamp()
+        await table.upsert_entity({"PartitionKey": "senders", "RowKey": instance, "seen": now}, mode="replace")
+        rows = table.query_entities("PartitionKey eq 'senders'")
+        return sorted([str(row["RowKey"]) async for row in rows if float(row.get("seen", 0)) > now - alive_for])
 
     # -- audit ----------------------------------------------------------------------------------------
     async def write_audit(self, record: dict[str, Any]) -> None:
