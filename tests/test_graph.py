@@ -11,7 +11,7 @@ from shared.config import load_settings
 from shared.errors import GraphError
 from shared.graph import GraphClient
 
-from .helpers import SUPPORT, run
+from .helpers import SENDER, SUPPORT, run
 
 
 def _with_client(env: dict[str, str], scenario: Any) -> Any:
@@ -87,3 +87,42 @@ def test_graph_errors_carry_status_code_and_retry_after(app_env: dict[str, str],
     error = _with_client(app_env, scenario)
     assert (error.status, error.code, error.transient) == (429, "ApplicationThrottled", True)
     assert error.retry_after is not None and 30 <= error.retry_after <= 60
+
+
+def test_sending_instances_split_the_four_requests_per_mailbox_and_slots_follow_the_share() -> None:
+    import asyncio
+
+    from shared.config import load_settings
+    from shared.graph import GraphClient, MailboxSlots
+
+    settings = load_settings({"GRAPH_AUTH_MODE": "managed_identity", "MAIL_DEFAULT_SENDER": SENDER})
+
+    async def shares() -> list[list[int]]:
+        client = GraphClient(settings, credential=object())
+        found = []
+        for count in (1, 2, 3, 8):
+            row = []
+            for position in range(count):
+                await client.share_mailboxes(position, count)
+                row.append(client._slot(SENDER).capacity)
+            found.append(row)
+        return found
+
+    assert asyncio.run(shares()) == [[4], [2, 2], [2, 1, 1], [1] * 8]
+
+    async def most_in_flight(capacity: int) -> int:
+        slots, busy, peak = MailboxSlots(4), 0, 0
+        await slots.resize(capacity)
+
+        async def request() -> None:
+            nonlocal busy, peak
+            async with slots:
+                busy += 1
+                peak = max(peak, busy)
+                await asyncio.sleep(0.01)
+                busy -= 1
+
+        await asyncio.gather(*(request() for _ in range(12)))
+        return peak
+
+    assert asyncio.run(most_in_flight(2)) == 2

@@ -32,3 +32,19 @@ def test_storage_that_was_down_at_first_use_works_once_it_is_back(tmp_path: Path
     finally:
         azurite.stop(grace=2)
     assert status is not None and status.status == "queued"
+
+
+def test_the_heartbeat_lists_the_instances_heard_from_recently(azurite: AzuriteProcess) -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        store = Store(azurite.connection_string)
+        try:
+            await store.heartbeat("instance-a", 10)
+            both = await store.heartbeat("instance-b", 10)
+            only_recent = await store.heartbeat("instance-b", 0.0001)  # a's beat is older than that
+            return both, only_recent
+        finally:
+            await store.close()
+
+    both, only_recent = run(scenario())
+    assert {"instance-a", "instance-b"} <= set(both)
+    assert only_recent == ["instance-b"]
