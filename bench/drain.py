@@ -28,13 +28,13 @@ FAULTS = {"latencyMs": 100, "throttle": {"concurrentPerMailbox": 4}}
 OTHERS = ("post_mail", "alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
 
 
-def _enqueue(connection: str, run: str) -> None:
+def _enqueue(connection: str, run: str, count: int = MAILS) -> None:
     queue = QueueClient.from_connection_string(
         connection, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
     )
     with contextlib.suppress(ResourceExistsError):
         queue.create_queue()
-    for n in range(MAILS):
+    for n in range(count):
         mail = {"id": f"{run}-{n}", "to": ["alice@contoso.test"], "subject": f"{run} {n}", "text": "drain"}
         queue.send_message(json.dumps(mail))
     queue.close()

@@ -79,6 +79,7 @@ class QueueTrigger:
             name,
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=TextBase64DecodePolicy(),
+            use_env_settings=False,  # no proxy lookup (in a thread) on every poll and delete
         )
 
     async def _receive(self, queue: QueueClient) -> list[Any]:
