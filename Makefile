@@ -45,8 +45,11 @@ run: setup
 	@test -f local.settings.json || cp local.settings.json.example local.settings.json
 	$(BIN)/python -m devhost.run $(RUN_ARGS)
 
+BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost deployment_size
+
+# every figure of the README's benchmark table; one script each, each ending in `BENCH <name> <value> <unit>`
 bench: setup
-	$(BIN)/python bench/sandbox_bench.py
+	@for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
 
 screenshots: $(VENV)/.installed
 	$(BIN)/python docs/screenshot.py

@@ -296,6 +296,37 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
     return problems
 
 
+def compose_mail(
+    mail_id: str,
+    sender: str | None,
+    to: list[str],
+    subject: str,
+    html: str,
+    text: str,
+    settings: Settings,
+    *,
+    cc: list[str] | None = None,
+    importance: Literal["low", "normal", "high"] = "normal",
+    headers: dict[str, str] | None = None,
+) -> MailRequest:
+    """A mail the app writes itself (alert notices, digests), checked like any caller's mail; the default
+    sender when none is given."""
+    mail = MailRequest.model_validate(
+        {
+            "id": mail_id,
+            "from": sender or settings.mail_default_sender,
+            "to": to,
+            "cc": cc or [],
+            "subject": subject,
+            "html": html,
+            "text": text,
+            "importance": importance,
+            "headers": headers or {},
+        }
+    )
+    return check_mail(mail, settings)
+
+
 def graph_send_body(mail: MailRequest) -> dict[str, Any]:
     """The JSON body of Graph's sendMail for a checked mail."""
 

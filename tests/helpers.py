@@ -107,3 +107,14 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+async def drain_queue(connection_string: str, queue: str, function_builder: Any) -> None:
+    """Run a queue-triggered function over everything on its queue (and what it enqueues there), as the
+    host would: the devhost's trigger, polling fast."""
+    from devhost.queues import QueueSettings, QueueTrigger
+
+    trigger = QueueTrigger(
+        connection_string, queue, user_function(function_builder), QueueSettings(max_polling_interval=0.1)
+    )
+    await trigger.drain()

@@ -46,7 +46,6 @@ from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
 from .model import Alert, AlertGroup
 from .notify import alert_mail
-from .render import render_group
 from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
@@ -114,16 +113,14 @@ def receipts(groups: list[AlertGroup], config: NotifyConfig) -> list[GroupReceip
 
 def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
     """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
-    rendered = render_group(group, receiver.template, now=now)
+    mail = alert_mail(group, receiver, settings, "dry-run", now)
+    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html", "text"})
     return {
         "group": group.key,
         "receiver": receiver.name,
-        "from": receiver.sender or settings.mail_default_sender,
-        "to": receiver.to,
-        "cc": receiver.cc,
-        "subject": rendered.subject,
-        "html": rendered.html,
-        "text": rendered.text,
+        **fields,
+        "to": [m["address"] for m in fields["to"]],
+        "cc": [m["address"] for m in fields["cc"]],
     }
 
 

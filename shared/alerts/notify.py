@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..config import Settings
-from ..mail import MailRequest, check_mail
+from ..mail import MailRequest, compose_mail
 from .model import AlertGroup
 from .render import render_group
 from .routing import Receiver
@@ -21,16 +21,15 @@ def alert_mail(group: AlertGroup, receiver: Receiver, settings: Settings, mail_i
     """The checked mail for one group's notice, rendered as of `now` (so a re-run renders the same mail)."""
     rendered = render_group(group, receiver.template, now=now)
     critical = any(a.severity == "critical" for a in group.firing)
-    mail = MailRequest.model_validate(
-        {
-            "id": mail_id,
-            "from": receiver.sender or settings.mail_default_sender,
-            "to": receiver.to,
-            "cc": receiver.cc,
-            "subject": rendered.subject,
-            "html": rendered.html,
-            "importance": "high" if critical else "normal",
-            "headers": {GROUP_HEADER: group.key},
-        }
+    return compose_mail(
+        mail_id,
+        receiver.sender,
+        receiver.to,
+        rendered.subject,
+        rendered.html,
+        rendered.text,
+        settings,
+        cc=receiver.cc,
+        importance="high" if critical else "normal",
+        headers={GROUP_HEADER: group.key},
     )
-    return check_mail(mail, settings)

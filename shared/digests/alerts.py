@@ -20,7 +20,7 @@ from ..alerts.grouping import receiver_key
 from ..alerts.model import Alert
 from ..alerts.routing import NotifyConfig, Receiver
 from ..config import Settings
-from ..mail import MailRequest, check_mail
+from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
 from ..store import ALERT_DIGEST_TABLE, DIGEST_RUN_CONTAINER, StatusChanged, Store
 from .render import alert_digest_lines, render_alert_digest
@@ -66,19 +66,11 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     rendered = render_alert_digest(receiver.name, lines, now)
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = f"alertdigest-{receiver_key(receiver.name)}-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    mail = MailRequest.model_validate(
-        {
-            "id": mail_id,
-            "from": receiver.sender or settings.mail_default_sender,
-            "to": receiver.to,
-            "cc": receiver.cc,
-            "subject": rendered.subject,
-            "html": rendered.html,
-            "text": rendered.text,
-        }
+    mail = compose_mail(
+        mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, rendered.text, settings, cc=receiver.cc
     )
     record: dict[str, Any] = {
-        "mail": check_mail(mail, settings).dump(),
+        "mail": mail.dump(),
         "rows": [[row["RowKey"], row["etag"]] for row in rows],
     }
     record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(receiver), record)

@@ -27,7 +27,7 @@ from ..alerts.routing import MailboxDigest
 from ..audit import audit
 from ..config import Settings
 from ..errors import GraphError
-from ..mail import MailRequest, check_mail
+from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
 from ..store import DIGEST_RUN_CONTAINER, DIGEST_STATUS_TABLE, Store
 from .render import DigestItem, FolderCount, render_mailbox_digest
@@ -285,17 +285,7 @@ def _digest_mail(
 ) -> MailRequest:
     items = [DigestItem.from_graph(m, now) for m in found[: digest.max_items]]
     rendered = render_mailbox_digest(digest, folders, items, len(found), now)
-    mail = MailRequest.model_validate(
-        {
-            "id": mail_id,
-            "from": digest.sender or settings.mail_default_sender,
-            "to": digest.to,
-            "subject": rendered.subject,
-            "html": rendered.html,
-            "text": rendered.text,
-        }
-    )
-    return check_mail(mail, settings)
+    return compose_mail(mail_id, digest.sender, digest.to, rendered.subject, rendered.html, rendered.text, settings)
 
 
 async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:

@@ -13,7 +13,6 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devhost.azurite import AzuriteProcess
-from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import GROUP_ROW, Flush, flush, ingest
 from shared.alerts.grouping import receiver_key
@@ -22,7 +21,7 @@ from shared.alerts.routing import notify_config
 from shared.config import settings
 from shared.store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, Store, store
 
-from ..helpers import run, user_function
+from ..helpers import drain_queue, run
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
@@ -60,13 +59,7 @@ async def _flush(text: str | None, target: Store | None = None) -> Flush:
 
 
 async def _deliver(app: Any, azurite: AzuriteProcess) -> None:
-    trigger = QueueTrigger(
-        azurite.connection_string,
-        "mail-outbox",
-        user_function(app.mail_outbox),
-        QueueSettings(max_polling_interval=0.1),
-    )
-    await trigger.drain()
+    await drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox)
 
 
 def _subjects(sandbox: SandboxProcess, since: int = 0) -> list[str]:

@@ -16,11 +16,10 @@ from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from devhost.azurite import AzuriteProcess
-from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.alerts import auth
 
-from ..helpers import http, run, user_function
+from ..helpers import drain_queue, http, run, user_function
 from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -177,13 +176,7 @@ def _inbox(alerts_app: Any, azurite: AzuriteProcess, messages: list[str]) -> Non
     for text in messages:
         producer.send_message(text)
     producer.close()
-    trigger = QueueTrigger(
-        azurite.connection_string,
-        "alerts-inbox",
-        user_function(alerts_app.alerts_inbox),
-        QueueSettings(max_polling_interval=0.1),
-    )
-    run(trigger.drain())
+    run(drain_queue(azurite.connection_string, "alerts-inbox", alerts_app.alerts_inbox))
 
 
 def test_the_alerts_inbox_takes_any_format_and_poisons_what_it_cannot_read(

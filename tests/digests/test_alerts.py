@@ -10,7 +10,6 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from devhost.azurite import AzuriteProcess
-from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import ingest
 from shared.alerts.intake import parse_alerts
@@ -19,7 +18,7 @@ from shared.config import settings
 from shared.digests.alerts import AlertDigestRun, run_alert_digests
 from shared.store import ALERT_DIGEST_TABLE, StatusChanged, Store, store
 
-from ..helpers import run, user_function
+from ..helpers import drain_queue, run, user_function
 
 
 def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
@@ -44,13 +43,7 @@ async def _buffer(names: list[tuple[str, str, str]]) -> None:
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
-    trigger = QueueTrigger(
-        azurite.connection_string,
-        "mail-outbox",
-        user_function(app.mail_outbox),
-        QueueSettings(max_polling_interval=0.1),
-    )
-    run(trigger.drain())
+    run(drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox))
 
 
 WAITING = [

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from devhost.azurite import AzuriteProcess
-from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.config import settings
 from shared.store import DIGEST_STATUS_TABLE, store
 
-from ..helpers import SUPPORT, http, run, user_function
+from ..helpers import SUPPORT, drain_queue, http, run, user_function
 
 FOLDERS = {  # 12 folders, some nested, 3,000 unread messages in all
     "Inbox": 700,
@@ -72,13 +71,7 @@ def _run_digest(app: Any, name: str = "support-unread", dry_run: bool = False) -
 
 
 def _deliver_outbox(app: Any, azurite: AzuriteProcess) -> None:
-    trigger = QueueTrigger(
-        azurite.connection_string,
-        "mail-outbox",
-        user_function(app.mail_outbox),
-        QueueSettings(max_polling_interval=0.1),
-    )
-    run(trigger.drain())
+    run(drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox))
 
 
 def _tagged(sandbox: SandboxProcess) -> int:
