@@ -245,9 +245,8 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     seq = int(row.get("seq", 0)) + 1
     notice_id = f"{row.get('epoch', '')}-{seq}"
     notice_name = f"{key}/{notice_id}.json"
-    notice = await store.get_record(
-        NOTICE_CONTAINER, notice_name
-    )  # a flush that died after deciding: finish its notice
+    # a notice already stored is one a flush that died had decided on: finish that one, do not decide again
+    notice = await store.get_record(NOTICE_CONTAINER, notice_name)
     if notice is None:
         notice = _decide(key, row, rows, receiver, settings, at, notice_id)
         if notice is not None:
