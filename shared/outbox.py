@@ -59,7 +59,6 @@ async def submit_mail(store: Store, mail: MailRequest) -> bool:
         payload_hash=fingerprint,
         sender=mail.sender or "",
         recipient_count=len(mail.recipients()),
-        enqueued=True,
     )
     created, enqueued = await asyncio.gather(
         store.create_status(row), store.enqueue_mail(mail.id, payload), return_exceptions=True
@@ -183,7 +182,6 @@ class Sender:
                 payload_hash=payload_hash(payload),
                 sender=mail.sender or "",
                 recipient_count=len(mail.recipients()),
-                enqueued=True,
             )
         )
         return created or await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="queued")

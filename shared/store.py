@@ -69,7 +69,6 @@ class MailStatus:
     payload_hash: str = ""
     sender: str = ""
     recipient_count: int = 0
-    enqueued: bool = False
     lease_until: str = ""
     etag: str | None = field(default=None, repr=False)
 
