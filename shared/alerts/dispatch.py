@@ -242,13 +242,14 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
         await store.delete_row(ALERT_GROUPS_TABLE, key, GROUP_ROW, row["etag"])
         return Flush(key, "dropped")
 
+    members = [(r, _alert_at(r, at)) for r in rows]  # each stored alert as it stands at the due time
     seq = int(row.get("seq", 0)) + 1
     notice_id = f"{row.get('epoch', '')}-{seq}"
     notice_name = f"{key}/{notice_id}.json"
     # a notice already stored is one a flush that died had decided on: finish that one, do not decide again
     notice = await store.get_record(NOTICE_CONTAINER, notice_name)
     if notice is None:
-        notice = _decide(key, row, rows, receiver, settings, at, notice_id)
+        notice = _decide(key, row, members, receiver, settings, at, notice_id)
         if notice is not None:
             notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
     announced: dict[str, str] = {}
@@ -263,7 +264,7 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
                 if status == "firing"
             ],
         )
-    remaining = await _forget_resolved(store, key, rows, receiver, announced, at)
+    remaining = await _forget_resolved(store, key, members, receiver, announced)
 
     updated = {**row, "last_flush": due}
     if notice is not None:
@@ -289,10 +290,16 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     return Flush(key, "notified", notice["mail"]["id"], len(announced))
 
 
+def _alert_at(alert_row: dict[str, Any], at: datetime) -> Alert:
+    """A stored alert, its status as of `at` (an `endsAt` that has passed makes it resolved)."""
+    alert = Alert.from_dict(json.loads(alert_row["alert"]))
+    return replace(alert, status=alert.status_at(at))
+
+
 def _decide(
     key: str,
     row: dict[str, Any],
-    rows: list[dict[str, Any]],
+    members: list[tuple[dict[str, Any], Alert]],
     receiver: Receiver,
     settings: Settings,
     at: datetime,
@@ -303,9 +310,7 @@ def _decide(
     firing: list[tuple[str, Alert]] = []
     resolved: list[tuple[str, Alert]] = []
     news = False
-    for alert_row in rows:
-        alert = Alert.from_dict(json.loads(alert_row["alert"]))
-        alert = replace(alert, status=alert.status_at(at))
+    for alert_row, alert in members:
         announced_firing = alert_row.get("notified") == "firing"
         if alert.status == "firing":
             firing.append((alert_row["RowKey"], alert))
@@ -327,19 +332,17 @@ def _decide(
 async def _forget_resolved(
     store: Store,
     key: str,
-    rows: list[dict[str, Any]],
+    members: list[tuple[dict[str, Any], Alert]],
     receiver: Receiver,
     announced: dict[str, str],
-    at: datetime,
 ) -> bool:
     """Delete resolved alerts that need no more notice; True when alerts remain in the group. A row written
     since it was read (ETag) stays for the next flush."""
     remaining = False
-    for alert_row in rows:
-        status = Alert.from_dict(json.loads(alert_row["alert"])).status_at(at)
+    for alert_row, alert in members:
         notified = announced.get(alert_row["RowKey"], alert_row.get("notified"))
         owed = receiver.send_resolved and notified == "firing"  # its resolved notice is still to come
-        if status == "firing" or owed:
+        if alert.status == "firing" or owed:
             remaining = True
             continue
         try:

@@ -13,7 +13,7 @@ from typing import Any
 from ..templating import RenderedMail, one_line, render_mail
 from .model import SEVERITIES, Alert, AlertGroup
 
-__all__ = ["DISPLAY_CAP", "RenderedMail", "one_line", "render_group", "subject_of"]
+__all__ = ["DISPLAY_CAP", "RenderedMail", "render_group", "subject_of"]
 
 DISPLAY_CAP = 50
 SEVERITY_COLOURS = {"critical": "#b3261e", "high": "#d9480f", "warning": "#b7791f", "info": "#2b6cb0"}
