@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import ADDRESS, Settings
+from .config import Settings
 from .errors import AppError, Detail, invalid_request
+from .text import ADDRESS, CONTROL
 
 MAX_RECIPIENTS = 500  # Graph's limit per message
 MAX_SUBJECT = 255
@@ -25,9 +26,8 @@ MAX_BODY_CHARS = 1_000_000
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024  # above this Graph needs an upload session
 MAX_ATTACHMENTS = 50
 MAX_HEADERS = 5  # Graph allows at most 5 custom internet message headers, named x-...
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_HEADER_NAME = re.compile(r"^[xX]-[A-Za-z0-9-]{1,62}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+_HEADER_NAME = re.compile(r"^[xX]-[A-Za-z0-9-]{1,62}\Z")
 
 
 class _Strict(BaseModel):
@@ -240,19 +240,18 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
             if len(mailbox.address) > 254 or not ADDRESS.match(mailbox.address):
                 problems.append(Detail(where, "not an email address"))
             elif (
-                group != "reply_to"
-                and settings.mail_allowed_recipient_domains
+                settings.mail_allowed_recipient_domains
                 and mailbox.address.rsplit("@", 1)[1].lower() not in settings.mail_allowed_recipient_domains
             ):
                 problems.append(Detail(where, "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)"))
-            if mailbox.name is not None and (_CONTROL.search(mailbox.name) or len(mailbox.name) > 255):
+            if mailbox.name is not None and (CONTROL.search(mailbox.name) or len(mailbox.name) > 255):
                 problems.append(Detail(f"{where}.name", "must be one line of at most 255 characters"))
     count = len(mail.recipients())
     if count == 0:
         problems.append(Detail("to", "at least one recipient (to, cc or bcc) is required"))
     if count > MAX_RECIPIENTS:
         problems.append(Detail("to", f"{count} recipients; at most {MAX_RECIPIENTS} are allowed"))
-    if _CONTROL.search(mail.subject):
+    if CONTROL.search(mail.subject):
         problems.append(Detail("subject", "must not contain line breaks or control characters"))
     if len(mail.subject) > MAX_SUBJECT:
         problems.append(Detail("subject", f"longer than {MAX_SUBJECT} characters"))
@@ -266,7 +265,7 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     for name, value in mail.headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             problems.append(Detail(f"headers.{name}", "header names must start with x- and use letters, digits, -"))
-        if not isinstance(value, str) or _CONTROL.search(value) or len(value) > 998:
+        if not isinstance(value, str) or CONTROL.search(value) or len(value) > 998:
             problems.append(Detail(f"headers.{name}", "must be one line of at most 998 characters"))
     problems += _attachment_problems(mail)
     if mail.template is not None:
@@ -285,7 +284,7 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
         where = f"attachments[{index}]"
         for name in ("name", "content_type", "content_id"):
             value = getattr(attachment, name)
-            if value is not None and _CONTROL.search(value):
+            if value is not None and CONTROL.search(value):
                 problems.append(Detail(f"{where}.{name}", "must not contain line breaks or control characters"))
         try:
             total += len(base64.b64decode(attachment.content_base64, validate=True))

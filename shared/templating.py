@@ -3,15 +3,15 @@ subjects. HTML templates autoescape; text templates do not (a text part must not
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from .text import CONTROL_RUN
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 templates = Environment(
     loader=FileSystemLoader(TEMPLATES),
@@ -33,7 +33,7 @@ class RenderedMail:
 
 def one_line(text: str, limit: int = 255) -> str:
     """Control characters (CR, LF ...) folded into spaces, trimmed to `limit` characters: a safe subject."""
-    flat = _CONTROL.sub(" ", text).strip()
+    flat = CONTROL_RUN.sub(" ", text).strip()
     return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
 
 

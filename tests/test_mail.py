@@ -87,3 +87,70 @@ def test_every_problem_is_reported_with_its_field() -> None:
 def test_the_payload_hash_ignores_key_order() -> None:
     assert payload_hash({"a": 1, "b": [1, 2]}) == payload_hash({"b": [1, 2], "a": 1})
     assert payload_hash({"a": 1}) != payload_hash({"a": 2})
+
+
+FENCED = load_settings(
+    {
+        "GRAPH_AUTH_MODE": "managed_identity",
+        "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
+        "MAIL_ALLOWED_RECIPIENT_DOMAINS": "contoso.test",
+    }
+)
+
+
+def _problems(body: dict[str, object], settings: object = SETTINGS) -> list[tuple[str, str]]:
+    with pytest.raises(AppError) as raised:
+        check_mail(parse_mail(body), settings)  # type: ignore[arg-type]
+    return [(d.field, d.message) for d in raised.value.details]
+
+
+def test_reply_to_is_fenced_by_the_recipient_domains_in_the_app_form_and_the_graph_form() -> None:
+    """Issue 11, item 7: replies cannot be steered outside MAIL_ALLOWED_RECIPIENT_DOMAINS."""
+    app_form = {"to": ["alice@contoso.test"], "replyTo": ["attacker@evil.test"], "subject": "s", "text": "t"}
+    graph_form = {
+        "message": {
+            "subject": "s",
+            "body": {"contentType": "text", "content": "t"},
+            "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}],
+            "replyTo": [{"emailAddress": {"address": "attacker@evil.test"}}],
+        }
+    }
+    assert _problems(app_form, FENCED) == [
+        ("replyTo[0]", "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)")
+    ]
+    assert _problems(graph_form, FENCED) == [
+        ("replyTo[0]", "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)")
+    ]
+    inside = check_mail(parse_mail({**app_form, "replyTo": ["bob@contoso.test"]}), FENCED)
+    assert [m.address for m in inside.reply_to] == ["bob@contoso.test"]
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "bcc", "replyTo"])
+def test_an_address_with_a_trailing_newline_is_not_an_address(field: str) -> None:
+    """Issue 11, item 8: the address pattern must not accept a final `\\n` (`$` would)."""
+    body: dict[str, object] = {"to": ["alice@contoso.test"], "subject": "s", "text": "t"}
+    body[field] = ["bob@contoso.test\n"]
+    assert (f"{field}[0]", "not an email address") in _problems(body)
+
+
+def test_an_id_or_header_name_with_a_trailing_newline_is_refused() -> None:
+    base = {"to": ["alice@contoso.test"], "subject": "s", "text": "t"}
+    assert _problems({**base, "id": "incident-1\n"})[0][0] == "id"
+    assert _problems({**base, "headers": {"x-ok\n": "v"}})[0][0] == "headers.x-ok\n"
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085", "\u0080", "\u009b", "\u009f"])
+def test_unicode_line_breaks_and_c1_controls_are_refused_in_every_header_like_field(char: str) -> None:
+    """Issue 11, item 9: U+2028/U+2029 and the C1 controls count as line breaks, like CR and LF."""
+    base = {"to": ["alice@contoso.test"], "subject": "s", "text": "t"}
+    assert _problems({**base, "subject": f"Disk{char}Bcc: x@evil.test"})[0][0] == "subject"
+    assert _problems({**base, "to": [{"address": "alice@contoso.test", "name": f"A{char}B"}]})[0][0] == "to[0].name"
+    assert _problems({**base, "headers": {"x-alert": f"1{char}2"}})[0][0] == "headers.x-alert"
+    attachment = {"name": f"a{char}.txt", "contentBase64": "ZGlzaw=="}
+    assert _problems({**base, "attachments": [attachment]})[0][0] == "attachments[0].name"
+
+
+def test_alert_subjects_fold_unicode_line_breaks_and_c1_controls_into_spaces() -> None:
+    from shared.templating import one_line
+
+    assert one_line("Disk\u2028full\u0085on\u2029web-3\r\n") == "Disk full on web-3"

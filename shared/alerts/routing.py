@@ -17,14 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ADDRESS, ConfigError, Settings
+from ..config import ConfigError, Settings
+from ..text import ADDRESS, CONTROL
 from .model import Alert
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_duration(text: str) -> float:
@@ -191,7 +191,7 @@ class MailboxDigest(_Model):
             parts = value.split("/")
             if value != "*" and (any(not p.strip() or p != p.strip() for p in parts) or len(parts) > 10):
                 raise ValueError(f"{value!r} is not a folder path like Inbox or Inbox/Escalations (or * for all)")
-            if _CONTROL.search(value) or len(value) > 1024:
+            if CONTROL.search(value) or len(value) > 1024:
                 raise ValueError(f"{value!r} is not a folder path")
         return values
 
