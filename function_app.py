@@ -37,6 +37,11 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.health(req)
 
 
+@app.route(route="health/details", methods=["GET"])
+async def health_details(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.health_details(req)
+
+
 @app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.openapi(req)

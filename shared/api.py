@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .alerts.auth import SecretSource, authenticate
 from .alerts.dispatch import ingest, preview, receipts
@@ -57,15 +58,42 @@ class ApiAnswer:
 Handler = Callable[[ApiRequest], Awaitable[ApiAnswer]]
 
 
+RETRY_AFTER_SECONDS = 10  # what a 503 asks callers to wait
+# Errors of the Storage SDKs that mean "not reachable now" rather than "this request is wrong": no connection,
+# no answer, or a 5xx. The one table mapping foreign errors to an answer; everything else unforeseen is a 500.
+_UNAVAILABLE = AppError(503, "service_unavailable", "The app's storage cannot be reached now; try again shortly.")
+
+
+def _foreign(error: Exception) -> AppError | None:
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+        return _UNAVAILABLE
+    if isinstance(error, HttpResponseError) and (error.status_code or 0) >= 500:
+        return _UNAVAILABLE
+    return None
+
+
+def _error_answer(error: AppError) -> ApiAnswer:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 503 else {}
+    return ApiAnswer(error.status, error.body(), headers)
+
+
 async def answer(handler: Handler, request: ApiRequest) -> ApiAnswer:
-    """Run a handler; AppErrors become their answers, anything else a 500 without internals."""
+    """Run a handler; AppErrors become their answers, Storage outages a 503 with Retry-After, anything else
+    a 500 without internals. The log names the path, never the query (it may hold `code=<function key>`)."""
     try:
         return await handler(request)
     except AppError as error:
-        return ApiAnswer(error.status, error.body())
-    except Exception:
+        return _error_answer(error)
+    except Exception as error:
+        path = urlsplit(request.url).path
+        mapped = _foreign(error)
+        if mapped is not None:
+            log.error("%s %s: %s", request.method, path, type(error).__name__)
+            return _error_answer(mapped)
         incident = uuid.uuid4().hex
-        log.exception("unhandled error in %s %s (incident %s)", request.method, request.url, incident)
+        log.exception("unhandled error in %s %s (incident %s)", request.method, path, incident)
         return ApiAnswer(
             500,
             {
@@ -76,6 +104,28 @@ async def answer(handler: Handler, request: ApiRequest) -> ApiAnswer:
                 }
             },
         )
+
+
+def query_flags(request: ApiRequest, *known: str) -> dict[str, bool]:
+    """The request's query parameters, each of which must be one of `known` (boolean flags, `true` or `false`
+    in any case) or the function key's `code`. Anything else is a 400: a misspelt `dryRun` must never fall
+    back to the real action. The Functions host joins repeated parameters with `,`, so `true,true` is refused
+    too."""
+    allowed = ", ".join(known) or "none"
+    flags = dict.fromkeys(known, False)
+    problems = []
+    for name, value in request.params.items():
+        if name == "code":  # the function key, when a caller passes it in the URL
+            continue
+        if name not in flags:
+            problems.append(Detail(name, f"unknown query parameter; known: {allowed}"))
+        elif value.lower() not in {"true", "false"}:
+            problems.append(Detail(name, "must be true or false, given once"))
+        else:
+            flags[name] = value.lower() == "true"
+    if problems:
+        raise invalid_request(f"Query parameter {problems[0].field!r}: {problems[0].message}.", problems)
+    return flags
 
 
 def json_body(request: ApiRequest, limit: int = MAX_REQUEST_BYTES) -> Any:
@@ -95,6 +145,7 @@ def json_body(request: ApiRequest, limit: int = MAX_REQUEST_BYTES) -> Any:
 
 async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> ApiAnswer:
     """Validate, record status `queued`, enqueue on `mail-outbox`; idempotent by `id`/`Idempotency-Key`."""
+    query_flags(request)
     mail = check_mail(parse_mail(json_body(request)), settings)
     key = request.headers.get("idempotency-key")
     if key is not None and not ID_PATTERN.match(key):
@@ -124,6 +175,7 @@ async def post_alerts(
 ) -> ApiAnswer:
     """Authenticate, parse and route a source's alerts; record them in their groups (202), or with
     `?dryRun=true` answer the mails their groups would get now, storing nothing (200)."""
+    dry_run = query_flags(request, "dryRun")["dryRun"]
     source = request.route.get("source") or None
     if source is not None and source not in SOURCES:
         raise not_found(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
@@ -132,7 +184,7 @@ async def post_alerts(
     await authenticate(source, config.source_auth(source), request.headers, request.body, secrets, time.time())
     alerts = parse_alerts(payload, source)
     now = datetime.now(UTC)
-    if request.params.get("dryRun", "").lower() in {"true", "1"}:
+    if dry_run:
         groups = group_alerts(alerts, config)
         mails = [
             preview(group, config.receiver(group.receiver), settings, now)
@@ -150,12 +202,12 @@ async def run_digest(
 ) -> ApiAnswer:
     """Run a configured mailbox digest now (200 with what it did); `?dryRun=true` answers the mail it would
     send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code."""
+    dry_run = query_flags(request, "dryRun")["dryRun"]
     name = request.route.get("name", "")
     digest = next((d for d in config.digests if d.name == name), None)
     if digest is None:
         known = ", ".join(d.name for d in config.digests) or "none"
         raise not_found(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
-    dry_run = request.params.get("dryRun", "").lower() in {"true", "1"}
     run = await run_mailbox_digest(digest, settings, graph(), store, datetime.now(UTC), dry_run=dry_run)
     if run.outcome == "failed" and run.error:
         raise AppError(502, run.error["code"], f"Digest {name!r} failed: {run.error['message']}")
@@ -163,6 +215,7 @@ async def run_digest(
 
 
 async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
+    query_flags(request)
     mail_id = request.route.get("id", "")
     if not ID_PATTERN.match(mail_id):
         raise invalid_request("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
@@ -172,9 +225,14 @@ async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
     return ApiAnswer(200, status.answer())
 
 
-async def health(settings: Settings | Exception, checks: dict[str, Callable[[], Awaitable[Any]]]) -> ApiAnswer:
-    """Each check with its time and outcome; 503 when any fails. Answers carry no secrets."""
-    results: dict[str, Any] = {}
+HEALTH_CACHE_SECONDS = 15  # health is anonymous: its checks (Key Vault, Graph) run at most this often
+
+
+async def run_health_checks(
+    settings: Settings | Exception, checks: dict[str, Callable[[], Awaitable[Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Each check with its time and outcome, and a short reason for a failure that carries no secret."""
+    results: dict[str, dict[str, Any]] = {}
     if isinstance(settings, Exception):
         results["config"] = {"ok": False, "error": str(settings)}
     else:
@@ -186,9 +244,43 @@ async def health(settings: Settings | Exception, checks: dict[str, Callable[[], 
             results[name] = {"ok": True}
         except Exception as error:
             results[name] = {"ok": False, "error": type(error).__name__ + _safe_reason(error)}
+            log.warning("health check %s failed: %s", name, results[name]["error"])
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return results
+
+
+class HealthCache:
+    """The last health results of this event loop, reused for `ttl` seconds whether they passed or failed;
+    callers arriving while the checks run wait for that one run."""
+
+    def __init__(self, ttl: float = HEALTH_CACHE_SECONDS) -> None:
+        self._ttl = ttl
+        self._results: dict[str, dict[str, Any]] | None = None
+        self._at = 0.0
+        self._running: asyncio.Future[dict[str, dict[str, Any]]] | None = None
+
+    async def results(self, run: Callable[[], Awaitable[dict[str, dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+        if self._results is not None and time.monotonic() - self._at < self._ttl:
+            return self._results
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(run())
+        results = await asyncio.shield(self._running)
+        self._results, self._at = results, time.monotonic()
+        return results
+
+
+def health_answer(results: dict[str, dict[str, Any]], *, detailed: bool) -> ApiAnswer:
+    """503 when any check fails. The anonymous answer says only ok or not per kind of check (digests as one),
+    naming no digest, mailbox, secret or upstream error; the keyed one (`/api/health/details`) has it all."""
     healthy = all(result["ok"] for result in results.values())
-    return ApiAnswer(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": results})
+    status = 200 if healthy else 503
+    if detailed:
+        return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": results})
+    summary: dict[str, dict[str, bool]] = {}
+    for name, result in results.items():
+        kind = "digests" if name.startswith("digest:") else name
+        summary[kind] = {"ok": summary.get(kind, {"ok": True})["ok"] and bool(result["ok"])}
+    return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": summary})
 
 
 def _safe_reason(error: Exception) -> str:

@@ -27,6 +27,7 @@ from .loop_cache import LoopCache
 
 SECRET_TTL_SECONDS = 3600
 SOURCE_SECRET_TTL_SECONDS = 300  # alert sources' bearer/HMAC secrets; a mismatch re-reads sooner
+FAILED_SECRET_TTL_SECONDS = 30  # a secret that could not be read is not tried again sooner than this
 GRAPH_SCOPE_SUFFIX = "/.default"
 # Entra's answers for a secret or certificate that is wrong, expired or removed: worth one re-read.
 _STALE_CREDENTIAL = ("invalid_client", "AADSTS7000215", "AADSTS7000222", "AADSTS700027", "AADSTS700024")
@@ -50,21 +51,33 @@ class VaultSecrets:
         )
         self._ttl = ttl
         self._cache: dict[str, tuple[str, float]] = {}
+        self._failures: dict[str, tuple[CredentialError, float]] = {}
 
     async def get(self, name: str, refresh: bool = False) -> str:
         """The secret's current value; from the cache unless it is older than the TTL or `refresh`."""
         cached = self._cache.get(name)
         if cached is not None and not refresh and time.monotonic() - cached[1] < self._ttl:
             return cached[0]
+        failed = self._failures.get(name)
+        if failed is not None and time.monotonic() - failed[1] < FAILED_SECRET_TTL_SECONDS:
+            raise failed[0]  # a missing secret is not asked for again on every request
         try:
             secret = await self._vault.get_secret(name)
-        except AzureError as error:
+            if not secret.value:
+                raise CredentialError(f"Key Vault secret {name!r} is empty")
+        except (AzureError, CredentialError) as error:
             status = getattr(error, "status_code", None)
-            raise CredentialError(
-                f"cannot read Key Vault secret {name!r} ({type(error).__name__}{f', HTTP {status}' if status else ''})"
-            ) from None
-        if not secret.value:
-            raise CredentialError(f"Key Vault secret {name!r} is empty")
+            failure = (
+                error
+                if isinstance(error, CredentialError)
+                else CredentialError(
+                    f"cannot read Key Vault secret {name!r} ({type(error).__name__}"
+                    f"{f', HTTP {status}' if status else ''})"
+                )
+            )
+            self._failures[name] = (failure, time.monotonic())
+            raise failure from None
+        self._failures.pop(name, None)
         self._cache[name] = (secret.value, time.monotonic())
         return secret.value
 
@@ -108,8 +121,13 @@ class KeyVaultGraphCredential:
             return self._inner
 
     async def read_secret(self) -> str:
-        """The Graph credential from Key Vault (used by the health check too)."""
+        """The Graph credential from Key Vault."""
         return await self._secrets.get(self._settings.graph_credential_secret_name, refresh=True)
+
+    async def reload(self) -> None:
+        """Read the credential from Key Vault now and use it from here on (the health check: one read proves
+        the vault is readable and hands the token check a credential built from what is there now)."""
+        await self._credential(refresh=True)
 
     def _build(self, value: str) -> ClientSecretCredential | CertificateCredential:
         settings = self._settings

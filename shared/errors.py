@@ -64,6 +64,11 @@ def unavailable(message: str) -> AppError:
     return AppError(503, "service_unavailable", message)
 
 
+class InvalidMessage(Exception):
+    """A queue message that can never be processed (not JSON, a bad id, a claim check naming no blob): it goes
+    to the poison queue at once, with this reason recorded."""
+
+
 @dataclass
 class GraphError(Exception):
     """A failed Graph call: Graph's status and code, and Retry-After when Graph gave one."""

@@ -11,6 +11,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
@@ -20,10 +21,23 @@ from .alerts.routing import notify_config
 from .config import ConfigError, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
+from .loop_cache import LoopCache
 from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
 log = logging.getLogger("notifier")
+
+
+def _query(req: func.HttpRequest) -> dict[str, str]:
+    """The query as the caller wrote it: the host drops empty values (`?dryRun` would vanish) and joins
+    repeated ones with `,`; the URL keeps both, so it is read from there when it has a query."""
+    query = urlsplit(req.url).query
+    if not query:
+        return dict(req.params)
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        params[name] = f"{params[name]},{value}" if name in params else value
+    return params
 
 
 def _request(req: func.HttpRequest) -> api.ApiRequest:
@@ -31,7 +45,7 @@ def _request(req: func.HttpRequest) -> api.ApiRequest:
         method=req.method,
         url=req.url,
         headers={k.lower(): v for k, v in req.headers.items()},
-        params=dict(req.params),
+        params=_query(req),
         route=dict(req.route_params),
         body=req.get_body() or b"",
     )
@@ -135,11 +149,14 @@ async def get_mail(req: func.HttpRequest) -> func.HttpResponse:
     return _response(await api.answer(lambda r: api.get_mail(r, store(config.storage_connection)), _request(req)))
 
 
-async def health(req: func.HttpRequest) -> func.HttpResponse:
+_health: LoopCache[api.HealthCache] = LoopCache()
+
+
+async def _health_results() -> dict[str, Any]:
     try:
         config = settings()
     except ConfigError as error:
-        return _response(await api.health(error, {}))
+        return await api.run_health_checks(error, {})
     from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
 
     graph = graph_client(config)
@@ -149,7 +166,24 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
     checks["graphToken"] = graph.token_check
     for digest in notify_config(config).digests:
         checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
-    return _response(await api.health(config, checks))
+    return await api.run_health_checks(config, checks)
+
+
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return await _health_answer(req, detailed=False)
+
+
+async def health_details(req: func.HttpRequest) -> func.HttpResponse:
+    return await _health_answer(req, detailed=True)
+
+
+async def _health_answer(req: func.HttpRequest, *, detailed: bool) -> func.HttpResponse:
+    async def checked(r: api.ApiRequest) -> api.ApiAnswer:
+        api.query_flags(r)
+        results = await _health.get(api.HealthCache).results(_health_results)
+        return api.health_answer(results, detailed=detailed)
+
+    return _response(await api.answer(checked, _request(req)))
 
 
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import audit
 from .config import Settings
-from .errors import AppError, GraphError, conflict, unavailable
-from .mail import MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
+from .errors import AppError, GraphError, InvalidMessage, conflict, unavailable
+from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
 from .store import OUTBOX, MailStatus, StatusChanged, Store
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ SHARE_REFRESH_SECONDS = 2.0
 SHARE_ALIVE_SECONDS = 10.0
 _share_checked = 0.0
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
+RECORD_FIRST_RETRY_SECONDS = 0.5  # recording a sent mail through a Storage outage: first pause, doubling
+RECORD_MAX_RETRY_SECONDS = 5.0
+RECORD_LEASE_MARGIN_SECONDS = 5.0  # stop trying this long before the lease lets another delivery send it
 
 
 async def submit_mail(store: Store, mail: MailRequest) -> bool:
@@ -118,9 +121,16 @@ class Sender:
             envelope = json.loads(text)
             if not isinstance(envelope, dict):
                 raise ValueError("the message is not a JSON object")
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
             return await self._poison(text, fallback_id, "invalid_message", f"not a mail: {error}")
-        mail_id = str(envelope.get("id") or fallback_id)
+        given = envelope.get("id")
+        if given is not None and (not isinstance(given, str) or not ID_PATTERN.match(given)):
+            reason = f"id {str(given)[:80]!r} is not a valid mail id (1-64 letters, digits or . _ : -)"
+            return await self._poison(text, fallback_id, "invalid_message", reason)
+        if given is None:  # copies handed back to the queue (throttled, busy) keep the id given here
+            envelope["id"] = fallback_id
+            text = json.dumps(envelope, separators=(",", ":"))
+        mail_id: str = envelope["id"]
         try:
             return await self._deliver(text, envelope, mail_id)
         except Exception as error:
@@ -143,22 +153,23 @@ class Sender:
         await self.graph.share_mailboxes(position, len(alive))
 
     async def _deliver(self, text: str, envelope: dict[str, Any], mail_id: str) -> Delivery:
+        existing = await self.store.get_status(mail_id)
+        if existing is not None and existing.status in ("sent", "failed"):  # before its claim-check blob is gone
+            return Delivery(mail_id, "duplicate", f"already {existing.status}")
         try:
             payload = await self.store.resolve_payload(envelope)
-        except ValueError as error:
+        except InvalidMessage as error:
             return await self._poison(text, mail_id, "invalid_message", str(error))
         try:
             mail = check_mail(parse_mail(payload), self.settings)
         except AppError as error:
             return await self._poison(text, mail_id, error.code, error.message)
 
-        status = await self._status_for(mail_id, mail, payload)
+        status = existing or await self._status_for(mail_id, mail, payload)
         if status.payload_hash and status.payload_hash != payload_hash(payload):
             return Delivery(mail_id, "duplicate", "another mail holds this id; this copy was refused at intake")
-        if status.status == "sent":
-            return Delivery(mail_id, "duplicate", "already sent")
-        if status.status == "failed":
-            return Delivery(mail_id, "duplicate", "already failed")
+        if status.status in ("sent", "failed"):
+            return Delivery(mail_id, "duplicate", f"already {status.status}")
         lease = timedelta(seconds=self.settings.send_lease_seconds)  # a `sending` claim keeps others off
         if status.status == "sending" and status.lease_until > _later(timedelta()):
             await self.store.send_message(OUTBOX, text, _until(status.lease_until) + 1)
@@ -172,9 +183,6 @@ class Sender:
         return await self._send(mail, status, text, payload)
 
     async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
-        existing = await self.store.get_status(mail_id)
-        if existing is not None:
-            return existing
         created = await self.store.create_status(
             MailStatus(
                 id=mail_id,
@@ -192,9 +200,13 @@ class Sender:
             await self.graph.send_mail(sender, graph_send_body(mail))
         except GraphError as error:
             return await self._graph_failed(mail, status, text, payload, error)
+        claimed_until = time.monotonic() + _until(status.lease_until)
         status.status, status.error_code, status.error_message, status.lease_until = "sent", None, None, ""
-        await self._save_final(status)
-        await self.store.delete_payload(payload)
+        await self._record_sent(status, claimed_until)
+        try:
+            await self.store.delete_payload(payload)
+        except Exception as error:  # the mail is sent and recorded; a left-over blob harms nobody
+            log.warning("claim-check blob of mail %s not deleted: %s", status.id, type(error).__name__)
         await audit(
             self.store,
             self.settings,
@@ -236,6 +248,22 @@ class Sender:
         )
         return Delivery(status.id, outcome, detail)
 
+    async def _record_sent(self, status: MailStatus, claimed_until: float) -> None:
+        """Graph has the mail: record that, trying through a Storage outage for as long as our lease keeps
+        other deliveries of it waiting, so that no retry can send it again while Storage is down."""
+        delay = RECORD_FIRST_RETRY_SECONDS
+        while True:
+            try:
+                await self._save_final(status)
+                return
+            except Exception as error:
+                if time.monotonic() + delay > claimed_until - RECORD_LEASE_MARGIN_SECONDS:
+                    log.error("mail %s was sent but its status could not be recorded: %s", status.id, error)
+                    raise
+                log.warning("mail %s sent; recording it failed (%s), again in %.1f s", status.id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_MAX_RETRY_SECONDS)
+
     async def _save_final(self, status: MailStatus) -> None:
         """Save an outcome we own (we hold the lease); a concurrent edit does not undo it."""
         try:
@@ -261,12 +289,13 @@ class Sender:
             log.exception("could not record the failure of mail %s", mail_id)
 
     async def _poison(self, text: str, mail_id: str, code: str, reason: str) -> Delivery:
-        """A message that can never be sent: to the poison queue, with the reason in its status."""
-        await self.store.poison(OUTBOX, text)
+        """A message that can never be sent: its reason in the status, then one copy in the poison queue (a
+        crash between the two leaves the status right and the message to come again)."""
         status = await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="failed")
         if status.status != "sent":
             status.status, status.error_code, status.error_message = "failed", code, reason[:500]
             status.etag = None
             await self.store.save_status(status)
+        await self.store.poison(OUTBOX, text)
         log.warning("mail %s poisoned: %s", mail_id, reason)
         return Delivery(mail_id, "poisoned", reason)

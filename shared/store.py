@@ -16,13 +16,30 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 
+from .errors import InvalidMessage
 from .loop_cache import LoopCache
 
 # Storage is reached directly (Azure's own network, or Azurite); reading the proxy environment on every
-# request (aiohttp's trust_env, in a thread) was a fifth of the CPU a mail costs.
-_CLIENT_OPTIONS: dict[str, Any] = {"use_env_settings": False}
+# request (aiohttp's trust_env, in a thread) was a fifth of the CPU a mail costs. The SDKs' own retries would
+# hold a webhook for 40 s and more when Storage is down (Queues and Blobs wait 15 s before their first retry,
+# Tables retry 10 times): a short try here, and a 503 with Retry-After to the caller; queue work is retried by
+# the host's redelivery, and the sender's record of a sent mail by its own loop.
+_CLIENT_OPTIONS: dict[str, Any] = {"use_env_settings": False, "connection_timeout": 5, "read_timeout": 30}
+_TABLE_OPTIONS: dict[str, Any] = {**_CLIENT_OPTIONS, "retry_total": 2, "retry_backoff_factor": 0.5}
+_QUEUE_BLOB_OPTIONS: dict[str, Any] = {
+    **_CLIENT_OPTIONS,
+    "retry_total": 2,
+    "initial_backoff": 0.5,
+    "increment_base": 1,
+    "random_jitter_range": 0.5,
+}
 
 if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a cold start 0.25 s
     from azure.data.tables.aio import TableClient
@@ -120,7 +137,7 @@ class Store:
     def __init__(self, connection_string: str) -> None:
         from azure.data.tables.aio import TableServiceClient
 
-        self._tables = TableServiceClient.from_connection_string(connection_string, **_CLIENT_OPTIONS)
+        self._tables = TableServiceClient.from_connection_string(connection_string, **_TABLE_OPTIONS)
         self._table_clients: dict[str, TableClient] = {}
         self._connection_string = connection_string
         self._queues: dict[str, QueueClient] = {}
@@ -162,7 +179,7 @@ class Store:
         from azure.storage.blob.aio import BlobServiceClient
 
         if self._blobs is None:
-            self._blobs = BlobServiceClient.from_connection_string(self._connection_string, **_CLIENT_OPTIONS)
+            self._blobs = BlobServiceClient.from_connection_string(self._connection_string, **_QUEUE_BLOB_OPTIONS)
         for name in _CONTAINERS:
             with contextlib.suppress(ResourceExistsError):
                 await self._blobs.create_container(name)
@@ -226,9 +243,16 @@ class Store:
         return Enqueued(sent.id, sent.pop_receipt, claim)
 
     async def withdraw(self, enqueued: Enqueued) -> None:
-        """Take back a message `enqueue_mail` sent (a submission that turned out to be refused)."""
-        with contextlib.suppress(ResourceNotFoundError):
+        """Take back a message `enqueue_mail` sent (a submission that turned out to be refused). A sender that
+        received it meanwhile holds a new pop receipt: then the message stays, and the sender acknowledges it
+        without a Graph call, since its content does not match the status row of its id."""
+        try:
             await self._queue(OUTBOX).delete_message(enqueued.message_id, enqueued.pop_receipt)
+        except ResourceNotFoundError:
+            pass
+        except HttpResponseError as error:
+            if getattr(error, "error_code", None) != "PopReceiptMismatch":
+                raise
         if enqueued.claim is not None:
             await self.delete_payload(enqueued.claim)
 
@@ -248,7 +272,7 @@ class Store:
                 name,
                 message_encode_policy=TextBase64EncodePolicy(),
                 message_decode_policy=TextBase64DecodePolicy(),
-                **_CLIENT_OPTIONS,
+                **_QUEUE_BLOB_OPTIONS,
             )
         return self._queues[name]
 
@@ -259,9 +283,16 @@ class Store:
             return payload
         container, _, blob = str(claim).partition("/")
         if container != CLAIM_CONTAINER or not blob or "/" in blob:
-            raise ValueError(f"claimCheck {claim!r} does not name a mail payload")
-        downloader = await (await self._blob(container, blob)).download_blob()
-        mail: dict[str, Any] = json.loads(await downloader.readall())
+            raise InvalidMessage(f"claimCheck {str(claim)[:120]!r} does not name a mail payload")
+        try:
+            downloader = await (await self._blob(container, blob)).download_blob()
+            mail = json.loads(await downloader.readall())
+        except ResourceNotFoundError:
+            raise InvalidMessage(f"claimCheck {claim!r}: no such blob (deleted, or never written)") from None
+        except (ValueError, RecursionError):
+            raise InvalidMessage(f"claimCheck {claim!r}: the blob is not a JSON mail") from None
+        if not isinstance(mail, dict):
+            raise InvalidMessage(f"claimCheck {claim!r}: the blob is not a JSON mail")
         return mail
 
     async def delete_payload(self, payload: dict[str, Any]) -> None:

@@ -303,8 +303,17 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
     body = json.loads(text)
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"config", "storage", "keyVault", "graphToken", "digest:support-unread"}
+    assert body["checks"] == {k: {"ok": True} for k in ("config", "storage", "keyVault", "graphToken", "digests")}
     assert APP_SECRET not in text and APP_SECRET not in caplog.text
+    details = run(user_function(app.health_details)(http("GET", "/api/health/details")))
+    assert set(json.loads(details.get_body())["checks"]) == {
+        "config",
+        "storage",
+        "keyVault",
+        "graphToken",
+        "digest:support-unread",
+    }
+    assert APP_SECRET not in details.get_body().decode() and APP_SECRET not in caplog.text
 
 
 def test_health_reports_a_broken_key_vault_as_degraded(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,12 +321,16 @@ def test_health_reports_a_broken_key_vault_as_degraded(app: Any, monkeypatch: py
 
     monkeypatch.setenv("GRAPH_CREDENTIAL_SECRET_NAME", "no-such-secret")
     settings.cache_clear()
-    response = run(user_function(app.health)(http("GET", "/api/health")))
+    response = run(user_function(app.health_details)(http("GET", "/api/health/details")))
     body = json.loads(response.get_body())
     assert response.status_code == 503
     assert body["checks"]["storage"]["ok"] is True
     assert body["checks"]["keyVault"]["ok"] is False
     assert "no-such-secret" in body["checks"]["keyVault"]["error"]
+    anonymous = run(user_function(app.health)(http("GET", "/api/health")))
+    assert anonymous.status_code == 503
+    assert json.loads(anonymous.get_body())["checks"]["keyVault"] == {"ok": False}
+    assert "no-such-secret" not in anonymous.get_body().decode()
 
 
 def test_openapi_describes_the_api_and_the_published_schema_matches_the_model(app: Any) -> None:
@@ -334,3 +347,125 @@ def test_openapi_describes_the_api_and_the_published_schema_matches_the_model(ap
     assert "MailRequest" in document["components"]["schemas"]
     published = json.loads((Path(__file__).parent.parent / "schemas" / "mail.schema.json").read_text())
     assert published == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"
+
+
+def _call(app: Any, function: str, method: str, url: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+    response = run(user_function(getattr(app, function))(http(method, url, body, **kwargs)))
+    text = response.get_body()
+    return response.status_code, json.loads(text) if text else None
+
+
+ALERT = {"name": "DiskFull", "severity": "critical", "labels": {"instance": "db-1"}}
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "field"),
+    [
+        ("/api/alerts?dryrun=true", {"dryrun": "true"}, "dryrun"),  # wrong case: not our parameter
+        ("/api/alerts?dryRun=yes", {"dryRun": "yes"}, "dryRun"),
+        ("/api/alerts?dryRun", {}, "dryRun"),  # the host drops the empty value; the URL keeps it
+        ("/api/alerts?dryRun=true&dryRun=true", {"dryRun": "true,true"}, "dryRun"),  # the host joins repeats
+        ("/api/alerts?dryRun=1", {"dryRun": "1"}, "dryRun"),
+        ("/api/alerts?verbose=true", {"verbose": "true"}, "verbose"),
+    ],
+)
+def test_an_unknown_or_malformed_query_parameter_is_a_400_and_never_the_real_action(
+    app: Any, azurite: AzuriteProcess, url: str, params: dict[str, str], field: str
+) -> None:
+    """Issue 12, item 1: a typo in a flag must never store an alert or send a mail."""
+    status, body = _call(app, "post_alerts", "POST", url, ALERT, params=params)
+    assert status == 400, body
+    assert body["error"]["details"][0]["field"] == field
+    assert "dryRun" in body["error"]["details"][0]["message"] or "true or false" in body["error"]["message"]
+    assert _queued(azurite, "alerts-flush") == []
+
+
+def test_query_flags_accept_true_and_false_in_any_case_and_the_function_key(app: Any, azurite: AzuriteProcess) -> None:
+    status, body = _call(app, "post_alerts", "POST", "/api/alerts?dryRun=TRUE&code=k3y", ALERT)
+    assert status == 200 and body["dryRun"] is True
+    assert _queued(azurite, "alerts-flush") == []
+    status, body = _call(app, "post_alerts", "POST", "/api/alerts?dryRun=False", ALERT)
+    assert status == 202
+    status, body = _call(app, "post_mail", "POST", "/api/mail?code=k3y", MAIL)
+    assert status == 202
+
+
+def test_mail_and_digest_endpoints_refuse_unknown_query_parameters(app: Any, azurite: AzuriteProcess) -> None:
+    status, body = _call(app, "post_mail", "POST", "/api/mail?priority=high", MAIL)
+    assert status == 400 and body["error"]["details"][0]["field"] == "priority"
+    assert _queued(azurite) == []
+    status, body = _call(
+        app, "run_digest", "POST", "/api/digests/support-unread/run?dryrun=true", route={"name": "support-unread"}
+    )
+    assert status == 400 and body["error"]["details"][0] == {
+        "field": "dryrun",
+        "message": "unknown query parameter; known: dryRun",
+    }
+    assert _queued(azurite) == []
+
+
+def test_ten_anonymous_health_calls_read_key_vault_once_call_graph_once_and_name_nothing(
+    app: Any, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, item 14: health results are cached (15 s), and the anonymous answer names no digest."""
+    from azure.keyvault.secrets.aio import SecretClient
+
+    reads: list[str] = []
+    real_get_secret = SecretClient.get_secret
+
+    async def counted(self: SecretClient, name: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return await real_get_secret(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(SecretClient, "get_secret", counted)
+    since = sandbox.last_seq()
+
+    async def ten_calls() -> list[Any]:
+        import asyncio
+
+        first = [await user_function(app.health)(http("GET", "/api/health"))]
+        return first + list(
+            await asyncio.gather(*(user_function(app.health)(http("GET", "/api/health")) for _ in range(9)))
+        )
+
+    responses = run(ten_calls())
+    assert {r.status_code for r in responses} == {200}
+    assert reads == ["graph-client-secret"]
+    assert len([e for e in sandbox.requests(since) if "mailFolders" in e["path"]]) <= 2  # one digest check
+    text = responses[-1].get_body().decode()
+    assert "support-unread" not in text and "support@" not in text and "ms" not in json.loads(text)["checks"]["storage"]
+
+
+def test_health_refuses_unknown_query_parameters(app: Any) -> None:
+    status, body = _call(app, "health", "GET", "/api/health?details=true")
+    assert status == 400 and body["error"]["details"][0]["field"] == "details"
+
+
+def test_with_storage_down_every_endpoint_answers_503_with_retry_after_within_seconds(
+    app: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, item 12: no 500 `internal_error`, no 40 s wait: a 503 the caller can retry."""
+    import time
+
+    from devhost.azurite import free_port
+    from shared.config import settings
+
+    nobody = (free_port(), free_port(), free_port())  # nothing listens here: Storage is down
+    monkeypatch.setenv("AzureWebJobsStorage", AzuriteProcess(tmp_path, nobody).connection_string)
+    settings.cache_clear()
+    calls = [
+        ("post_mail", "POST", "/api/mail", MAIL, {}),
+        ("get_mail", "GET", "/api/mail/m-1", None, {"route": {"id": "m-1"}}),
+        ("post_alerts", "POST", "/api/alerts", ALERT, {}),
+    ]
+    for function, method, url, body, kwargs in calls:
+        started = time.monotonic()
+        response = run(user_function(getattr(app, function))(http(method, url, body, **kwargs)))
+        took = time.monotonic() - started
+        answer = json.loads(response.get_body())
+        assert response.status_code == 503, (function, answer)
+        assert answer["error"]["code"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "10"
+        assert took < 10, (function, took)
+    health = run(user_function(app.health_details)(http("GET", "/api/health/details")))
+    assert health.status_code == 503 and json.loads(health.get_body())["checks"]["storage"]["ok"] is False

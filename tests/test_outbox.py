@@ -214,14 +214,12 @@ def test_a_crashing_delivery_is_redelivered_then_poisoned_after_5_dequeues_with_
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    report = base64.b64encode(b"y" * 100_000).decode()
 
     async def scenario() -> dict[str, Any]:
-        accepted = await _post(app, {**MAIL, "attachments": [{"name": "r.txt", "contentBase64": report}]})
-        # the claim-check blob vanishes: every delivery attempt crashes
-        [message] = _queue(azurite).peek_messages()
-        claim = json.loads(base64.b64decode(message.content))["claimCheck"]
-        BlobClient.from_connection_string(azurite.connection_string, *claim.split("/", 1)).delete_blob()
+        accepted = await _post(app, MAIL)
+        # the Graph credential in Key Vault is wrong (a botched rotation): Entra refuses it, the app reads the
+        # vault once more, gets the same, and every delivery attempt crashes until someone fixes the vault
+        sandbox.control.post("/_sandbox/keyvault/secrets/graph-client-secret", json={"value": "not-the-secret"})
         trigger = _trigger(app, azurite)
         await trigger.drain(idle_polls=2)
         return {"id": accepted["id"], "status": await _status(app, accepted["id"]), "invocations": trigger.invocations}
@@ -317,3 +315,100 @@ def test_secrets_and_tokens_never_reach_the_logs(
     assert "log-scan" in everything or caplog.records  # the flow did log
     assert APP_SECRET not in everything
     assert "eyJ" not in everything  # no JWT (access token) in any log line
+
+
+def _send_raw(azurite: AzuriteProcess, text: str) -> None:
+    producer = QueueClient.from_connection_string(
+        azurite.connection_string, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
+    )
+    producer.send_message(text)
+    producer.close()
+
+
+def _poisoned(azurite: AzuriteProcess) -> list[str]:
+    return [base64.b64decode(m.content).decode() for m in _queue(azurite, "mail-outbox-poison").peek_messages(32)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({**MAIL, "id": "q2/bad#id"}),  # an id Table storage cannot hold as a key
+        "[" * 30000,  # JSON nested deeper than the parser goes
+    ],
+    ids=["id-table-storage-cannot-hold", "json-too-deep"],
+)
+def test_a_message_that_can_never_be_processed_is_poisoned_once_at_once(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, text: str
+) -> None:
+    """Issue 11, item 13: one copy in the poison queue, no redeliveries, the reason in a status row."""
+    _send_raw(azurite, text)
+
+    async def scenario() -> dict[str, Any]:
+        trigger = _trigger(app, azurite)
+        await trigger.drain(idle_polls=2)
+        [invocation] = trigger.invocations
+        return {"ok": invocation.ok, "status": await _status(app, f"q-{invocation.message_id}")}
+
+    result = run(scenario())
+    assert result["ok"] is True  # handled, not crashed: the host does not redeliver it
+    assert _poisoned(azurite) == [text]
+    assert result["status"]["status"] == "failed"
+    assert result["status"]["error"]["code"] == "invalid_message"
+    assert sandbox.sent() == []
+
+
+def test_a_claim_check_naming_a_missing_blob_is_poisoned_once_at_once_with_its_reason(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Issue 11, item 13: a blob that is gone will not come back by retrying five times."""
+    report = base64.b64encode(b"y" * 100_000).decode()
+
+    async def scenario() -> dict[str, Any]:
+        accepted = await _post(app, {**MAIL, "attachments": [{"name": "r.txt", "contentBase64": report}]})
+        [message] = _queue(azurite).peek_messages()
+        claim = json.loads(base64.b64decode(message.content))["claimCheck"]
+        BlobClient.from_connection_string(azurite.connection_string, *claim.split("/", 1)).delete_blob()
+        trigger = _trigger(app, azurite)
+        await trigger.drain(idle_polls=2)
+        return {"id": accepted["id"], "status": await _status(app, accepted["id"]), "invocations": trigger.invocations}
+
+    result = run(scenario())
+    assert [(i.dequeue_count, i.ok) for i in result["invocations"]] == [(1, True)]
+    assert result["status"]["status"] == "failed"
+    assert result["status"]["error"]["code"] == "invalid_message"
+    assert "no such blob" in result["status"]["error"]["message"]
+    [poisoned] = _poisoned(azurite)
+    assert result["id"] in poisoned
+    assert sandbox.sent() == []
+
+
+def test_a_queued_mail_without_an_id_keeps_one_status_row_through_throttling_and_the_attempt_cap_applies(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, item 6: the copy handed back to the queue carries the id the first delivery gave the mail."""
+    from azure.data.tables import TableClient
+
+    import shared.outbox
+
+    monkeypatch.setattr(shared.outbox, "MAX_ATTEMPTS", 2)
+    _send_raw(azurite, json.dumps(MAIL))
+    sandbox.set_faults(errorRate=1, errorStatuses=[503])  # Retry-After: 1 every time
+
+    async def scenario() -> list[Any]:
+        trigger = _trigger(app, azurite)
+        deadline = time.monotonic() + 60
+        while _queue(azurite).get_queue_properties().approximate_message_count and time.monotonic() < deadline:
+            await trigger.poll_once()
+            await asyncio.sleep(0.2)
+        return trigger.invocations
+
+    invocations = run(scenario())
+    with TableClient.from_connection_string(azurite.connection_string, "mailstatus") as table:
+        ours = {f"q-{i.message_id}" for i in invocations}
+        rows = [r for r in table.list_entities() if r["PartitionKey"] in ours]
+    assert len(invocations) == 2
+    [row] = rows
+    assert row["PartitionKey"] == f"q-{invocations[0].message_id}"
+    assert row["status"] == "failed" and row["attempts"] == 2  # the cap, on the one row
+    assert row["error_code"] == "ServiceUnavailable"
+    assert _queue(azurite).get_queue_properties().approximate_message_count == 0

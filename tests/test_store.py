@@ -48,3 +48,57 @@ def test_the_heartbeat_lists_the_instances_heard_from_recently(azurite: AzuriteP
     both, only_recent = run(scenario())
     assert {"instance-a", "instance-b"} <= set(both)
     assert only_recent == ["instance-b"]
+
+
+def test_withdrawing_a_message_a_sender_already_received_leaves_it_to_the_sender(azurite: AzuriteProcess) -> None:
+    """Issue 11, item 11: the refused copy's pop receipt changed under us (PopReceiptMismatch): no 500."""
+    from azure.storage.queue import QueueClient
+
+    async def scenario() -> None:
+        store = Store(azurite.connection_string)
+        try:
+            enqueued = await store.enqueue_mail("withdrawn-1", {"id": "withdrawn-1", "to": ["a@contoso.test"]})
+            with QueueClient.from_connection_string(azurite.connection_string, "mail-outbox") as queue:
+                received = [m for m in queue.receive_messages(max_messages=32, visibility_timeout=1)]
+            assert enqueued.message_id in {m.id for m in received}  # a sender has it now, with a new receipt
+            await store.withdraw(enqueued)
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_concurrent_posts_of_one_id_with_different_bodies_get_one_202_and_409s_while_a_sender_runs(
+    app_env: dict[str, str], azurite: AzuriteProcess, sandbox: object
+) -> None:
+    """Issue 11, item 11, end to end: 20 callers race for one id while the outbox trigger receives."""
+    import asyncio
+    import json
+
+    import function_app
+    from devhost.queues import QueueSettings, QueueTrigger
+
+    from .helpers import http, user_function
+
+    async def scenario() -> list[int]:
+        trigger = QueueTrigger(
+            azurite.connection_string,
+            "mail-outbox",
+            user_function(function_app.mail_outbox),
+            QueueSettings(max_polling_interval=0.05),
+        )
+        stop = asyncio.Event()
+        sender = asyncio.ensure_future(trigger.run(stop))
+        post = user_function(function_app.post_mail)
+        bodies = [
+            {"id": "raced-1", "to": ["alice@contoso.test"], "subject": f"version {n}", "text": "t"} for n in range(20)
+        ]
+        responses = await asyncio.gather(*(post(http("POST", "/api/mail", body)) for body in bodies))
+        await asyncio.sleep(1)
+        stop.set()
+        await sender
+        for response in responses:
+            assert response.status_code != 500, json.loads(response.get_body())
+        return sorted(r.status_code for r in responses)
+
+    assert run(scenario()) == [202] + [409] * 19

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -21,6 +22,8 @@ from ..errors import AppError, unauthorized, unavailable
 from .routing import SourceAuth, parse_duration
 
 REREAD_AFTER_SECONDS = 60
+
+log = logging.getLogger("notifier.alerts")
 
 
 class SecretSource(Protocol):
@@ -83,7 +86,8 @@ async def authenticate(
     except AppError:
         raise
     except Exception as error:
-        # our own CredentialError names the secret, never its value; others could carry anything
+        # the log says which secret and why; the caller only learns that it is our side that fails
         reason = str(error) if type(error).__module__.startswith("shared.") else type(error).__name__
-        raise unavailable(f"The {source} source's secret cannot be read now: {reason}"[:300]) from None
+        log.error("alert source %s cannot be authenticated: %s", source, reason[:300])
+        raise unavailable(f"The {source} source cannot be authenticated now; try again later.") from None
     raise unauthorized(f"The {source} request's credentials are not valid.")

@@ -235,7 +235,7 @@ def test_unknown_digests_are_404(digest_app: Any) -> None:
 def test_health_checks_each_digests_mailbox_and_folders_without_naming_them(
     digest_app: Any, support_mailbox: dict[str, int]
 ) -> None:
-    response = run(user_function(digest_app.health)(http("GET", "/api/health")))
+    response = run(user_function(digest_app.health_details)(http("GET", "/api/health/details")))
     body = json.loads(response.get_body())
     assert response.status_code == 503
     assert body["checks"]["digest:support-unread"]["ok"] is True
