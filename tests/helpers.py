@@ -118,3 +118,77 @@ async def drain_queue(connection_string: str, queue: str, function_builder: Any)
         connection_string, queue, user_function(function_builder), QueueSettings(max_polling_interval=0.1)
     )
     await trigger.drain()
+
+
+class NetworkCut:
+    """A loopback TCP relay in front of some ports (Azurite's, say) that can be cut: `cut()` drops every
+    relayed connection and refuses new ones, as a network partition would, until `mend()`. The service
+    behind keeps its state, so a test can cut Storage off mid-delivery and bring it back unchanged."""
+
+    def __init__(self, targets: list[int]) -> None:
+        import asyncio
+        import threading
+
+        from devhost.azurite import free_port
+
+        self.ports = {free_port(): target for target in targets}  # relay port -> real port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[Any] = []
+        self._writers: set[Any] = set()
+        self._thread.start()
+        self.mend()
+
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    async def _relay(self, reader: Any, writer: Any, target: int) -> None:
+        import asyncio
+        import contextlib
+
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, upstream_writer}
+
+        async def pump(source: Any, sink: Any) -> None:
+            with contextlib.suppress(Exception):
+                while chunk := await source.read(65536):
+                    sink.write(chunk)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+        self._writers -= {writer, upstream_writer}
+
+    def mend(self) -> None:
+        import asyncio
+
+        async def listen() -> None:
+            for port, target in self.ports.items():
+                server = await asyncio.start_server(
+                    lambda r, w, t=target: self._relay(r, w, t), "127.0.0.1", port, reuse_address=True
+                )
+                self._servers.append(server)
+
+        self._call(listen())
+
+    def cut(self) -> None:
+        async def drop() -> None:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(drop())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -412,3 +412,55 @@ def test_a_queued_mail_without_an_id_keeps_one_status_row_through_throttling_and
     assert row["status"] == "failed" and row["attempts"] == 2  # the cap, on the one row
     assert row["error_code"] == "ServiceUnavailable"
     assert _queue(azurite).get_queue_properties().approximate_message_count == 0
+
+
+def test_a_storage_outage_between_graphs_202_and_the_status_write_does_not_send_the_mail_twice(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, item 5: Storage is cut off while Graph holds six sends; once Graph has accepted a mail the
+    sender keeps trying to record it (within its lease) instead of leaving it to be sent again."""
+    from shared.config import settings
+
+    from .helpers import NetworkCut
+
+    relay = NetworkCut([azurite.blob_port, azurite.queue_port, azurite.table_port])
+    through_relay = AzuriteProcess(tmp_path, tuple(relay.ports)).connection_string  # type: ignore[arg-type]
+    monkeypatch.setenv("AzureWebJobsStorage", through_relay)
+    monkeypatch.setenv("MAIL_SEND_LEASE_SECONDS", "20")
+    settings.cache_clear()
+    subjects = [f"Outage test {n}" for n in range(6)]
+
+    async def scenario() -> list[dict[str, Any]]:
+        ids = [(await _post(app, {**MAIL, "subject": subject}))["id"] for subject in subjects]
+        sandbox.set_faults(latencyMs=2000)  # Graph holds each send for 2 s
+        trigger = QueueTrigger(
+            through_relay,
+            "mail-outbox",
+            user_function(app.mail_outbox),
+            QueueSettings(max_polling_interval=0.2, lock_seconds=8),  # a failed message is back in 8 s
+        )
+        batch = asyncio.ensure_future(trigger.poll_once())
+        while [(await _status(app, i))["status"] for i in ids] != ["sending"] * len(ids):
+            await asyncio.sleep(0.05)
+        relay.cut()  # the sends are in flight at Graph; their status writes will fail
+        await asyncio.sleep(6)
+        relay.mend()
+        await batch
+        deadline = time.monotonic() + 45  # long enough for the lease (20 s) to let a second send happen
+        while time.monotonic() < deadline:
+            statuses = [await _status(app, i) for i in ids]
+            waiting = _queue(azurite).get_queue_properties().approximate_message_count
+            if waiting == 0 and all(s["status"] == "sent" for s in statuses):
+                break
+            await trigger.poll_once()
+            await asyncio.sleep(0.5)
+        return [await _status(app, i) for i in ids]
+
+    try:
+        statuses = run(scenario())
+    finally:
+        relay.close()
+    sent = sorted(m["subject"] for m in sandbox.sent())
+    assert sent == sorted(subjects)  # each exactly once
+    assert [s["status"] for s in statuses] == ["sent"] * 6
+    assert [s["attempts"] for s in statuses] == [1] * 6
