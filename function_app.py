@@ -3,11 +3,9 @@
 import azure.functions as func
 
 from shared import functions as handlers
-from shared.alerts.routing import notify_config
-from shared.config import settings
 
 # invalid or missing settings, or a bad routing file, stop the app at start-up with a message naming them
-notify_config(settings())
+handlers.start_up()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

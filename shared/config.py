@@ -46,6 +46,7 @@ class Settings:
     mailbox_digest_schedule: str
     audit_recipients: str
     send_lease_seconds: int
+    library_log_level: str
 
     @property
     def graph_host(self) -> str:
@@ -184,6 +185,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
+        library_log_level=_choice(
+            env, "LIBRARY_LOG_LEVEL", "warning", ("debug", "info", "warning", "error", "critical")
+        ).upper(),
     )
 
 

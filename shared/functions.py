@@ -21,11 +21,20 @@ from .alerts.routing import notify_config
 from .config import ConfigError, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
+from .logs import quiet_libraries
 from .loop_cache import LoopCache
 from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
 log = logging.getLogger("notifier")
+
+
+def start_up() -> None:
+    """At import of the app: check the settings and the routing file (a bad one stops the app with a message
+    naming it) and set the libraries' log level."""
+    config = settings()
+    quiet_libraries(config.library_log_level)
+    notify_config(config)
 
 
 def _query(req: func.HttpRequest) -> dict[str, str]:

@@ -13,6 +13,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
+from shared.logs import LIBRARY_LOGGERS
 
 from .helpers import APP_SECRET, drain_queue, http, run, user_function
 
@@ -298,6 +299,8 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
     app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    for name in LIBRARY_LOGGERS:  # everything the SDKs can say, as with LIBRARY_LOG_LEVEL=DEBUG
+        caplog.set_level(logging.DEBUG, logger=name)
     response = run(user_function(app.health)(http("GET", "/api/health")))
     text = response.get_body().decode()
     body = json.loads(text)

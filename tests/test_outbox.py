@@ -16,6 +16,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from devhost.azurite import AzuriteProcess
 from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
+from shared.logs import LIBRARY_LOGGERS
 
 from .helpers import APP_ID, APP_SECRET, SENDER, http, run, user_function
 
@@ -303,6 +304,8 @@ def test_secrets_and_tokens_never_reach_the_logs(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    for name in LIBRARY_LOGGERS:  # everything the SDKs can say, as with LIBRARY_LOG_LEVEL=DEBUG
+        caplog.set_level(logging.DEBUG, logger=name)
 
     async def scenario() -> None:
         await _post(app, {**MAIL, "id": "log-scan"})
