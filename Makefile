@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench schemas screenshots setup clean alertmanager
+.PHONY: run test lint bench faults schemas screenshots setup clean alertmanager
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -50,6 +50,10 @@ BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_
 # every figure of the README's benchmark table; one script each, each ending in `BENCH <name> <value> <unit>`
 bench: setup
 	@for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
+
+# the mail path under injected faults (Storage stopped mid-drain; Graph errors and dropped connections)
+faults: setup
+	$(BIN)/python bench/fault_run.py
 
 screenshots: $(VENV)/.installed
 	$(BIN)/python docs/screenshot.py
