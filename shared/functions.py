@@ -20,7 +20,6 @@ from .alerts.routing import notify_config
 from .config import ConfigError, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
-from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
 log = logging.getLogger("notifier")
@@ -153,6 +152,8 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    from .openapi import openapi_document  # its models cost a cold start about 13 ms: loaded when asked for
+
     return _response(api.ApiAnswer(200, openapi_document()))
 
 
