@@ -55,9 +55,17 @@ def _openapi_paths(route: str) -> list[str]:
     return ["/" + route]
 
 
-def test_every_function_has_one_trigger_of_a_known_kind(triggers: dict[str, dict[str, Any]]) -> None:
+def test_the_http_functions_are_the_route_table(triggers: dict[str, dict[str, Any]]) -> None:
+    from shared.routes import ROUTES
+
     assert {t["type"] for t in triggers.values()} == {"httpTrigger", "queueTrigger", "timerTrigger"}
-    assert len(_by_type(triggers, "httpTrigger")) == 6
+    served = {
+        name: (t["route"], tuple(t["methods"]), t["authLevel"].lower())
+        for name, t in _by_type(triggers, "httpTrigger").items()
+    }
+    assert served == {r.function: (r.template, r.methods, r.auth_level) for r in ROUTES}
+    # only what reveals nothing secret is open without a function key
+    assert {name for name, (_, _, auth) in served.items() if auth != "function"} == {"health", "openapi"}
 
 
 def test_the_openapi_document_describes_exactly_the_http_functions_routes_methods_and_auth(
