@@ -23,7 +23,6 @@ from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
 from .logs import quiet_libraries
 from .loop_cache import LoopCache
-from .openapi import openapi_document
 from .store import ALERTS_FLUSH, store
 
 log = logging.getLogger("notifier")
@@ -196,6 +195,8 @@ async def _health_answer(req: func.HttpRequest, *, detailed: bool) -> func.HttpR
 
 
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    from .openapi import openapi_document  # its models cost a cold start about 13 ms: loaded when asked for
+
     return _response(api.ApiAnswer(200, openapi_document()))
 
 

@@ -66,7 +66,8 @@ class MailRequest(_Strict):
     template: str | None = None
     data: dict[str, Any] | None = None
 
-    @field_validator("to", "cc", "bcc", "reply_to", mode="before")
+    # the published schema shows what callers may send: one address, or a list of addresses and mailboxes
+    @field_validator("to", "cc", "bcc", "reply_to", mode="before", json_schema_input_type=str | list[str | Mailbox])
     @classmethod
     def _addresses_as_objects(cls, value: Any) -> Any:
         if isinstance(value, str):

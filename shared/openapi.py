@@ -1,252 +1,224 @@
-"""The OpenAPI 3 description of the HTTP API (`GET /api/openapi.json`) and the published mail schema."""
+"""The OpenAPI 3.1 description of the HTTP API (`GET /api/openapi.json`) and the published mail schema.
+
+Both are generated: paths from the route table (`shared.routes`), one operation per route below, and every
+body and answer from its pydantic model (`shared.mail.MailRequest`, which the API validates mail with, and
+`shared.api_models`). OpenAPI 3.1 schemas are JSON Schema 2020-12, which is what pydantic writes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from .mail import MailRequest
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+
+from . import api_models as m
+from . import routes
+from .alerts.intake import SOURCES
+from .mail import ID_PATTERN
 
 SCHEMA_ID = "https://schemas.notifier.invalid/mail.schema.json"
+OPENAPI_VERSION = "3.1.0"
+
+
+class _Generator(GenerateJsonSchema):
+    """pydantic's JSON Schema without a title on every property (`"title": "Contentbase64"` helps no one)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    location: Literal["path", "query", "header"]
+    schema: dict[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    description: str
+    model: type[BaseModel] | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # name -> description
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    answers: dict[int, Answer]
+    body: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+
+
+_MAIL_ID = {"type": "string", "pattern": ID_PATTERN.pattern}
+_DRY_RUN = Param("dryRun", "query", {"type": "boolean"}, "answer what would be done; nothing is stored or sent")
+_FAILED = Answer("An unexpected failure (the answer names an incident id, no internals)", m.Error)
+
+
+def _error(description: str) -> Answer:
+    return Answer(description, m.Error)
+
+
+OPERATIONS: dict[routes.Route, Operation] = {
+    routes.POST_MAIL: Operation(
+        "Queue a mail",
+        {
+            202: Answer(
+                "Queued",
+                m.Queued,
+                {"Location": "/api/mail/{id}", "Idempotent-Replay": "`true` when the id was seen before"},
+            ),
+            400: _error("Not a valid mail (details name each field)"),
+            409: _error("The id is taken by another mail"),
+            413: _error("Body too large"),
+            415: _error("Not JSON"),
+            500: _FAILED,
+            503: _error("Storage unavailable"),
+        },
+        body=m.MailSubmission,
+        params=(Param("Idempotency-Key", "header", _MAIL_ID, "makes the request idempotent, like the body's id"),),
+    ),
+    routes.GET_MAIL: Operation(
+        "A mail's status",
+        {
+            200: Answer("The status", m.MailStatus),
+            400: _error("Not a valid mail id"),
+            404: _error("No mail with that id"),
+            500: _FAILED,
+        },
+        params=(Param("id", "path", _MAIL_ID),),
+    ),
+    routes.POST_ALERTS: Operation(
+        "Alerts from a monitoring source, named or detected from the payload",
+        {
+            202: Answer("Recorded in their groups", m.AlertsAccepted),
+            200: Answer("Dry run: the groups and the mails they would get now", m.AlertsDryRun),
+            400: _error("Not an alert payload of the source"),
+            401: _error("The source's bearer token or signature is missing or wrong"),
+            404: _error("Unknown source"),
+            413: _error("Body too large"),
+            415: _error("Not JSON"),
+            500: _FAILED,
+            503: _error("Storage or Key Vault unavailable"),
+        },
+        body=m.AlertPayload,
+        params=(Param("source", "path", {"type": "string", "enum": list(SOURCES)}), _DRY_RUN),
+    ),
+    routes.RUN_DIGEST: Operation(
+        "Run a configured mailbox digest now",
+        {
+            200: Answer("What the run did (a dry run: the mail it would send)", m.DigestRun),
+            400: _error("An unknown query parameter, or dryRun not true or false"),
+            404: _error("No digest of that name"),
+            500: _FAILED,
+            502: _error("Graph refused the digest's mailbox (Graph's code)"),
+            503: _error("Storage unavailable"),
+        },
+        params=(Param("name", "path", {"type": "string"}), _DRY_RUN),
+    ),
+    routes.HEALTH: Operation(
+        "Configuration, storage, Key Vault, Graph token and digest checks, ok or not per kind; names nothing",
+        {
+            200: Answer("Every check passed", m.Health),
+            400: _error("An unknown query parameter"),
+            503: Answer("A check failed", m.Health),
+        },
+    ),
+    routes.HEALTH_DETAILS: Operation(
+        "The same checks with their names, times and short reasons; never a secret",
+        {
+            200: Answer("Every check passed", m.HealthDetails),
+            400: _error("An unknown query parameter"),
+            503: Answer("A check failed", m.HealthDetails),
+        },
+    ),
+    routes.OPENAPI: Operation("This document", {200: Answer("OpenAPI 3.1"), 400: _error("An unknown query parameter")}),
+}
+
+_SECURITY_SCHEMES = {  # the Functions host takes a function key in either place
+    "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+    "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+}
 
 
 def mail_schema() -> dict[str, Any]:
-    """JSON Schema of the app's mail (also published as `schemas/mail.schema.json`)."""
-    schema = MailRequest.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+    """JSON Schema of a mail as `POST /api/mail` and `mail-outbox` take it (published as
+    `schemas/mail.schema.json`)."""
+    schema = m.MailSubmission.model_json_schema(
+        by_alias=True, ref_template="#/$defs/{model}", schema_generator=_Generator
+    )
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
 def openapi_document() -> dict[str, Any]:
-    mail = mail_schema()
-    definitions = mail.pop("$defs", {})
-    mail.pop("$schema", None)
-    mail.pop("$id", None)
-    components = {name: _rebase(schema) for name, schema in definitions.items()}
-    components["MailRequest"] = _rebase(mail)
-    components["GraphSendMail"] = {
-        "type": "object",
-        "required": ["message"],
-        "properties": {
-            "message": {"type": "object", "description": "A Graph message (subject, body, toRecipients, ...)"},
-            "saveToSentItems": {"type": "boolean"},
-            "id": {"type": "string"},
-        },
-    }
-    components["MailStatus"] = {
-        "type": "object",
-        "required": ["id", "status", "attempts", "updated"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"enum": ["queued", "sending", "sent", "failed"]},
-            "attempts": {"type": "integer"},
-            "updated": {"type": "string", "format": "date-time"},
-            "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-        },
-    }
-    components["DigestRun"] = {
-        "type": "object",
-        "required": ["name", "outcome", "messages", "folders"],
-        "properties": {
-            "name": {"type": "string"},
-            "outcome": {"enum": ["sent", "nothing_new", "dry_run"]},
-            "messages": {"type": "integer"},
-            "folders": {
-                "type": "array",
-                "items": {"type": "object", "properties": {"path": {"type": "string"}, "count": {"type": "integer"}}},
-            },
-            "mailId": {"type": "string"},
-            "tagged": {"type": "integer"},
-            "untagged": {"type": "integer"},
-            "resumedEarlierRun": {"type": "boolean"},
-            "mail": {"type": "object", "description": "dry runs: from, to, subject, html, text"},
-        },
-    }
-    components["Error"] = {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "details"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "details": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                        },
-                    },
-                },
-            }
-        },
-    }
-    key: list[dict[str, list[str]]] = [{"functionKey": []}]
+    """The OpenAPI 3.1 document of every route in `shared.routes.ROUTES`."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+    for operation in OPERATIONS.values():
+        if operation.body is not None:
+            models.append((operation.body, "validation"))
+        models += [(a.model, "serialization") for a in operation.answers.values() if a.model is not None]
+    refs, definitions = models_json_schema(
+        list(dict.fromkeys(models)),
+        by_alias=True,
+        ref_template="#/components/schemas/{model}",
+        schema_generator=_Generator,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes.ROUTES:
+        for path in route.openapi_paths():
+            for method in route.methods:
+                paths.setdefault(path, {})[method.lower()] = _operation(route, path, refs)
     return {
-        "openapi": "3.0.3",
+        "openapi": OPENAPI_VERSION,
         "info": {
             "title": "Graph mail notifier",
             "version": "1.0.0",
             "description": "Mail, alerts and digests through Microsoft Graph.",
         },
-        "servers": [{"url": "/api"}],
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"}},
-        },
-        "paths": {
-            "/mail": {
-                "post": {
-                    "summary": "Queue a mail",
-                    "security": key,
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/MailRequest"},
-                                        {"$ref": "#/components/schemas/GraphSendMail"},
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": {
-                            "description": "Queued",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {"id": {"type": "string"}, "status": {"enum": ["queued"]}},
-                                    }
-                                }
-                            },
-                        },
-                        "400": _error("Invalid mail"),
-                        "409": _error("Id used for another mail"),
-                        "413": _error("Body too large"),
-                        "415": _error("Not JSON"),
-                        "503": _error("Storage unavailable"),
-                    },
-                }
-            },
-            "/mail/{id}": {
-                "get": {
-                    "summary": "A mail's status",
-                    "security": key,
-                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": {
-                            "description": "Status",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MailStatus"}}},
-                        },
-                        "400": _error("Invalid id"),
-                        "404": _error("No such mail"),
-                    },
-                }
-            },
-            "/alerts": {"post": _alerts_operation(key, named=False)},
-            "/alerts/{source}": {"post": _alerts_operation(key, named=True)},
-            "/digests/{name}/run": {
-                "post": {
-                    "summary": "Run a configured mailbox digest now",
-                    "security": key,
-                    "parameters": [
-                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                        {"name": "dryRun", "in": "query", "schema": {"type": "boolean"}},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "What the run did (or, dry, the mail it would send)",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DigestRun"}}},
-                        },
-                        "404": _error("No digest of that name"),
-                        "502": _error("Graph refused the digest's mailbox (Graph's code)"),
-                        "503": _error("Storage unavailable"),
-                    },
-                }
-            },
-            "/health": {
-                "get": {
-                    "summary": "Configuration, storage, Key Vault and Graph token checks",
-                    "security": [],
-                    "responses": {"200": {"description": "Healthy"}, "503": {"description": "Degraded"}},
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}
-            },
-        },
+        "servers": [{"url": "/" + routes.ROUTE_PREFIX}],
+        "paths": paths,
+        "components": {"schemas": definitions.get("$defs", {}), "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
-def _alerts_operation(key: list[dict[str, list[str]]], named: bool) -> dict[str, Any]:
-    sources = ["alertmanager", "grafana", "azuremonitor", "generic"]
-    parameters: list[dict[str, Any]] = [
-        {"name": "dryRun", "in": "query", "schema": {"type": "boolean"}, "description": "Answer the mails only"}
-    ]
-    if named:
-        parameters.insert(0, {"name": "source", "in": "path", "required": True, "schema": {"enum": sources}})
-    group = {
-        "type": "object",
-        "properties": {
-            "key": {"type": "string"},
-            "receiver": {"type": "string"},
-            "mode": {"enum": ["immediate", "digest"]},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "alerts": {"type": "integer"},
-        },
+def _operation(route: routes.Route, path: str, refs: dict[Any, Any]) -> dict[str, Any]:
+    operation = OPERATIONS[route]
+    in_path = set(re.findall(r"\{(\w+)\}", path))
+    extra = sorted(in_path - set(re.findall(r"\{(\w+)\}", route.openapi_paths()[0])))
+    result: dict[str, Any] = {
+        "operationId": "_".join([route.function, *(f"by_{name}" for name in extra)]),
+        "summary": operation.summary,
+        "security": [] if route.auth_level == "anonymous" else [{name: []} for name in _SECURITY_SCHEMES],
+        "responses": {str(status): _answer(answer, refs) for status, answer in sorted(operation.answers.items())},
     }
-    accepted = {
-        "type": "object",
-        "properties": {
-            "accepted": {"type": "integer"},
-            "groups": {"type": "array", "items": group},
-            "mails": {"type": "array", "items": {"type": "object"}, "description": "dry runs only"},
-        },
-    }
-    return {
-        "summary": "Alerts from " + ("the named source" if named else "a source detected from the payload"),
-        "security": key,
-        "parameters": parameters,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "description": "A webhook payload of " + ", ".join(sources)}
-                }
-            },
-        },
-        "responses": {
-            "202": {"description": "Recorded in their groups", "content": {"application/json": {"schema": accepted}}},
-            "200": {"description": "Dry run", "content": {"application/json": {"schema": accepted}}},
-            "400": _error("Not an alert payload of the source"),
-            "401": _error("The source's bearer token or signature is missing or wrong"),
-            "404": _error("Unknown source"),
-            "413": _error("Body too large"),
-            "415": _error("Not JSON"),
-            "503": _error("Storage or Key Vault unavailable"),
-        },
-    }
-
-
-def _rebase(schema: Any) -> Any:
-    """Point `#/$defs/X` references at `#/components/schemas/X`."""
-    if isinstance(schema, dict):
-        return {
-            k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _rebase(v))
-            for k, v in schema.items()
+    parameters = [
+        {
+            "name": p.name,
+            "in": p.location,
+            **({"required": True} if p.location == "path" else {}),
+            "schema": p.schema,
+            **({"description": p.description} if p.description else {}),
         }
-    if isinstance(schema, list):
-        return [_rebase(item) for item in schema]
-    return schema
+        for p in operation.params
+        if p.location != "path" or p.name in in_path
+    ]
+    if parameters:
+        result["parameters"] = parameters
+    if operation.body is not None:
+        schema = refs[(operation.body, "validation")]
+        result["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return result
+
+
+def _answer(answer: Answer, refs: dict[Any, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"description": answer.description}
+    if answer.headers:
+        result["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}} for name, text in answer.headers.items()
+        }
+    if answer.model is not None:
+        result["content"] = {"application/json": {"schema": refs[(answer.model, "serialization")]}}
+    return result

@@ -23,6 +23,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
+from . import routes
 from .errors import InvalidMessage
 from .loop_cache import LoopCache
 
@@ -46,14 +47,14 @@ if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a 
     from azure.storage.blob.aio import BlobClient, BlobServiceClient
     from azure.storage.queue.aio import QueueClient
 
-OUTBOX = "mail-outbox"
+OUTBOX = routes.MAIL_OUTBOX
 OUTBOX_POISON = "mail-outbox-poison"
 STATUS_TABLE = "mailstatus"
 AUDIT_TABLE = "audit"
 CLAIM_CONTAINER = "mail-payloads"
-ALERTS_INBOX = "alerts-inbox"
+ALERTS_INBOX = routes.ALERTS_INBOX
 ALERTS_INBOX_POISON = "alerts-inbox-poison"
-ALERTS_FLUSH = "alerts-flush"
+ALERTS_FLUSH = routes.ALERTS_FLUSH
 ALERT_GROUPS_TABLE = "alertgroups"
 ALERT_DIGEST_TABLE = "alertdigest"
 DIGEST_STATUS_TABLE = "digeststatus"

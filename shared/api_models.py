@@ -1,0 +1,247 @@
+"""The HTTP API's contract as pydantic models: what callers send besides the app's mail, and every answer.
+
+`shared.openapi` builds the OpenAPI document and the published JSON Schema from these and from
+`shared.mail.MailRequest` (the model the API validates mail with). The handlers write their answers as
+plain JSON; the tests hold real answers against these models' schemas, so the two cannot drift apart.
+Nothing is compiled at import (`defer_build`): a cold start pays only when the document is asked for.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from .mail import MailRequest
+
+
+def _any_case(*words: str) -> str:
+    """A pattern matching any of `words` in any letter case (JSON Schema patterns have no flags)."""
+    spelled = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c.replace(".", r"\.") for c in w) for w in words)
+    return "^(" + "|".join(spelled) + ")$"
+
+
+def _names_in_any_case(schema: dict[str, Any]) -> None:
+    """Let an object's property names come in any letter case, as `parse_mail` (like Graph) matches them:
+    each name also as a pattern, and a required name as "some property name matches"."""
+    properties = schema.get("properties", {})
+    schema["patternProperties"] = {_any_case(name): sub for name, sub in properties.items()}
+    required = schema.pop("required", [])
+    if required:
+        schema["allOf"] = [{"not": {"propertyNames": {"not": {"pattern": _any_case(name)}}}} for name in required]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(defer_build=True, populate_by_name=True)
+
+
+class _Closed(_Model):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(_Model):
+    """Graph objects whose other properties the app ignores."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# The raw Graph sendMail form (`POST /users/{id}/sendMail`'s body), as `shared.mail.parse_mail` maps it
+
+
+class GraphEmailAddress(_Open):
+    address: str
+    name: str | None = None
+
+
+class GraphRecipient(_Open):
+    email_address: GraphEmailAddress = Field(alias="emailAddress")
+
+
+class GraphItemBody(_Open):
+    content_type: str = Field(
+        "text", alias="contentType", pattern=_any_case("text", "html"), description="text or html"
+    )
+    content: str = ""
+
+
+class GraphHeader(_Open):
+    name: str = Field(description="x-... (at most 5)")
+    value: str
+
+
+class GraphFileAttachment(_Open):
+    odata_type: str = Field(
+        "#microsoft.graph.fileAttachment",
+        alias="@odata.type",
+        pattern=_any_case("#microsoft.graph.fileAttachment"),
+        description="only file attachments",
+    )
+    name: str | None = None
+    content_type: str | None = Field(None, alias="contentType")
+    content_bytes: str | None = Field(None, alias="contentBytes", description="base64")
+    is_inline: bool | None = Field(None, alias="isInline")
+    content_id: str | None = Field(None, alias="contentId")
+
+
+class GraphMessage(_Closed):
+    """The message of a Graph sendMail body; property names are matched in any letter case, as Graph does."""
+
+    model_config = ConfigDict(json_schema_extra=_names_in_any_case)
+
+    odata_type: str | None = Field(None, alias="@odata.type")
+    subject: str = ""
+    body: GraphItemBody | None = None
+    to_recipients: list[GraphRecipient] | None = Field(None, alias="toRecipients")
+    cc_recipients: list[GraphRecipient] | None = Field(None, alias="ccRecipients")
+    bcc_recipients: list[GraphRecipient] | None = Field(None, alias="bccRecipients")
+    reply_to: list[GraphRecipient] | None = Field(None, alias="replyTo")
+    sender: GraphRecipient | None = Field(None, alias="from")
+    importance: str | None = Field(None, pattern=_any_case("low", "normal", "high"), description="low, normal or high")
+    attachments: list[GraphFileAttachment] | None = None
+    internet_message_headers: list[GraphHeader] | None = Field(None, alias="internetMessageHeaders")
+
+
+class GraphSendMail(_Closed):
+    """A raw Graph sendMail body; property names are matched in any letter case (msgraph-sdk sends `Message`)."""
+
+    model_config = ConfigDict(json_schema_extra=_names_in_any_case)
+
+    message: GraphMessage
+    save_to_sent_items: bool = Field(True, alias="saveToSentItems")
+    id: str | None = Field(None, description="makes the request idempotent, as the app's `id` does")
+
+
+class MailSubmission(RootModel[MailRequest | GraphSendMail]):
+    """A mail for `POST /api/mail` and the `mail-outbox` queue: the app's mail or a raw Graph sendMail body."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class AlertPayload(RootModel[dict[str, Any]]):
+    """A webhook payload of Alertmanager, Grafana, Azure Monitor (common alert schema) or the generic format
+    (`{"name", "status", "severity", ...}`); `POST /api/alerts` detects which when the route names none."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+# Answers
+
+
+class Queued(_Model):
+    id: str
+    status: Literal["queued"]
+
+
+class FailureReason(_Model):
+    code: str
+    message: str
+
+
+class MailStatus(_Model):
+    """A mail's status (`GET /api/mail/{id}`); `error` when its last attempt failed (then or before a retry)."""
+
+    id: str
+    status: Literal["queued", "sending", "sent", "failed"]
+    attempts: int
+    updated: datetime
+    error: FailureReason | None = None
+
+
+class GroupReceipt(_Model):
+    """One alert group the request's alerts went to."""
+
+    key: str
+    receiver: str
+    mode: Literal["immediate", "digest"]
+    labels: dict[str, str]
+    alerts: int
+
+
+class AlertsAccepted(_Model):
+    accepted: int
+    groups: list[GroupReceipt]
+
+
+class AlertMailPreview(_Model):
+    """The mail a group would get now (dry runs)."""
+
+    group: str
+    receiver: str
+    sender: str = Field(alias="from")
+    to: list[str]
+    cc: list[str]
+    subject: str
+    html: str | None
+    text: str | None
+
+
+class AlertsDryRun(AlertsAccepted):
+    dry_run: Literal[True] = Field(alias="dryRun")
+    mails: list[AlertMailPreview]
+
+
+class FolderCount(_Model):
+    path: str
+    count: int
+
+
+class DigestMailPreview(_Model):
+    sender: str = Field(alias="from")
+    to: list[str]
+    subject: str
+    html: str | None
+    text: str | None
+
+
+class DigestRun(_Model):
+    """What a digest run did; `tagged`, `untagged` and `resumedEarlierRun` are left out of dry runs, which
+    carry the `mail` they would send instead."""
+
+    name: str
+    outcome: Literal["sent", "nothing_new", "dry_run"]
+    messages: int
+    folders: list[FolderCount]
+    mail_id: str | None = Field(None, alias="mailId")
+    tagged: int | None = None
+    untagged: int | None = None
+    resumed_earlier_run: bool | None = Field(None, alias="resumedEarlierRun")
+    mail: DigestMailPreview | None = None
+
+
+class HealthCheck(_Closed):
+    ok: bool
+
+
+class Health(_Closed):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, HealthCheck] = Field(description="config, storage, keyVault, graphToken, digests")
+
+
+class HealthCheckDetails(_Model):
+    ok: bool
+    ms: float | None = None
+    mode: str | None = Field(None, description="config: the Graph auth mode")
+    error: str | None = Field(None, description="the error's type and a reason that carries no secret")
+
+
+class HealthDetails(_Model):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, HealthCheckDetails] = Field(description="config, storage, keyVault, graphToken, digest:<name>")
+
+
+class ErrorDetail(_Model):
+    field: str
+    message: str
+
+
+class ErrorBody(_Model):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class Error(_Model):
+    """Every error answer: `{"error": {"code", "message", "details": [{"field", "message"}]}}`."""
+
+    error: ErrorBody

@@ -1,0 +1,51 @@
+"""The app's entry points as constants: HTTP routes, queue names and timer schedules.
+
+`function_app.py` binds its triggers to these and `shared.openapi` describes the same routes, so the
+published contract and the bindings cannot drift apart. Plain values only: no Azure Functions types here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+ROUTE_PREFIX = "api"  # host.json's extensions.http.routePrefix (the Functions default)
+
+MAIL_OUTBOX = "mail-outbox"
+ALERTS_INBOX = "alerts-inbox"
+ALERTS_FLUSH = "alerts-flush"
+
+# `%NAME%` is resolved by the Functions host from app settings; shared.config reads and checks the same names
+ALERT_DIGEST_SCHEDULE = "%ALERT_DIGEST_SCHEDULE%"
+MAILBOX_DIGEST_SCHEDULE = "%MAILBOX_DIGEST_SCHEDULE%"
+
+_OPTIONAL_LAST_SEGMENT = re.compile(r"/\{(\w+)\?\}$")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP-triggered function: its name in `function_app.py`, route template, methods and auth level."""
+
+    function: str
+    template: str  # a Functions route template, relative to ROUTE_PREFIX: `mail/{id}`, `alerts/{source?}`
+    methods: tuple[str, ...]
+    auth_level: Literal["function", "anonymous"] = "function"
+
+    def openapi_paths(self) -> list[str]:
+        """The OpenAPI paths this template serves: an optional last segment makes two (`/a` and `/a/{x}`)."""
+        optional = _OPTIONAL_LAST_SEGMENT.search(self.template)
+        if optional is None:
+            return ["/" + self.template]
+        return ["/" + self.template[: optional.start()], "/" + self.template.replace("?}", "}")]
+
+
+POST_MAIL = Route("post_mail", "mail", ("POST",))
+GET_MAIL = Route("get_mail", "mail/{id}", ("GET",))
+POST_ALERTS = Route("post_alerts", "alerts/{source?}", ("POST",))
+RUN_DIGEST = Route("run_digest", "digests/{name}/run", ("POST",))
+HEALTH = Route("health", "health", ("GET",), "anonymous")
+HEALTH_DETAILS = Route("health_details", "health/details", ("GET",))
+OPENAPI = Route("openapi", "openapi.json", ("GET",), "anonymous")
+
+ROUTES = (POST_MAIL, GET_MAIL, POST_ALERTS, RUN_DIGEST, HEALTH, HEALTH_DETAILS, OPENAPI)

@@ -1,0 +1,293 @@
+"""The published contracts: the OpenAPI document as served, the mail JSON Schema, the README's and the `make run`
+banner's examples, and the API's real answers held against what the document says of them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from shared.errors import AppError
+from shared.mail import parse_mail
+from shared.openapi import mail_schema, openapi_document
+
+from .helpers import http, run, user_function
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = ROOT / "schemas" / "mail.schema.json"
+DOCUMENT_URI = "urn:notifier:openapi"
+
+
+def _document_validator(document: dict[str, Any], pointer: str) -> Draft202012Validator:
+    """A JSON Schema validator for one schema inside the OpenAPI document, its `$ref`s resolved in the document."""
+    registry: Registry[Any] = Registry().with_resource(
+        DOCUMENT_URI, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator({"$ref": f"{DOCUMENT_URI}#{pointer}"}, registry=registry)
+
+
+def _published_validator() -> Draft202012Validator:
+    schema = json.loads(PUBLISHED.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _errors(validator: Draft202012Validator, instance: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or 'body'}: {e.message[:200]}" for e in validator.iter_errors(instance)
+    ]
+
+
+# The document as served
+
+
+def test_the_served_document_is_a_valid_openapi_3_1_document(app_env: dict[str, str]) -> None:
+    import function_app
+
+    response = run(user_function(function_app.openapi)(http("GET", "/api/openapi.json")))
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    document = json.loads(response.get_body())
+    assert document["openapi"] == "3.1.0"
+    validate(document)  # raises with the offending part when the document is not valid OpenAPI
+
+
+def test_the_validator_refuses_what_the_old_document_did_wrong() -> None:
+    """The check has teeth: 3.0.3 with a 3.1 construct (`{"type": "null"}`) is refused."""
+    document = openapi_document()
+    document["openapi"] = "3.0.3"
+    with pytest.raises(OpenAPIValidationError):
+        validate(document)
+
+
+def test_every_operation_documents_its_error_answers_in_the_error_shape() -> None:
+    document = openapi_document()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                health_report = path.startswith("/health") and status == "503"  # a failing check is a report
+                if int(status) >= 400 and not health_report:
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+
+
+# The published mail schema
+
+
+def test_the_published_schema_is_the_one_generated_from_the_models() -> None:
+    assert json.loads(PUBLISHED.read_text()) == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"
+
+
+def _readme_json_examples() -> list[Any]:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^ *```json\n(.*?)^ *```", readme, flags=re.MULTILINE | re.DOTALL)
+    return [json.loads(block) for block in blocks]
+
+
+def test_every_json_example_in_the_readme_is_a_mail_the_schema_and_the_api_accept() -> None:
+    examples = _readme_json_examples()
+    assert examples, "the README shows a mail as a ```json block"
+    validator = _published_validator()
+    for example in examples:
+        assert _errors(validator, example) == []
+        parse_mail(example)  # raises AppError if the API would refuse its shape
+
+
+def _banner_requests() -> list[tuple[str, str, Any]]:
+    """(method, path, JSON body) of every curl in the banner `make run` prints."""
+    from devhost.run import banner
+
+    azurite = SimpleNamespace(blob_port=10000, queue_port=10001, table_port=10002)
+    text = banner("http://127.0.0.1:7071", "https://127.0.0.1:8790", azurite)  # type: ignore[arg-type]
+    requests = []
+    for line in text.splitlines():
+        if line.strip().startswith("curl ") and " -d " in line:
+            words = shlex.split(line)
+            url = next(w for w in words if w.startswith("http"))
+            requests.append(
+                (words[words.index("-X") + 1], urlsplit(url).path, json.loads(words[words.index("-d") + 1]))
+            )
+    return requests
+
+
+def test_the_banners_requests_are_valid_by_the_openapi_document_and_its_mail_by_the_published_schema() -> None:
+    document = openapi_document()
+    prefix = document["servers"][0]["url"]
+    requests = _banner_requests()
+    assert {path for _, path, _ in requests} >= {"/api/mail", "/api/alerts"}
+    for method, path, body in requests:
+        operation = document["paths"][path.removeprefix(prefix)][method.lower()]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].startswith("#/components/schemas/")
+        assert _errors(_document_validator(document, schema["$ref"][1:]), body) == [], (method, path)
+        if path == "/api/mail":
+            assert _errors(_published_validator(), body) == []
+
+
+def _sdk_send_mail_body() -> dict[str, Any]:
+    """A sendMail body exactly as msgraph-sdk serialises it (PascalCase action parameters)."""
+    from kiota_serialization_json.json_serialization_writer import JsonSerializationWriter
+    from msgraph.generated.models.body_type import BodyType
+    from msgraph.generated.models.email_address import EmailAddress
+    from msgraph.generated.models.item_body import ItemBody
+    from msgraph.generated.models.message import Message
+    from msgraph.generated.models.recipient import Recipient
+    from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
+
+    message = Message(
+        subject="From the SDK",
+        body=ItemBody(content_type=BodyType.Html, content="<p>hi</p>"),
+        to_recipients=[Recipient(email_address=EmailAddress(address="bob@contoso.test", name="Bob"))],
+    )
+    writer = JsonSerializationWriter()
+    writer.write_object_value(None, SendMailPostRequestBody(message=message, save_to_sent_items=False))
+    body: dict[str, Any] = json.loads(writer.get_serialized_content())
+    return body
+
+
+ACCEPTED: list[tuple[str, Any]] = [
+    ("addresses as strings", {"to": ["a@contoso.test"], "subject": "s", "text": "t"}),
+    ("one address as a bare string", {"to": "a@contoso.test", "cc": "b@contoso.test", "text": "t"}),
+    (
+        "strings and mailboxes mixed",
+        {"to": ["a@contoso.test", {"address": "b@contoso.test", "name": "B"}], "replyTo": "r@contoso.test"},
+    ),
+    ("null optionals", {"to": ["a@contoso.test"], "id": None, "from": None, "text": None, "html": "<p>h</p>"}),
+    (
+        "everything",
+        {
+            "id": "x-1",
+            "from": "notifications@contoso.test",
+            "to": ["a@contoso.test"],
+            "bcc": [{"address": "c@contoso.test"}],
+            "subject": "s",
+            "text": "t",
+            "importance": "low",
+            "headers": {"x-a": "1"},
+            "saveToSentItems": False,
+            "attachments": [{"name": "a.txt", "contentBase64": "aGk=", "contentType": "text/plain", "inline": True}],
+        },
+    ),
+    (
+        "Graph's own form",
+        {
+            "message": {
+                "subject": "s",
+                "body": {"contentType": "HTML", "content": "<p>h</p>"},
+                "toRecipients": [{"emailAddress": {"address": "a@contoso.test", "name": "A"}}],
+                "from": {"emailAddress": {"address": "support@contoso.test"}},
+                "importance": "High",
+                "internetMessageHeaders": [{"name": "x-a", "value": "1"}],
+                "attachments": [
+                    {"@odata.type": "#microsoft.graph.fileAttachment", "name": "a.txt", "contentBytes": "aGk="}
+                ],
+            },
+            "saveToSentItems": False,
+            "id": "graph-1",
+        },
+    ),
+    ("Graph's form in other letter cases", {"MESSAGE": {"Subject": "s", "ToRecipients": []}, "saveTOsentITEMS": True}),
+]
+
+REFUSED: list[tuple[str, Any]] = [
+    ("a number as recipients", {"to": 7}),
+    ("a mailbox without address", {"to": [{"name": "x"}]}),
+    ("an unknown field", {"to": "a@contoso.test", "priority": "urgent"}),
+    ("an importance outside the list", {"importance": "urgent"}),
+    ("saveToSentItems as a string", {"saveToSentItems": "no"}),
+    ("a number as subject", {"subject": 42}),
+    ("an attachment without content", {"attachments": [{"name": "a"}]}),
+    ("Graph: message not an object", {"message": "hi"}),
+    ("Graph: an unsupported message field", {"message": {"flag": {}}}),
+    ("Graph: an unknown top-level field", {"message": {}, "extra": 1}),
+    ("Graph: a recipient that is a string", {"message": {"toRecipients": ["a@b.test"]}}),
+    ("Graph: an item attachment", {"message": {"attachments": [{"@odata.type": "#microsoft.graph.itemAttachment"}]}}),
+    ("Graph: an rtf body", {"message": {"body": {"contentType": "rtf"}}}),
+]
+
+
+def test_the_schema_accepts_every_shape_the_api_accepts() -> None:
+    validator = _published_validator()
+    for what, body in [*ACCEPTED, ("msgraph-sdk's own serialisation", _sdk_send_mail_body())]:
+        parse_mail(body)  # the API accepts it (raises otherwise)
+        assert _errors(validator, body) == [], what
+
+
+def test_the_schema_refuses_the_shapes_the_api_refuses() -> None:
+    validator = _published_validator()
+    for what, body in REFUSED:
+        with pytest.raises(AppError):
+            parse_mail(body)
+        assert _errors(validator, body), what
+
+
+# Real answers against the document
+
+
+def _documented(document: dict[str, Any], method: str, path: str, response: Any) -> list[str]:
+    """What is wrong with a real answer by the document: its status is listed, and its body fits the schema."""
+    answers = document["paths"][path][method]["responses"]
+    status = str(response.status_code)
+    assert status in answers, f"{method} {path} answered {status}, which the document does not list"
+    content = answers[status].get("content")
+    if content is None:
+        return []
+    for header in answers[status].get("headers", {}):
+        assert header in response.headers or header == "Idempotent-Replay", (method, path, header)
+    pointer = content["application/json"]["schema"]["$ref"][1:]
+    return _errors(_document_validator(document, pointer), json.loads(response.get_body()))
+
+
+def test_the_apis_real_answers_are_what_the_document_says(app_env: dict[str, str]) -> None:
+    import function_app
+
+    document = openapi_document()
+
+    def call(function: Any, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        response = run(user_function(function)(http(method.upper(), "/api" + path, body, **kwargs)))
+        template = next(
+            p for p in document["paths"] if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", p), path.split("?")[0])
+        )
+        assert _documented(document, method, template, response) == [], (method, path, response.get_body())
+        return response
+
+    mail = {"to": ["alice@contoso.test"], "subject": "Contract", "text": "t"}
+    queued = json.loads(call(function_app.post_mail, "post", "/mail", mail).get_body())
+    call(function_app.post_mail, "post", "/mail", {**mail, "id": queued["id"]})  # the replay
+    call(function_app.post_mail, "post", "/mail", {"to": 7})  # 400
+    call(function_app.get_mail, "get", f"/mail/{queued['id']}", route={"id": queued["id"]})
+    call(function_app.get_mail, "get", "/mail/nope", route={"id": "nope"})  # 404
+
+    alert = {"name": "DiskFilling", "severity": "critical", "summary": "/var is 95% full"}
+    call(function_app.post_alerts, "post", "/alerts", alert)
+    dry = call(
+        function_app.post_alerts,
+        "post",
+        "/alerts/generic",
+        alert,
+        route={"source": "generic"},
+        params={"dryRun": "true"},
+    )
+    assert json.loads(dry.get_body())["mails"], "the dry run shows the mail the critical alert would get"
+    call(function_app.post_alerts, "post", "/alerts/nagios", alert, route={"source": "nagios"})  # 404
+
+    digest = {"route": {"name": "support-unread"}, "raw": b""}
+    preview = call(function_app.run_digest, "post", "/digests/support-unread/run", params={"dryRun": "true"}, **digest)
+    assert json.loads(preview.get_body())["outcome"] == "dry_run"
+    sent = call(function_app.run_digest, "post", "/digests/support-unread/run", **digest)
+    assert json.loads(sent.get_body())["outcome"] == "sent"
+    again = call(function_app.run_digest, "post", "/digests/support-unread/run", **digest)
+    assert json.loads(again.get_body())["outcome"] == "nothing_new"
+
+    call(function_app.health, "get", "/health")
