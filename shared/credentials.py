@@ -96,7 +96,7 @@ _vaults: LoopCache[VaultSecrets] = LoopCache()
 
 def vault_secrets(settings: Settings) -> VaultSecrets:
     """This event loop's cached reader of source-authentication secrets."""
-    return _vaults.get(lambda: VaultSecrets(settings))
+    return _vaults.get(settings, lambda: VaultSecrets(settings))
 
 
 class KeyVaultGraphCredential:

@@ -9,21 +9,26 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
 from . import api
+from .alerts.auth import SecretSource
 from .alerts.dispatch import flush, ingest_message
-from .alerts.routing import notify_config
-from .config import ConfigError, settings
+from .alerts.routing import NotifyConfig, notify_config
+from .config import ConfigError, Settings, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
 from .logs import quiet_libraries
-from .loop_cache import LoopCache
-from .store import ALERTS_FLUSH, store
+from .loop_cache import LoopCache, close_all
+from .store import ALERTS_FLUSH, Store, store
+
+if TYPE_CHECKING:
+    from .graph import GraphClient
 
 log = logging.getLogger("notifier")
 
@@ -71,27 +76,109 @@ def _response(answer: api.ApiAnswer) -> func.HttpResponse:
     )
 
 
-async def post_mail(req: func.HttpRequest) -> func.HttpResponse:
-    config = settings()
-    request = _request(req)
-    return _response(await api.answer(lambda r: api.post_mail(r, config, store(config.storage_connection)), request))
+class Collaborators:
+    """What an endpoint works with, made on first use from the process's settings: the store, the routing
+    file, and (loaded only by the endpoints that need them) the Graph client and the Key Vault secrets."""
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        return settings()
+
+    @functools.cached_property
+    def store(self) -> Store:
+        return store(self.settings.storage_connection)
+
+    @functools.cached_property
+    def notify(self) -> NotifyConfig:
+        return notify_config(self.settings)
+
+    def graph(self) -> GraphClient:
+        from .graph import graph_client  # msgraph stays out of the intake paths
+
+        return graph_client(self.settings)
+
+    def secrets(self) -> SecretSource:
+        from .credentials import vault_secrets  # Key Vault code only for sources that authenticate
+
+        return vault_secrets(self.settings)
 
 
-async def post_alerts(req: func.HttpRequest) -> func.HttpResponse:
-    config = settings()
-    request = _request(req)
+Endpoint = Callable[[api.ApiRequest, Collaborators], Awaitable[api.ApiAnswer]]
+HttpFunction = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
-    def secrets() -> Any:  # Key Vault code is loaded only for sources that authenticate
-        from .credentials import vault_secrets
 
-        return vault_secrets(config)
+def http_endpoint(endpoint: Endpoint) -> HttpFunction:
+    """The one HTTP adapter: the host's request becomes an `ApiRequest`, the endpoint runs with this process's
+    collaborators, and its answer (or its error, mapped in `api.answer`) becomes the host's response."""
 
-    return _response(
-        await api.answer(
-            lambda r: api.post_alerts(r, config, notify_config(config), store(config.storage_connection), secrets),
-            request,
-        )
-    )
+    @functools.wraps(endpoint)
+    async def adapter(req: func.HttpRequest) -> func.HttpResponse:
+        async def handle(request: api.ApiRequest) -> api.ApiAnswer:
+            return await endpoint(request, Collaborators())
+
+        return _response(await api.answer(handle, _request(req)))
+
+    return adapter
+
+
+@http_endpoint
+async def post_mail(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return await api.post_mail(request, app.settings, app.store)
+
+
+@http_endpoint
+async def get_mail(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return await api.get_mail(request, app.store)
+
+
+@http_endpoint
+async def post_alerts(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return await api.post_alerts(request, app.settings, app.notify, app.store, app.secrets)
+
+
+@http_endpoint
+async def run_digest(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return await api.run_digest(request, app.settings, app.notify, app.store, app.graph)
+
+
+@http_endpoint
+async def health(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    api.query_flags(request)
+    return api.health_answer(await _health.get(None, api.HealthCache).results(_health_results), detailed=False)
+
+
+@http_endpoint
+async def health_details(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    api.query_flags(request)
+    return api.health_answer(await _health.get(None, api.HealthCache).results(_health_results), detailed=True)
+
+
+@http_endpoint
+async def openapi(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    from .openapi import openapi_document  # its models cost a cold start about 13 ms: loaded when asked for
+
+    api.query_flags(request)
+    return api.ApiAnswer(200, openapi_document())
+
+
+_health: LoopCache[api.HealthCache] = LoopCache()
+
+
+async def _health_results() -> dict[str, Any]:
+    try:
+        config = settings()
+    except ConfigError as error:
+        return await api.run_health_checks(error, {})
+    from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
+
+    graph = graph_client(config)
+    checks: dict[str, Any] = {"storage": store(config.storage_connection).ping}
+    if config.graph_auth_mode == "keyvault":
+        checks["keyVault"] = graph.read_credential
+    checks["graphToken"] = graph.token_check
+    for digest in notify_config(config).digests:
+        checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
+    return await api.run_health_checks(config, checks)
 
 
 async def alerts_inbox(message: func.QueueMessage) -> None:
@@ -119,22 +206,6 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
 
 
-async def run_digest(req: func.HttpRequest) -> func.HttpResponse:
-    config = settings()
-
-    def graph() -> Any:
-        from .graph import graph_client
-
-        return graph_client(config)
-
-    return _response(
-        await api.answer(
-            lambda r: api.run_digest(r, config, notify_config(config), store(config.storage_connection), graph),
-            _request(req),
-        )
-    )
-
-
 async def alert_digest(timer: func.TimerRequest) -> None:
     config = settings()
     runs = await run_alert_digests(notify_config(config), config, store(config.storage_connection), datetime.now(UTC))
@@ -150,54 +221,6 @@ async def mailbox_digest(timer: func.TimerRequest) -> None:
             digest, config, graph_client(config), store(config.storage_connection), datetime.now(UTC)
         )
         log.info(json.dumps({"mailboxDigest": run.answer(), "pastDue": timer.past_due}))
-
-
-async def get_mail(req: func.HttpRequest) -> func.HttpResponse:
-    config = settings()
-    return _response(await api.answer(lambda r: api.get_mail(r, store(config.storage_connection)), _request(req)))
-
-
-_health: LoopCache[api.HealthCache] = LoopCache()
-
-
-async def _health_results() -> dict[str, Any]:
-    try:
-        config = settings()
-    except ConfigError as error:
-        return await api.run_health_checks(error, {})
-    from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
-
-    graph = graph_client(config)
-    checks: dict[str, Any] = {"storage": store(config.storage_connection).ping}
-    if config.graph_auth_mode == "keyvault":
-        checks["keyVault"] = graph.read_credential
-    checks["graphToken"] = graph.token_check
-    for digest in notify_config(config).digests:
-        checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
-    return await api.run_health_checks(config, checks)
-
-
-async def health(req: func.HttpRequest) -> func.HttpResponse:
-    return await _health_answer(req, detailed=False)
-
-
-async def health_details(req: func.HttpRequest) -> func.HttpResponse:
-    return await _health_answer(req, detailed=True)
-
-
-async def _health_answer(req: func.HttpRequest, *, detailed: bool) -> func.HttpResponse:
-    async def checked(r: api.ApiRequest) -> api.ApiAnswer:
-        api.query_flags(r)
-        results = await _health.get(api.HealthCache).results(_health_results)
-        return api.health_answer(results, detailed=detailed)
-
-    return _response(await api.answer(checked, _request(req)))
-
-
-async def openapi(req: func.HttpRequest) -> func.HttpResponse:
-    from .openapi import openapi_document  # its models cost a cold start about 13 ms: loaded when asked for
-
-    return _response(api.ApiAnswer(200, openapi_document()))
 
 
 async def mail_outbox(message: func.QueueMessage) -> None:
@@ -227,19 +250,5 @@ def _sender() -> Any:
 
 
 async def shutdown() -> None:
-    """Close this event loop's cached Storage and Graph clients (a host stopping cleanly, tests)."""
-    import sys
-
-    from . import store as store_module
-
-    cached_store = store_module._stores.pop()
-    if cached_store is not None:
-        await cached_store.close()
-    credentials_module = sys.modules.get("shared.credentials")
-    cached_vault = credentials_module._vaults.pop() if credentials_module is not None else None
-    if cached_vault is not None:
-        await cached_vault.close()
-    graph_module = sys.modules.get("shared.graph")  # never import Graph code just to close it
-    cached_graph = graph_module._clients.pop() if graph_module is not None else None
-    if cached_graph is not None:
-        await cached_graph.close()
+    """Close this event loop's cached Storage, Key Vault and Graph clients (a host stopping cleanly, tests)."""
+    await close_all()

@@ -288,4 +288,4 @@ _clients: LoopCache[GraphClient] = LoopCache()
 
 def graph_client(settings: Settings) -> GraphClient:
     """The cached client of this process's event loop (the Functions worker runs one loop)."""
-    return _clients.get(lambda: GraphClient(settings))
+    return _clients.get(settings, lambda: GraphClient(settings))

@@ -451,4 +451,4 @@ _stores: LoopCache[Store] = LoopCache()
 
 def store(connection_string: str) -> Store:
     """The cached store of this process's event loop."""
-    return _stores.get(lambda: Store(connection_string))
+    return _stores.get(connection_string, lambda: Store(connection_string))

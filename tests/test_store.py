@@ -102,3 +102,23 @@ def test_concurrent_posts_of_one_id_with_different_bodies_get_one_202_and_409s_w
         return sorted(r.status_code for r in responses)
 
     assert run(scenario()) == [202] + [409] * 19
+
+
+def test_the_cached_store_is_per_connection_string_and_close_all_closes_every_cached_client(
+    azurite: AzuriteProcess,
+) -> None:
+    """Issue 13, item 5: a cached factory never hands a client made for other arguments."""
+    from shared import loop_cache
+    from shared.store import store
+
+    other = azurite.connection_string.replace("127.0.0.1", "localhost")
+
+    async def scenario() -> tuple[bool, bool, list[object]]:
+        first, again, second = store(azurite.connection_string), store(azurite.connection_string), store(other)
+        await loop_cache.close_all()
+        left = [item for cache in loop_cache._caches for item in cache.pop_all()]
+        return first is again, first is second, left
+
+    same, shared_with_other, left = run(scenario())
+    assert same and not shared_with_other
+    assert left == []
