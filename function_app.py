@@ -57,6 +57,11 @@ async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.openapi(req)
 
 
+@http(routes.FALLBACK)
+async def no_such_route(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.no_such_route(req)
+
+
 @app.queue_trigger(arg_name="message", queue_name=routes.MAIL_OUTBOX, connection="AzureWebJobsStorage")
 async def mail_outbox(message: func.QueueMessage) -> None:
     await handlers.mail_outbox(message)

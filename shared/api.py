@@ -27,6 +27,7 @@ from .digests.mailbox import run_mailbox_digest
 from .errors import AppError, Detail, invalid_request, not_found, payload_too_large, unsupported_media_type
 from .mail import ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
+from .routes import Route
 from .store import Store
 
 if TYPE_CHECKING:
@@ -212,6 +213,17 @@ async def run_digest(
     if run.outcome == "failed" and run.error:
         raise AppError(502, run.error["code"], f"Digest {name!r} failed: {run.error['message']}")
     return ApiAnswer(200, run.answer())
+
+
+def no_such_route(request: ApiRequest, table: tuple[Route, ...]) -> ApiAnswer:
+    """The answer for a path or method no endpoint serves: 405 with `Allow` when the path is a route's,
+    404 otherwise."""
+    path = request.route.get("path", "")
+    allowed = sorted({method for route in table if route.matches(path) for method in route.methods})
+    if allowed:
+        message = f"{request.method} is not allowed here; use {', '.join(allowed)}."
+        return ApiAnswer(405, AppError(405, "method_not_allowed", message).body(), {"Allow": ", ".join(allowed)})
+    return ApiAnswer(404, not_found("No such endpoint; the API is described at /api/openapi.json.").body())
 
 
 async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
-from . import api
+from . import api, routes
 from .alerts.auth import SecretSource
 from .alerts.dispatch import flush, ingest_message
 from .alerts.routing import NotifyConfig, notify_config
@@ -159,6 +159,11 @@ async def openapi(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
 
     api.query_flags(request)
     return api.ApiAnswer(200, openapi_document())
+
+
+@http_endpoint
+async def no_such_route(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return api.no_such_route(request, routes.ROUTES)
 
 
 _health: LoopCache[api.HealthCache] = LoopCache()

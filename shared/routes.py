@@ -32,6 +32,18 @@ class Route:
     methods: tuple[str, ...]
     auth_level: Literal["function", "anonymous"] = "function"
 
+    def matches(self, path: str) -> bool:
+        """Whether a request path (relative to ROUTE_PREFIX, no leading slash) is this template's."""
+        pattern = ""
+        for segment in self.template.split("/"):
+            if segment.endswith("?}"):
+                pattern += "(?:/[^/]+)?"
+            elif segment.startswith("{"):
+                pattern += "/[^/]+"
+            else:
+                pattern += "/" + re.escape(segment)
+        return re.fullmatch(pattern, "/" + path.strip("/")) is not None
+
     def openapi_paths(self) -> list[str]:
         """The OpenAPI paths this template serves: an optional last segment makes two (`/a` and `/a/{x}`)."""
         optional = _OPTIONAL_LAST_SEGMENT.search(self.template)
@@ -49,3 +61,7 @@ HEALTH_DETAILS = Route("health_details", "health/details", ("GET",))
 OPENAPI = Route("openapi", "openapi.json", ("GET",), "anonymous")
 
 ROUTES = (POST_MAIL, GET_MAIL, POST_ALERTS, RUN_DIGEST, HEALTH, HEALTH_DETAILS, OPENAPI)
+
+# Any other path or method: the app answers it (404, or 405 with Allow) in the API's error shape, on Azure's
+# host as on the devhost, instead of an empty body. Routes with literal segments win over this catch-all.
+FALLBACK = Route("no_such_route", "{*path}", ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"), "anonymous")

@@ -472,3 +472,26 @@ def test_with_storage_down_every_endpoint_answers_503_with_retry_after_within_se
         assert took < 10, (function, took)
     health = run(user_function(app.health_details)(http("GET", "/api/health/details")))
     assert health.status_code == 503 and json.loads(health.get_body())["checks"]["storage"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("GET", "mails", 404, None),
+        ("GET", "mail", 405, "POST"),
+        ("DELETE", "mail/m-1", 405, "GET"),
+        ("GET", "alerts/grafana", 405, "POST"),
+        ("POST", "health", 405, "GET"),
+        ("GET", "digests/support-unread", 404, None),
+        ("PUT", "", 404, None),
+    ],
+)
+def test_unknown_routes_and_wrong_methods_answer_json_errors_with_allow(
+    app: Any, method: str, path: str, status: int, allow: str | None
+) -> None:
+    """Issue 12, item 4: the catch-all function answers what no route serves, in the API's error shape."""
+    response = run(user_function(app.no_such_route)(http(method, f"/api/{path}", route={"path": path})))
+    body = json.loads(response.get_body())
+    assert response.status_code == status
+    assert body["error"]["code"] == ("not_found" if status == 404 else "method_not_allowed")
+    assert response.headers.get("Allow") == allow

@@ -56,14 +56,16 @@ def _openapi_paths(route: str) -> list[str]:
 
 
 def test_the_http_functions_are_the_route_table(triggers: dict[str, dict[str, Any]]) -> None:
-    from shared.routes import ROUTES
+    from shared.routes import FALLBACK, ROUTES
 
     assert {t["type"] for t in triggers.values()} == {"httpTrigger", "queueTrigger", "timerTrigger"}
     served = {
         name: (t["route"], tuple(t["methods"]), t["authLevel"].lower())
         for name, t in _by_type(triggers, "httpTrigger").items()
     }
+    fallback = served.pop(FALLBACK.function)
     assert served == {r.function: (r.template, r.methods, r.auth_level) for r in ROUTES}
+    assert fallback == (FALLBACK.template, FALLBACK.methods, "anonymous")  # 404/405 in the API's shape
     # only what reveals nothing secret is open without a function key
     assert {name for name, (_, _, auth) in served.items() if auth != "function"} == {"health", "openapi"}
 
@@ -74,8 +76,12 @@ def test_the_openapi_document_describes_exactly_the_http_functions_routes_method
     document = openapi_document()
     host = json.loads((ROOT / "host.json").read_text())
     assert document["servers"] == [{"url": "/" + host["extensions"]["http"]["routePrefix"]}]
+    from shared.routes import FALLBACK
+
     described: set[str] = set()
     for name, trigger in _by_type(triggers, "httpTrigger").items():
+        if name == FALLBACK.function:  # the catch-all is no operation: it answers what no route serves
+            continue
         assert trigger["authLevel"] in {"FUNCTION", "ANONYMOUS"}, name
         for path in _openapi_paths(trigger["route"]):
             operations = document["paths"][path]
