@@ -152,3 +152,19 @@ def app_env(
                 blobs.delete_container(name)
     yield env
     settings.cache_clear()
+
+
+@pytest.fixture
+def key_vault_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the Key Vault secrets the app reads during a test (each read still goes to the vault)."""
+    from azure.keyvault.secrets.aio import SecretClient
+
+    reads: list[str] = []
+    real_get_secret = SecretClient.get_secret
+
+    async def counted(self: SecretClient, name: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return await real_get_secret(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(SecretClient, "get_secret", counted)
+    return reads

@@ -408,19 +408,10 @@ def test_mail_and_digest_endpoints_refuse_unknown_query_parameters(app: Any, azu
 
 
 def test_ten_anonymous_health_calls_read_key_vault_once_call_graph_once_and_name_nothing(
-    app: Any, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+    app: Any, sandbox: SandboxProcess, key_vault_reads: list[str]
 ) -> None:
     """Issue 11, item 14: health results are cached (15 s), and the anonymous answer names no digest."""
-    from azure.keyvault.secrets.aio import SecretClient
-
-    reads: list[str] = []
-    real_get_secret = SecretClient.get_secret
-
-    async def counted(self: SecretClient, name: str, *args: Any, **kwargs: Any) -> Any:
-        reads.append(name)
-        return await real_get_secret(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(SecretClient, "get_secret", counted)
+    reads = key_vault_reads
     since = sandbox.last_seq()
 
     async def ten_calls() -> list[Any]:

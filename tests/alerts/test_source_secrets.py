@@ -15,18 +15,9 @@ from ..helpers import http, run, user_function
 
 
 def test_a_missing_source_secret_answers_503_without_naming_it_and_is_read_once_for_many_requests(
-    alerts_app: Any, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    alerts_app: Any, sandbox: SandboxProcess, key_vault_reads: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from azure.keyvault.secrets.aio import SecretClient
-
-    reads: list[str] = []
-    real_get_secret = SecretClient.get_secret
-
-    async def counted(self: SecretClient, name: str, *args: Any, **kwargs: Any) -> Any:
-        reads.append(name)
-        return await real_get_secret(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(SecretClient, "get_secret", counted)
+    reads = key_vault_reads
     sandbox.reset()  # the vault as seeded: the azuremonitor source's token was never put there
     caplog.set_level(logging.ERROR, logger="notifier")
     headers = {"Authorization": "Bearer some-token"}
