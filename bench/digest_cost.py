@@ -61,7 +61,7 @@ async def main():
     await _collect(digest, graph, "1900-01-01T00:00:00Z")
     listing = time.perf_counter() - started
     started = time.perf_counter()
-    run = await run_mailbox_digest(digest, config, graph, store(config.storage_connection), datetime.now(UTC))
+    run = await run_mailbox_digest(digest, config, graph, store(config.storage), datetime.now(UTC))
     total = time.perf_counter() - started
     await shutdown()
     return {"listing": listing, "total": total, "run": run.answer()}

@@ -26,6 +26,23 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class StorageAccount:
+    """Where the app's queues, tables and blobs live, and how it signs in there: a connection string (Azurite,
+    or an account with shared keys), or, as the Functions host reads `AzureWebJobsStorage__*`, the account's
+    service URLs reached with the managed identity (`client_id` for a user-assigned one)."""
+
+    connection_string: str | None
+    blob_url: str = ""
+    queue_url: str = ""
+    table_url: str = ""
+    client_id: str | None = None
+
+
+_STORAGE = "AzureWebJobsStorage"
+_SERVICES = ("blob", "queue", "table")
+
+
+@dataclass(frozen=True)
 class Settings:
     graph_auth_mode: str
     graph_tenant_id: str
@@ -40,7 +57,7 @@ class Settings:
     mail_default_sender: str
     mail_allowed_senders: frozenset[str]
     mail_allowed_recipient_domains: frozenset[str]
-    storage_connection: str
+    storage: StorageAccount
     notify_config: str
     alert_digest_schedule: str
     mailbox_digest_schedule: str
@@ -144,6 +161,39 @@ def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _storage(env: Mapping[str, str]) -> StorageAccount:
+    """`AzureWebJobsStorage` as a connection string, else its identity-based form (`__accountName`, or the
+    three `__<service>ServiceUri`, with `__clientId` for a user-assigned identity), else Azurite."""
+    if env.get(_STORAGE, "").strip():
+        text = _text(env, _STORAGE)
+        if text.replace(" ", "").lower() == "usedevelopmentstorage=true":
+            return StorageAccount(DEVELOPMENT_STORAGE)
+        if "AccountName=" not in text and "QueueEndpoint=" not in text:
+            raise ConfigError(f"setting {_STORAGE} must be a Storage connection string")
+        return StorageAccount(text)
+    account = _text(env, f"{_STORAGE}__accountName", "")
+    uris = {service: _text(env, f"{_STORAGE}__{service}ServiceUri", "") for service in _SERVICES}
+    client_id = _text(env, f"{_STORAGE}__clientId", "") or None
+    credential = _text(env, f"{_STORAGE}__credential", "managedidentity").lower()
+    if not account and not any(uris.values()):
+        return StorageAccount(DEVELOPMENT_STORAGE)
+    if credential != "managedidentity":
+        raise ConfigError(f"setting {_STORAGE}__credential must be managedidentity, not {credential!r}")
+    if account:
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+            raise ConfigError(f"setting {_STORAGE}__accountName: {account!r} is not a Storage account name")
+        uris = {service: f"https://{account}.{service}.core.windows.net" for service in _SERVICES}
+    for service, uri in uris.items():
+        name = f"{_STORAGE}__{service}ServiceUri"
+        if not uri:
+            raise ConfigError(f"setting {name} is required when the account is given by service URIs")
+        if urlsplit(uri).scheme != "https":
+            raise ConfigError(f"setting {name} must be an https:// URL, not {uri!r}")
+    return StorageAccount(
+        None, uris["blob"].rstrip("/"), uris["queue"].rstrip("/"), uris["table"].rstrip("/"), client_id
+    )
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Read and check every setting; raises ConfigError naming the first bad one."""
     mode = _choice(env, "GRAPH_AUTH_MODE", "keyvault", ("keyvault", "managed_identity"))
@@ -160,11 +210,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             if not DOMAIN.match(domain.strip()):
                 raise ConfigError(f"setting MAIL_ALLOWED_RECIPIENT_DOMAINS: {domain.strip()!r} is not a domain")
             domains.add(domain.strip().lower())
-    storage = _text(env, "AzureWebJobsStorage", "UseDevelopmentStorage=true")
-    if storage.replace(" ", "").lower() == "usedevelopmentstorage=true":
-        storage = DEVELOPMENT_STORAGE
-    elif "AccountName=" not in storage and "QueueEndpoint=" not in storage:
-        raise ConfigError("setting AzureWebJobsStorage must be a Storage connection string")
     return Settings(
         graph_auth_mode=mode,
         graph_tenant_id=_text(env, "GRAPH_TENANT_ID", None if keyvault else ""),
@@ -179,7 +224,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         mail_default_sender=sender,
         mail_allowed_senders=frozenset(senders | {sender}),
         mail_allowed_recipient_domains=frozenset(domains),
-        storage_connection=storage,
+        storage=_storage(env),
         notify_config=str(APP_ROOT / _text(env, "NOTIFY_CONFIG", "config/notify.yaml")),
         alert_digest_schedule=_schedule(env, "ALERT_DIGEST_SCHEDULE", "0 0 * * * *"),
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),

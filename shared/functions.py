@@ -86,7 +86,7 @@ class Collaborators:
 
     @functools.cached_property
     def store(self) -> Store:
-        return store(self.settings.storage_connection)
+        return store(self.settings.storage)
 
     @functools.cached_property
     def notify(self) -> NotifyConfig:
@@ -177,7 +177,7 @@ async def _health_results() -> dict[str, Any]:
     from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
 
     graph = graph_client(config)
-    checks: dict[str, Any] = {"storage": store(config.storage_connection).ping}
+    checks: dict[str, Any] = {"storage": store(config.storage).ping}
     if config.graph_auth_mode == "keyvault":
         checks["keyVault"] = graph.read_credential
     checks["graphToken"] = graph.token_check
@@ -193,7 +193,7 @@ async def alerts_inbox(message: func.QueueMessage) -> None:
         message.id or "",
         notify_config(config),
         config,
-        store(config.storage_connection),
+        store(config.storage),
         datetime.now(UTC),
     )
     log.info(json.dumps({"alertsInbox": {"id": message.id, "outcome": outcome.outcome, "alerts": outcome.alerts}}))
@@ -203,9 +203,9 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     config = settings()
     text = message.get_body().decode("utf-8", "replace")
     try:
-        done = await flush(text, notify_config(config), config, store(config.storage_connection))
+        done = await flush(text, notify_config(config), config, store(config.storage))
     except ValueError as error:  # not a flush message: nothing can ever come of it
-        await store(config.storage_connection).poison(ALERTS_FLUSH, text)
+        await store(config.storage).poison(ALERTS_FLUSH, text)
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
@@ -213,7 +213,7 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 
 async def alert_digest(timer: func.TimerRequest) -> None:
     config = settings()
-    runs = await run_alert_digests(notify_config(config), config, store(config.storage_connection), datetime.now(UTC))
+    runs = await run_alert_digests(notify_config(config), config, store(config.storage), datetime.now(UTC))
     log.info(json.dumps({"alertDigest": [run.__dict__ for run in runs], "pastDue": timer.past_due}))
 
 
@@ -222,9 +222,7 @@ async def mailbox_digest(timer: func.TimerRequest) -> None:
 
     config = settings()
     for digest in notify_config(config).digests:  # one failing digest does not stop the others
-        run = await run_mailbox_digest(
-            digest, config, graph_client(config), store(config.storage_connection), datetime.now(UTC)
-        )
+        run = await run_mailbox_digest(digest, config, graph_client(config), store(config.storage), datetime.now(UTC))
         log.info(json.dumps({"mailboxDigest": run.answer(), "pastDue": timer.past_due}))
 
 
@@ -251,7 +249,7 @@ def _sender() -> Any:
     from .outbox import Sender
 
     config = settings()
-    return Sender(config, store(config.storage_connection), graph_client(config))
+    return Sender(config, store(config.storage), graph_client(config))
 
 
 async def shutdown() -> None:

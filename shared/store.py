@@ -24,6 +24,7 @@ from azure.core.exceptions import (
 )
 
 from . import routes
+from .config import StorageAccount
 from .errors import InvalidMessage
 from .loop_cache import LoopCache
 
@@ -43,6 +44,7 @@ _QUEUE_BLOB_OPTIONS: dict[str, Any] = {
 }
 
 if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a cold start 0.25 s
+    from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
     from azure.storage.blob.aio import BlobClient, BlobServiceClient
     from azure.storage.queue.aio import QueueClient
@@ -135,12 +137,19 @@ def _status(entity: Any) -> MailStatus:
 class Store:
     """Mail status, the outbox queue, claim-check blobs and the audit table."""
 
-    def __init__(self, connection_string: str) -> None:
+    def __init__(self, account: StorageAccount) -> None:
         from azure.data.tables.aio import TableServiceClient
 
-        self._tables = TableServiceClient.from_connection_string(connection_string, **_TABLE_OPTIONS)
+        self._account = account
+        self._credential: AsyncTokenCredential | None = None
+        if account.connection_string is None:  # identity-based, as the host reaches AzureWebJobsStorage__*
+            from azure.identity.aio import ManagedIdentityCredential
+
+            self._credential = ManagedIdentityCredential(client_id=account.client_id)
+            self._tables = TableServiceClient(account.table_url, credential=self._credential, **_TABLE_OPTIONS)
+        else:
+            self._tables = TableServiceClient.from_connection_string(account.connection_string, **_TABLE_OPTIONS)
         self._table_clients: dict[str, TableClient] = {}
-        self._connection_string = connection_string
         self._queues: dict[str, QueueClient] = {}
         self._blobs: BlobServiceClient | None = None  # most sends never touch a blob: made on first use
         self._ready: asyncio.Task[None] | None = None
@@ -173,17 +182,27 @@ class Store:
         if self._blobs_ready is None or (self._blobs_ready.done() and self._blobs_ready.exception() is not None):
             self._blobs_ready = asyncio.ensure_future(self._create_containers())
         await asyncio.shield(self._blobs_ready)
-        assert self._blobs is not None
-        return self._blobs.get_blob_client(container, name)
+        return self._blob_service().get_blob_client(container, name)
+
+    def _blob_service(self) -> BlobServiceClient:
+        """The Blob service client, made (and the Blob SDK loaded) on first use."""
+        if self._blobs is None:
+            from azure.storage.blob.aio import BlobServiceClient
+
+            if self._account.connection_string is None:
+                self._blobs = BlobServiceClient(
+                    self._account.blob_url, credential=self._credential, **_QUEUE_BLOB_OPTIONS
+                )
+            else:
+                self._blobs = BlobServiceClient.from_connection_string(
+                    self._account.connection_string, **_QUEUE_BLOB_OPTIONS
+                )
+        return self._blobs
 
     async def _create_containers(self) -> None:
-        from azure.storage.blob.aio import BlobServiceClient
-
-        if self._blobs is None:
-            self._blobs = BlobServiceClient.from_connection_string(self._connection_string, **_QUEUE_BLOB_OPTIONS)
         for name in _CONTAINERS:
             with contextlib.suppress(ResourceExistsError):
-                await self._blobs.create_container(name)
+                await self._blob_service().create_container(name)
 
     # -- status ---------------------------------------------------------------------------------------
     async def create_status(self, status: MailStatus) -> MailStatus | None:
@@ -268,13 +287,17 @@ class Store:
             from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
             from azure.storage.queue.aio import QueueClient
 
-            self._queues[name] = QueueClient.from_connection_string(
-                self._connection_string,
-                name,
-                message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
+            options = {
+                "message_encode_policy": TextBase64EncodePolicy(),
+                "message_decode_policy": TextBase64DecodePolicy(),
                 **_QUEUE_BLOB_OPTIONS,
-            )
+            }
+            if self._account.connection_string is None:
+                self._queues[name] = QueueClient(self._account.queue_url, name, credential=self._credential, **options)
+            else:
+                self._queues[name] = QueueClient.from_connection_string(
+                    self._account.connection_string, name, **options
+                )
         return self._queues[name]
 
     async def resolve_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -444,11 +467,13 @@ class Store:
             await queue.close()
         if self._blobs is not None:
             await self._blobs.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 _stores: LoopCache[Store] = LoopCache()
 
 
-def store(connection_string: str) -> Store:
-    """The cached store of this process's event loop."""
-    return _stores.get(connection_string, lambda: Store(connection_string))
+def store(account: StorageAccount) -> Store:
+    """The cached store of this process's event loop for that account."""
+    return _stores.get(account, lambda: Store(account))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import DEVELOPMENT_STORAGE, ConfigError, load_settings
+from shared.config import DEVELOPMENT_STORAGE, ConfigError, StorageAccount, load_settings
 
 BASE = {
     "GRAPH_TENANT_ID": "t",
@@ -24,7 +24,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.key_vault_verify_challenge_resource is True
     assert settings.mail_allowed_senders == {"notifications@contoso.test"}
     assert settings.mail_allowed_recipient_domains == frozenset()
-    assert settings.storage_connection == DEVELOPMENT_STORAGE
+    assert settings.storage == StorageAccount(DEVELOPMENT_STORAGE)
     assert settings.mailbox_digest_schedule == "0 0 7 * * 1-5"
     assert settings.audit_recipients == "hashed"
 
@@ -76,3 +76,78 @@ def test_a_relative_notify_config_path_is_relative_to_the_app() -> None:
     from shared.config import APP_ROOT
 
     assert load_settings(BASE).notify_config == str(APP_ROOT / "config" / "notify.yaml")
+
+
+def test_storage_is_reached_with_the_managed_identity_when_only_identity_based_settings_are_given() -> None:
+    """As the Functions host reads AzureWebJobsStorage__*: the deployment has shared keys off, so the app's
+    own Storage clients must sign in with the identity too (found by the deployment checks of issue 14)."""
+    by_name = load_settings(
+        {
+            **BASE,
+            "AzureWebJobsStorage__accountName": "stnotifier01",
+            "AzureWebJobsStorage__credential": "managedidentity",
+            "AzureWebJobsStorage__clientId": "00000000-0000-0000-0000-000000000003",
+        }
+    ).storage
+    assert by_name == StorageAccount(
+        None,
+        "https://stnotifier01.blob.core.windows.net",
+        "https://stnotifier01.queue.core.windows.net",
+        "https://stnotifier01.table.core.windows.net",
+        "00000000-0000-0000-0000-000000000003",
+    )
+    by_uris = load_settings(
+        {
+            **BASE,
+            "AzureWebJobsStorage__blobServiceUri": "https://b.example.test/",
+            "AzureWebJobsStorage__queueServiceUri": "https://q.example.test",
+            "AzureWebJobsStorage__tableServiceUri": "https://t.example.test",
+        }
+    ).storage
+    assert (by_uris.blob_url, by_uris.queue_url, by_uris.table_url, by_uris.client_id) == (
+        "https://b.example.test",
+        "https://q.example.test",
+        "https://t.example.test",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"AzureWebJobsStorage__accountName": "Not_An_Account"}, "AzureWebJobsStorage__accountName"),
+        ({"AzureWebJobsStorage__queueServiceUri": "https://q.example.test"}, "AzureWebJobsStorage__blobServiceUri"),
+        (
+            {"AzureWebJobsStorage__accountName": "stx", "AzureWebJobsStorage__credential": "connectionstring"},
+            "AzureWebJobsStorage__credential",
+        ),
+        ({"AzureWebJobsStorage": "just some text"}, "AzureWebJobsStorage"),
+    ],
+)
+def test_a_wrong_storage_setting_is_named(settings: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings({**BASE, **settings})
+
+
+def test_the_store_signs_in_to_identity_based_storage_with_the_managed_identity() -> None:
+    import asyncio
+
+    from shared.store import Store
+
+    account = load_settings(
+        {**BASE, "AzureWebJobsStorage__accountName": "stnotifier01", "AzureWebJobsStorage__clientId": "mi-1"}
+    ).storage
+
+    async def clients() -> tuple[str, str, str]:
+        store = Store(account)
+        try:
+            queue = store._queue("mail-outbox")
+            blob = store._blob_service()
+            return queue.url, store._tables.url, f"{blob.url}:{type(queue.credential).__name__}"
+        finally:
+            await store.close()
+
+    queue_url, table_url, blob = asyncio.run(clients())
+    assert queue_url == "https://stnotifier01.queue.core.windows.net/mail-outbox"
+    assert table_url.startswith("https://stnotifier01.table.core.windows.net")
+    assert blob == "https://stnotifier01.blob.core.windows.net/:ManagedIdentityCredential"

@@ -80,7 +80,7 @@ def test_an_accepted_mail_is_sent_once_and_a_redelivered_message_makes_no_graph_
         from shared.config import settings
         from shared.store import store
 
-        records = await store(settings().storage_connection).audit_records(time.strftime("%Y%m%d", time.gmtime()))
+        records = await store(settings().storage).audit_records(time.strftime("%Y%m%d", time.gmtime()))
         audit = [
             (r["operation"], r["outcome"], r["mailbox"], r["recipientCount"])
             for r in records

@@ -8,6 +8,7 @@ import pytest
 from azure.core.exceptions import AzureError
 
 from devhost.azurite import AzuriteProcess, free_port
+from shared.config import StorageAccount
 from shared.store import MailStatus, Store
 
 from .helpers import run
@@ -17,7 +18,7 @@ def test_storage_that_was_down_at_first_use_works_once_it_is_back(tmp_path: Path
     azurite = AzuriteProcess(tmp_path / "azurite", (free_port(), free_port(), free_port()))
 
     async def scenario() -> MailStatus | None:
-        store = Store(azurite.connection_string)
+        store = Store(StorageAccount(azurite.connection_string))
         try:
             with pytest.raises(AzureError):  # nothing listens yet
                 await store.ensure()
@@ -36,7 +37,7 @@ def test_storage_that_was_down_at_first_use_works_once_it_is_back(tmp_path: Path
 
 def test_the_heartbeat_lists_the_instances_heard_from_recently(azurite: AzuriteProcess) -> None:
     async def scenario() -> tuple[list[str], list[str]]:
-        store = Store(azurite.connection_string)
+        store = Store(StorageAccount(azurite.connection_string))
         try:
             await store.heartbeat("instance-a", 10)
             both = await store.heartbeat("instance-b", 10)
@@ -55,7 +56,7 @@ def test_withdrawing_a_message_a_sender_already_received_leaves_it_to_the_sender
     from azure.storage.queue import QueueClient
 
     async def scenario() -> None:
-        store = Store(azurite.connection_string)
+        store = Store(StorageAccount(azurite.connection_string))
         try:
             enqueued = await store.enqueue_mail("withdrawn-1", {"id": "withdrawn-1", "to": ["a@contoso.test"]})
             with QueueClient.from_connection_string(azurite.connection_string, "mail-outbox") as queue:
@@ -114,7 +115,11 @@ def test_the_cached_store_is_per_connection_string_and_close_all_closes_every_ca
     other = azurite.connection_string.replace("127.0.0.1", "localhost")
 
     async def scenario() -> tuple[bool, bool, list[object]]:
-        first, again, second = store(azurite.connection_string), store(azurite.connection_string), store(other)
+        first, again, second = (
+            store(StorageAccount(azurite.connection_string)),
+            store(StorageAccount(azurite.connection_string)),
+            store(StorageAccount(other)),
+        )
         await loop_cache.close_all()
         left = [item for cache in loop_cache._caches for item in cache.pop_all()]
         return first is again, first is second, left

@@ -38,15 +38,13 @@ def alert(instance: str, status: str = "firing", name: str = "DiskFilling", **la
 
 async def _ingest(alerts: list[dict[str, Any]], at: datetime) -> str:
     config = settings()
-    receipts = await ingest(
-        parse_alerts({"alerts": alerts}), notify_config(config), store(config.storage_connection), at
-    )
+    receipts = await ingest(parse_alerts({"alerts": alerts}), notify_config(config), store(config.storage), at)
     return receipts[0].key
 
 
 async def _live(key: str) -> str | None:
     """The group's live flush message, as `alerts-flush` carries it."""
-    row = await store(settings().storage_connection).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
+    row = await store(settings().storage).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
     if row is None or not row["scheduled_for"]:
         return None
     return json.dumps({"group": key, "due": row["scheduled_for"]})
@@ -55,7 +53,7 @@ async def _live(key: str) -> str | None:
 async def _flush(text: str | None, target: Store | None = None) -> Flush:
     assert text is not None, "the group has no flush pending"
     config = settings()
-    return await flush(text, notify_config(config), config, target or store(config.storage_connection))
+    return await flush(text, notify_config(config), config, target or store(config.storage))
 
 
 async def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -76,7 +74,7 @@ def test_alerts_of_one_name_become_one_mail_after_group_wait(
         live = await _live(key)
         done = await _flush(live)
         await _deliver(alerts_app, azurite)
-        rows = await store(settings().storage_connection).partition_rows(ALERT_GROUPS_TABLE, key)
+        rows = await store(settings().storage).partition_rows(ALERT_GROUPS_TABLE, key)
         return key, live, done, rows
 
     _, live, done, rows = run(scenario())
@@ -138,7 +136,7 @@ def test_resolved_alerts_are_announced_once_and_an_empty_group_goes_idle(
         await _ingest([alert("db-2", "resolved")], START + timedelta(minutes=7))
         outcomes.append((await _flush(await _live(key))).outcome)
         await _deliver(alerts_app, azurite)
-        rows = await store(settings().storage_connection).partition_rows(ALERT_GROUPS_TABLE, key)
+        rows = await store(settings().storage).partition_rows(ALERT_GROUPS_TABLE, key)
         return outcomes, await _live(key), rows
 
     outcomes, live, rows = run(scenario())
@@ -199,7 +197,7 @@ def test_a_flush_that_died_after_mailing_is_finished_by_its_redelivery_without_a
     async def scenario() -> list[str]:
         key = await _ingest([alert("db-1")], START)
         live = await _live(key)
-        dying = _DiesAfterTheMail(settings().storage_connection)
+        dying = _DiesAfterTheMail(settings().storage)
         try:
             with pytest.raises(ConnectionError):
                 await _flush(live, dying)
@@ -220,7 +218,7 @@ def test_digest_mode_alerts_are_kept_for_the_digest_and_not_mailed(
 ) -> None:
     async def scenario() -> tuple[str | None, list[dict[str, Any]]]:
         key = await _ingest([alert("web-1", severity="warning"), alert("web-2", severity="info")], START)
-        rows = await store(settings().storage_connection).partition_rows(ALERT_DIGEST_TABLE, receiver_key("digest"))
+        rows = await store(settings().storage).partition_rows(ALERT_DIGEST_TABLE, receiver_key("digest"))
         return await _live(key), rows
 
     live, rows = run(scenario())

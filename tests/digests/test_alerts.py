@@ -39,7 +39,7 @@ def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
 
 async def _buffer(names: list[tuple[str, str, str]]) -> None:
     config = settings()
-    await ingest(_alerts(names), notify_config(config), store(config.storage_connection), datetime.now(UTC))
+    await ingest(_alerts(names), notify_config(config), store(config.storage), datetime.now(UTC))
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -86,7 +86,7 @@ def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_a
 
     async def dying() -> None:
         config = settings()
-        target = _DiesAfterTheMail(config.storage_connection)
+        target = _DiesAfterTheMail(config.storage)
         try:
             await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:
@@ -98,7 +98,7 @@ def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_a
 
     async def again() -> list[AlertDigestRun]:
         config = settings()
-        target = store(config.storage_connection)
+        target = store(config.storage)
         first = await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         second = await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         return first + second
@@ -121,14 +121,12 @@ def test_an_alert_seen_again_during_a_run_stays_for_the_next_digest(digest_app: 
     async def scenario() -> list[str]:
         config = settings()
         await _buffer(WAITING[:1])
-        target = _SeenAgain(config.storage_connection)
+        target = _SeenAgain(config.storage)
         try:
             first = await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:
             await target.close()
-        second = await run_alert_digests(
-            notify_config(config), config, store(config.storage_connection), datetime.now(UTC)
-        )
+        second = await run_alert_digests(notify_config(config), config, store(config.storage), datetime.now(UTC))
         return [r.outcome for r in first + second]
 
     assert run(scenario()) == ["sent", "sent"]

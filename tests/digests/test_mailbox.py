@@ -172,7 +172,7 @@ def test_a_run_that_died_between_the_mail_and_the_tagging_is_finished_without_a_
         config = settings()
         digest = notify_config(config).digests[0]
         graph = _DiesWhileTagging(graph_client(config))
-        await run_mailbox_digest(digest, config, graph, store(config.storage_connection), _now())  # type: ignore[arg-type]
+        await run_mailbox_digest(digest, config, graph, store(config.storage), _now())  # type: ignore[arg-type]
 
     with pytest.raises(ConnectionError):
         run(dying_run())
@@ -215,7 +215,7 @@ def test_a_mailbox_the_app_may_not_read_fails_that_digest_only_recorded_in_statu
     assert [m["subject"] for m in sandbox.sent()] == ["[DIGEST] 3000 waiting in support@contoso.test (support-unread)"]
 
     async def records() -> tuple[Any, list[dict[str, Any]]]:
-        target = store(settings().storage_connection)
+        target = store(settings().storage)
         row = await target.get_row(DIGEST_STATUS_TABLE, "forbidden", "status")
         from datetime import UTC, datetime
 
