@@ -95,6 +95,18 @@ def test_every_module_parameter_main_passes_is_declared_by_the_module_and_every_
         assert required <= passed, f"{module['detail']['path']}: missing {required - passed}"
 
 
+def test_the_azd_parameters_file_sets_only_declared_parameters_from_azd_environment_values() -> None:
+    import json
+
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    declared = bicep("main.bicep")["parameters"]
+    assert set(values) <= set(declared)
+    required = {name for name, spec in declared.items() if spec["default"] is None}
+    assert required <= set(values), "every required parameter comes from the azd environment"
+    for name, spec in values.items():
+        assert re.fullmatch(r"\$\{[A-Z_]+(=[\w.-]*)?\}", spec["value"]), f"{name}: {spec['value']}"
+
+
 def test_azure_yaml_names_the_infra_and_one_python_function_service() -> None:
     import yaml
 
@@ -123,11 +135,14 @@ IDENTITY_CONNECTION_SUFFIXES = {
     "credential",
     "clientId",
 }
-# Flex Consumption refuses or ignores these ("Flex Consumption plan hosting": deprecated settings); no TZ:
-# timers run in UTC there.
+# Flex Consumption refuses or ignores these (Microsoft Learn, "App settings reference for Azure Functions",
+# Flex Consumption plan deprecations: the runtime lives in functionAppConfig, the package in its blob
+# container, the build is remote); no TZ: timers run in UTC there.
 FORBIDDEN_ON_FLEX = {
     "FUNCTIONS_WORKER_RUNTIME",
     "FUNCTIONS_EXTENSION_VERSION",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "ENABLE_ORYX_BUILD",
     "WEBSITE_RUN_FROM_PACKAGE",
     "WEBSITE_CONTENTSHARE",
     "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
