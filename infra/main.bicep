@@ -72,7 +72,7 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = { 'azd-env-name': environmentName }
 var deploymentContainerName = 'app-package-${resourceToken}'
 
-resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
   location: location
   tags: tags
@@ -80,7 +80,7 @@ resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
 
 module core 'core.bicep' = {
   name: 'core'
-  scope: group
+  scope: rg
   params: {
     location: location
     tags: tags
@@ -123,7 +123,7 @@ var appSettings = {
 
 module app 'app.bicep' = {
   name: 'app'
-  scope: group
+  scope: rg
   params: {
     location: location
     tags: tags
@@ -139,7 +139,7 @@ module app 'app.bicep' = {
 // What the admin scripts and the README's next steps need (azd stores them in .azure/<env>/.env)
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = subscription().tenantId
-output AZURE_RESOURCE_GROUP string = group.name
+output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = app.outputs.name
 output AZURE_FUNCTION_APP_URL string = 'https://${app.outputs.defaultHostName}'
 output AZURE_KEY_VAULT_NAME string = core.outputs.vaultName
