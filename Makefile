@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench schemas screenshots setup clean alertmanager infra-check shellcheck
+.PHONY: run test lint bench schemas screenshots setup clean alertmanager
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -66,6 +66,7 @@ clean:
 # tests/test_infra.py does the structural checks (settings, roles, security properties).
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
+.PHONY: infra-check shellcheck
 
 infra-check: $(CHECKOV_VENV)/.installed shellcheck
 	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
