@@ -7,6 +7,7 @@ scripts/. Facts below come from Microsoft's documentation, cited where they are 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -196,10 +197,19 @@ def settings_the_app_reads() -> set[str]:
     return read
 
 
-def settings_function_app_references() -> set[str]:
-    """`%SETTING%` placeholders (timer schedules) and `connection=` names of function_app.py's bindings."""
-    source = (ROOT / "function_app.py").read_text()
-    return set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)%", source)) | set(re.findall(r'connection="(\w+)"', source))
+def settings_the_bindings_reference(root: Path = ROOT) -> set[str]:
+    """`%SETTING%` binding expressions (timer schedules; whole string constants anywhere in the deployed code,
+    since function_app.py may take them from a table) and the `connection=` names of function_app.py's
+    triggers: the host resolves both from app settings."""
+    names = set()
+    for path in [root / "function_app.py", *sorted((root / "shared").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if expression := re.fullmatch(r"%([A-Za-z_]\w*)%", node.value):
+                    names.add(expression.group(1))
+            elif isinstance(node, ast.keyword) and node.arg == "connection" and isinstance(node.value, ast.Constant):
+                names.add(str(node.value.value))
+    return names
 
 
 def bicep_app_settings(main_text: str) -> set[str]:
@@ -209,7 +219,7 @@ def bicep_app_settings(main_text: str) -> set[str]:
 def settings_problems(main_text: str) -> tuple[set[str], set[str]]:
     """(settings the app needs that the Bicep does not give, settings the Bicep gives that nobody reads)."""
     given = bicep_app_settings(main_text)
-    needed = settings_the_app_reads() | settings_function_app_references()
+    needed = settings_the_app_reads() | settings_the_bindings_reference()
 
     def provided(name: str) -> bool:
         return name in given or any(key.startswith(f"{name}__") for key in given)
@@ -238,7 +248,7 @@ def test_the_settings_check_reads_the_app_itself_so_a_setting_the_bicep_lacks_is
         settings_the_app_reads()
     )
     assert {"ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE", "AzureWebJobsStorage"} <= (
-        settings_function_app_references()
+        settings_the_bindings_reference()
     )
     without = "\n".join(line for line in MAIN_TEXT.splitlines() if not line.strip().startswith("AUDIT_RECIPIENTS:"))
     assert settings_problems(without) == ({"AUDIT_RECIPIENTS"}, set())
