@@ -204,7 +204,23 @@ with_retry() {
   return 1
 }
 
-if [ "$ROTATE" != true ] && az keyvault secret show --vault-name "$VAULT" --name "$SECRET_NAME" --query id -o tsv >/dev/null 2>&1; then
+# Whether the vault holds the credential already: 0 yes, 1 no; a refusal (403 while the role propagates)
+# is neither, so it waits and asks again rather than making a second credential.
+vault_holds_credential() {
+  local kind=secret answer attempt
+  if [ "$CREDENTIAL" = certificate ]; then kind=certificate; fi
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    if answer=$(az keyvault "$kind" show --vault-name "$VAULT" --name "$SECRET_NAME" --query id -o tsv 2>&1); then
+      return 0
+    fi
+    case "$answer" in *NotFound*) return 1 ;; esac
+    say "  (vault refused, attempt $attempt/10; a new role can take a few minutes to apply)"
+    sleep 30
+  done
+  fail "vault $VAULT keeps refusing: check that you hold '$VAULT_ROLE' on it"
+}
+
+if [ "$ROTATE" != true ] && vault_holds_credential; then
   say "Vault $VAULT holds '$SECRET_NAME' already; nothing to do (--rotate adds a new credential)"
 else
   WORK=$(mktemp -d)
