@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup lint alertmanager
+test: setup lint alertmanager infra-check
 	$(BIN)/pytest
 
 # Debian's prometheus-alertmanager (and amtool) for the end-to-end alert test, installed when missing and
@@ -63,4 +63,34 @@ schemas: $(VENV)/.installed
 	  open("schemas/mail.schema.json", "w").write(json.dumps(mail_schema(), indent=2) + "\n")'
 
 clean:
-	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
+
+# Offline checks of the deployment (README "Deploy to Azure"): checkov over the Bicep, in a virtualenv of its
+# own (its dependencies are many and must not meet the app's), and shellcheck over the admin scripts.
+# tests/test_infra.py does the structural checks (settings, roles, security properties).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+.PHONY: infra-check shellcheck
+
+infra-check: $(CHECKOV_VENV)/.installed shellcheck
+	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
+	@if command -v shellcheck >/dev/null; then shellcheck --severity=style scripts/*.sh; \
+	elif [ -n "$$CI" ]; then echo "make: shellcheck is missing (CI=true)"; exit 1; \
+	else echo "make: shellcheck is missing; the bash scripts were not checked"; fi
+
+$(CHECKOV_VENV)/.installed:
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+# Debian's shellcheck, installed when missing and when this machine lets us (as for alertmanager).
+shellcheck:
+	@if ! command -v shellcheck >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing shellcheck (Debian)"; \
+	    $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -qq >/dev/null && \
+	         $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }; \
+	  else echo "make: cannot install shellcheck here"; fi; \
+	fi
