@@ -2,13 +2,17 @@
 
 Per poll: receive up to `batch_size` messages (base64, as the host encodes them), run the function on each
 concurrently, delete the message on success; on failure make it visible again after `visibility_timeout`,
-or, once its dequeue count reached `max_dequeue_count`, move it to `<queue>-poison`. Delivery is
-at-least-once, and several runners on one queue compete for messages as Function App instances do.
+or, once its dequeue count reached `max_dequeue_count`, move it to `<queue>-poison`. A message that is not
+valid base64 never reaches the function: it alone goes to `<queue>-poison` at once, verbatim, as the host's
+queue extension does. Delivery is at-least-once, and several runners on one queue compete for messages as
+Function App instances do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -19,7 +23,6 @@ from typing import Any
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 log = logging.getLogger("devhost.queues")
@@ -74,11 +77,11 @@ class QueueTrigger:
     invocations: list[Invocation] = field(default_factory=list)
 
     def _client(self, name: str) -> QueueClient:
+        """Messages as stored, undecoded: each is decoded on its own, so one bad message cannot fail a batch
+        (the SDK's decode policy raises for the whole receive), and a poisoned copy is the original text."""
         return QueueClient.from_connection_string(
             self.connection_string,
             name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
             use_env_settings=False,  # no proxy lookup (in a thread) on every poll and delete
         )
 
@@ -118,7 +121,11 @@ class QueueTrigger:
             return len(received)
 
     async def _run(self, queue: QueueClient, message: Any) -> None:
-        body = message.content if isinstance(message.content, bytes) else str(message.content).encode()
+        try:
+            body = base64.b64decode(str(message.content), validate=True)
+        except binascii.Error:
+            await self._poison(queue, message, "its content is not valid base64 (the host's messageEncoding)")
+            return
         invocation = QueueMessage(
             id=message.id,
             body=body,
@@ -166,21 +173,19 @@ class QueueTrigger:
 
     async def _after_failure(self, queue: QueueClient, message: Any) -> None:
         if message.dequeue_count >= self.settings.max_dequeue_count:
-            async with self._client(f"{self.queue_name}-poison") as poison:
-                await _create(poison)
-                await poison.send_message(message.content)
-            await queue.delete_message(message.id, message.pop_receipt)
-            log.warning(
-                "%s: message %s moved to %s-poison after %d dequeues",
-                self.queue_name,
-                message.id,
-                self.queue_name,
-                message.dequeue_count,
-            )
+            await self._poison(queue, message, f"it failed {message.dequeue_count} times")
         else:
             await queue.update_message(
                 message.id, message.pop_receipt, visibility_timeout=int(self.settings.visibility_timeout)
             )
+
+    async def _poison(self, queue: QueueClient, message: Any, reason: str) -> None:
+        """Copy the message verbatim to `<queue>-poison`, then delete it from its queue."""
+        async with self._client(f"{self.queue_name}-poison") as poison:
+            await _create(poison)
+            await poison.send_message(message.content)
+        await queue.delete_message(message.id, message.pop_receipt)
+        log.warning("%s: message %s moved to %s-poison: %s", self.queue_name, message.id, self.queue_name, reason)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, as the host does: a new batch whenever in-flight messages drop to

@@ -247,3 +247,32 @@ def test_a_function_disabled_by_its_app_setting_is_not_hosted(azurite: AzuritePr
         assert httpx.get(f"{host.url}/api/items/7").status_code == 200  # the others still run
     finally:
         host.stop()
+
+
+def test_a_message_that_is_not_base64_goes_alone_to_the_poison_queue_at_once_and_the_mails_beside_it_are_sent(
+    app_host_env: dict[str, str], azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    raw = QueueClient.from_connection_string(
+        azurite.connection_string, "mail-outbox"
+    )  # no base64: as a careless producer
+    _queue(azurite, "mail-outbox-poison").clear_messages()
+    _enqueue(azurite, "beside-junk", 2)
+    raw.send_message("{not base64: a producer forgot the host's encoding}")
+    _enqueue(azurite, "after-junk", 2)
+    host = _real_devhost(app_host_env, tmp_path / "devhost.log")
+    try:
+        _wait(
+            lambda: len(_sent_subjects(sandbox, "beside-junk") + _sent_subjects(sandbox, "after-junk")) >= 4,
+            15,
+            "4 mails",
+        )
+        poison = QueueClient.from_connection_string(azurite.connection_string, "mail-outbox-poison")
+        _wait(lambda: poison.peek_messages(max_messages=32), 10, "the poison queue")
+        time.sleep(1)  # a few more polls: the message must be poisoned once, not once per dequeue
+        assert [m.content for m in poison.peek_messages(max_messages=32)] == [
+            "{not base64: a producer forgot the host's encoding}"
+        ]
+        assert raw.get_queue_properties().approximate_message_count == 0
+    finally:
+        host.stop()
+    assert "not valid base64" in (tmp_path / "devhost.log").read_text()
