@@ -76,6 +76,37 @@ def test_queue_output_binding_with_a_setting_in_the_queue_name(
     assert message.content == "hello queue"
 
 
+def test_a_chunked_request_body_is_refused_with_411_and_never_reaches_the_function(
+    test_app_host: dict[str, Any], azurite: AzuriteProcess
+) -> None:
+    echoes = _queue(azurite, "echoes")
+    echoes.clear_messages()
+    answer = httpx.post(f"{test_app_host['host'].url}/api/echo", content=iter([b"hello ", b"chunks"]))
+    assert answer.status_code == 411
+    assert answer.json()["error"]["code"] == "length_required"
+    assert "Content-Length" in answer.json()["error"]["message"]
+    assert echoes.peek_messages() == []  # the function did not run
+
+
+def test_a_body_reaches_the_function_only_with_a_content_length_above_zero(
+    test_app_host: dict[str, Any], azurite: AzuriteProcess
+) -> None:
+    echoes = _queue(azurite, "echoes")
+    echoes.clear_messages()
+    url = f"{test_app_host['host'].url}/api/echo"
+    assert httpx.post(url, content=b"with a length").status_code == 202
+    assert httpx.post(url, headers={"Content-Length": "0"}).status_code == 202
+    assert [m.content for m in echoes.receive_messages(max_messages=8)] == ["with a length", ""]
+
+
+def test_repeated_query_parameters_arrive_joined_with_commas_and_empty_ones_dropped(
+    test_app_host: dict[str, Any],
+) -> None:
+    url = test_app_host["host"].url
+    answer = httpx.get(f"{url}/api/items/42?dryRun=true&dryRun=false&empty=&x=1")
+    assert answer.json()["query"] == {"dryRun": "true,false", "x": "1"}
+
+
 def test_a_failing_function_is_retried_with_rising_dequeue_counts_then_poisoned(
     test_app_host: dict[str, Any], azurite: AzuriteProcess
 ) -> None:
