@@ -6,16 +6,20 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from croniter import croniter
 
 from devhost.azurite import AzuriteProcess, free_port
 from sandbox.launcher import SandboxProcess
@@ -129,6 +133,49 @@ def test_a_timer_scheduled_through_a_setting_fires_every_second_and_on_startup(
     assert times[0] - test_app_host["started"] < 10  # runOnStartup: fired at start, before any schedule
     gaps = [b - a for a, b in itertools.pairwise(times[1:])]  # the first tick is the startup one
     assert all(0.7 < gap < 1.5 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(
+    ("website_time_zone", "zone"),
+    [("", UTC), ("America/New_York", ZoneInfo("America/New_York"))],
+    ids=["utc-by-default", "website-time-zone"],
+)
+def test_timer_schedules_are_evaluated_in_utc_or_website_time_zone_never_in_the_machines_local_time(
+    website_time_zone: str, zone: tzinfo, azurite: AzuriteProcess, tmp_path: Path
+) -> None:
+    queue = f"ticks-zone-{free_port()}"
+    due = datetime.now(zone).replace(microsecond=0) + timedelta(seconds=6)  # a daily schedule, due in 6 s
+    env = {
+        **os.environ,
+        "TZ": "Asia/Kolkata",  # the machine's local time: UTC+05:30, so a local-time host misses by hours
+        "WEBSITE_TIME_ZONE": website_time_zone,
+        "AzureWebJobsStorage": azurite.connection_string,
+        "TICK_SCHEDULE": f"{due.second} {due.minute} {due.hour} * * *",
+        "TICK_QUEUE": queue,
+        "DEQUEUE_LOG": str(tmp_path / "d.log"),
+        "SLOW_LOG": str(tmp_path / "s.log"),
+    }
+    host = Devhost(TEST_APP, env, tmp_path / "devhost.log")
+    ticks = _queue(azurite, queue)
+    try:
+        _wait(lambda: len(ticks.peek_messages(max_messages=8)) >= 2, 15, "the scheduled tick after the startup one")
+    finally:
+        host.stop()
+    scheduled = [json.loads(m.content) for m in ticks.receive_messages(max_messages=8)][1:]
+    assert len(scheduled) == 1
+    assert due.timestamp() <= scheduled[0]["at"] < due.timestamp() + 2
+    listed = f"tick: timer {env['TICK_SCHEDULE']} ({website_time_zone or 'UTC'}; next {due.isoformat(sep=' ')})"
+    assert listed in (tmp_path / "devhost.log").read_text()
+
+
+def test_every_setting_the_apps_bindings_name_has_a_value_in_the_local_settings_example() -> None:
+    """The host resolves `%NAME%` in bindings from app settings only; a missing one disables the function."""
+    named = set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / "function_app.py").read_text()))
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    assert {"ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"} <= named
+    assert named - set(values) == set()
+    for name in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):
+        assert croniter.is_valid(values[name], second_at_beginning=True) and len(values[name].split()) == 6
 
 
 def test_stopping_finishes_in_flight_invocations(azurite: AzuriteProcess, tmp_path: Path) -> None:
