@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -28,6 +28,7 @@ from azure.storage.queue.aio import QueueClient
 log = logging.getLogger("devhost.queues")
 
 QueueFunction = Callable[[func.QueueMessage], Awaitable[Any]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,18 +97,18 @@ class QueueTrigger:
             )
         ]
 
-    async def _receive_unless(self, stop: asyncio.Event, queue: QueueClient) -> list[Any]:
-        """A receive, abandoned when stop is asked for: the SDK retries an unreachable queue for minutes,
-        and a stopping host must not wait for that. Messages an abandoned receive may have locked come back
-        when their lock expires, as after any host crash: nothing is lost."""
-        receiving = asyncio.ensure_future(self._receive(queue))
+    async def _unless_stopped(self, stop: asyncio.Event, work: Awaitable[T], default: T) -> T:
+        """`work`, abandoned (giving `default`) when stop is asked for: the SDK retries an unreachable queue
+        for minutes, and a stopping host must not wait for that. Messages an abandoned receive may have
+        locked come back when their lock expires, as after any host crash: nothing is lost."""
+        working = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not receiving.done():
-            receiving.cancel()
-            return []
-        return receiving.result()
+        if not working.done():
+            working.cancel()
+            return default
+        return working.result()
 
     async def poll_once(self) -> int:
         """Receive and run one batch; returns how many messages were handled."""
@@ -194,13 +195,13 @@ class QueueTrigger:
         in_flight: set[asyncio.Task[None]] = set()
         interval = 0.1
         async with self._client(self.queue_name) as queue:
-            await _create(queue)
+            await self._unless_stopped(stop, _create(queue), None)
             while not stop.is_set():
                 if len(in_flight) > self.settings.new_batch_threshold:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    received = await self._receive_unless(stop, queue)
+                    received = await self._unless_stopped(stop, self._receive(queue), [])
                 except Exception as error:
                     log.warning("%s: receive failed: %s", self.queue_name, error)
                     received = []
