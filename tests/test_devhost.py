@@ -219,6 +219,20 @@ def test_a_host_whose_storage_went_away_still_stops_promptly(tmp_path: Path) -> 
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_azurite_exits_within_two_seconds_of_sigterm_or_sigint(signum: int, tmp_path: Path) -> None:
+    storage = AzuriteProcess(tmp_path / "azurite").start()
+    try:
+        queue = _queue(storage, "before-stop")
+        queue.send_message("kept")
+        queue.close()
+        assert storage.process is not None
+        storage.process.send_signal(signum)
+        assert storage.process.wait(2) == 0  # it used to linger 10 s after SIGTERM, and not end after SIGINT
+    finally:
+        storage.stop(grace=1)
+
+
 # -- the real app, end to end ------------------------------------------------------------------------------
 @pytest.fixture
 def app_host_env(app_env: dict[str, str]) -> dict[str, str]:
