@@ -132,11 +132,14 @@ def test_the_real_worker_serves_health_openapi_and_a_mail_that_its_outbox_functi
     assert (status, answer["status"]) == (200, "sent")
 
     # what the worker forwards to the host (Application Insights in Azure) for one delivered mail
-    mail_logs = [log for log in worker.logs if log.invocation_id in {posted.invocation_id, delivered.invocation_id}]
-    by_logger = Counter((log.category, worker.protos.RpcLog.Level.Name(log.level)) for log in mail_logs)
-    print(f"\nrecords forwarded for POST /api/mail + mail_outbox: {len(mail_logs)}")
-    for (category, level), count in by_logger.most_common():
-        print(f"  {count:3d}  {level:<11} {category}")
+    mail_logs = []
+    for name, invocation in (("POST /api/mail", posted), ("mail_outbox", delivered)):
+        records = [log for log in worker.logs if log.invocation_id == invocation.invocation_id]
+        mail_logs += records
+        by_logger = Counter((log.category, worker.protos.RpcLog.Level.Name(log.level)) for log in records)
+        print(f"\nrecords the worker forwarded for {name}: {len(records)}")
+        for (category, level), count in by_logger.most_common():
+            print(f"  {count:3d}  {level:<11} {category}")
     assert mail_logs  # the app's own delivery record at least
     assert not [log.message for log in worker.logs if APP_SECRET in log.message or "access_token" in log.message]
 
