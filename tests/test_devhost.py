@@ -144,7 +144,7 @@ def test_timer_schedules_are_evaluated_in_utc_or_website_time_zone_never_in_the_
     website_time_zone: str, zone: tzinfo, azurite: AzuriteProcess, tmp_path: Path
 ) -> None:
     queue = f"ticks-zone-{free_port()}"
-    due = datetime.now(zone).replace(microsecond=0) + timedelta(seconds=6)  # a daily schedule, due in 6 s
+    due = datetime.now(zone).replace(microsecond=0) + timedelta(seconds=10)  # daily, due in 10 s
     env = {
         **os.environ,
         "TZ": "Asia/Kolkata",  # the machine's local time: UTC+05:30, so a local-time host misses by hours
@@ -158,7 +158,7 @@ def test_timer_schedules_are_evaluated_in_utc_or_website_time_zone_never_in_the_
     host = Devhost(TEST_APP, env, tmp_path / "devhost.log")
     ticks = _queue(azurite, queue)
     try:
-        _wait(lambda: len(ticks.peek_messages(max_messages=8)) >= 2, 15, "the scheduled tick after the startup one")
+        _wait(lambda: len(ticks.peek_messages(max_messages=8)) >= 2, 25, "the scheduled tick after the startup one")
     finally:
         host.stop()
     scheduled = [json.loads(m.content) for m in ticks.receive_messages(max_messages=8)][1:]
