@@ -14,6 +14,7 @@ import os
 import queue
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import uuid
@@ -232,7 +233,7 @@ class _Servicer:
 def worker_settings(worker_dir: Path, app_dir: Path, app_settings: dict[str, str]) -> dict[str, str]:
     """The worker's environment as the host sets it: the app settings, the script root, and PYTHONPATH with
     the user's packages first (this venv's, so the app's azure-functions wins over the worker's own)."""
-    site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    site_packages = sysconfig.get_paths()["purelib"]
     return {
         **app_settings,
         "AzureWebJobsScriptRoot": str(app_dir),
