@@ -129,7 +129,7 @@ async def _serve(args: argparse.Namespace, host_json: dict[str, Any], functions:
     for queue in queues:
         print(f"  queue trigger on {queue.queue_name}")
     for timer in timers:
-        print(f"  {timer.function.name}: timer {timer.schedule}")
+        print(f"  {timer.function.name}: {timer.describe()}")
     print(f"DEVHOST READY {origin}", flush=True)
 
     await stop.wait()

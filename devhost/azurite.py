@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +25,14 @@ def free_port() -> int:
 class AzuriteProcess:
     """Blob, queue and table services of one Azurite process; `connection_string` points at them."""
 
-    def __init__(self, data_dir: Path, ports: tuple[int, int, int] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, ports: tuple[int, int, int] | None = None, *, stopped_last: bool = False
+    ) -> None:
+        """`stopped_last`: Azurite gets its own process group, so a signal to the terminal's group (Ctrl-C,
+        `timeout`) leaves it to its parent to stop, after the devhost has finished with Storage."""
         self.data_dir = data_dir
         self.blob_port, self.queue_port, self.table_port = ports or (free_port(), free_port(), free_port())
+        self.stopped_last = stopped_last
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,6 +55,7 @@ class AzuriteProcess:
             str(binary),
             "--silent",
             "--skipApiVersionCheck",
+            "--disableTelemetry",  # else it tries to send telemetry on stop, offline, and lingers 10 s or more
             "--loose",
             "--location",
             str(self.data_dir),
@@ -63,7 +73,13 @@ class AzuriteProcess:
             str(self.table_port),
         ]
         log = (self.data_dir / "azurite.log").open("wb")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=_own_group_dying_with_parent if self.stopped_last else None,
+        )
         deadline = time.monotonic() + timeout
         for port in (self.blob_port, self.queue_port, self.table_port):
             while not _listening(port):
@@ -74,7 +90,8 @@ class AzuriteProcess:
         return self
 
     def stop(self, grace: float = 10) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds (Azurite flushes its state on SIGTERM)."""
+        """SIGTERM, then SIGKILL after `grace` seconds (Azurite flushes its state on SIGTERM and, with its
+        telemetry off, exits at once)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -89,6 +106,13 @@ class AzuriteProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _own_group_dying_with_parent() -> None:
+    """In the child before exec: a process group of its own, and SIGTERM should its parent die unannounced."""
+    os.setpgrp()
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _listening(port: int) -> bool:

@@ -63,6 +63,24 @@ def compile_route(function: HostedFunction, prefix: str) -> HttpRoute:
     )
 
 
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _query(request: Request) -> dict[str, str]:
+    """Query parameters as the host passes them: repeated ones joined with `,`, empty values dropped."""
+    joined: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        if value:
+            joined.setdefault(name, []).append(value)
+    return {name: ",".join(values) for name, values in joined.items()}
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
 def http_app(functions: list[HostedFunction], prefix: str, invoker: Invoker) -> tuple[Starlette, list[HttpRoute]]:
     routes = sorted(
         (compile_route(f, prefix) for f in functions if f.trigger_type == "httpTrigger"), key=lambda r: -r.literals
@@ -78,14 +96,21 @@ def http_app(functions: list[HostedFunction], prefix: str, invoker: Invoker) -> 
             allowed = sorted({method for r, _ in matched for method in r.methods})
             return Response(status_code=405, headers={"Allow": ", ".join(allowed)})
         route, match = chosen
-        body = await request.body()
+        length = _content_length(request)
+        if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return _error(
+                411,
+                "length_required",
+                "send the request body with a Content-Length header: the Functions host passes a body to the "
+                "function only when Content-Length is above 0, so a chunked body would arrive empty",
+            )
         http_request = func.HttpRequest(
             method=request.method,
             url=str(request.url),
             headers=dict(request.headers),
-            params=dict(request.query_params),
+            params=_query(request),
             route_params={k: v for k, v in match.groupdict().items() if v},
-            body=body,
+            body=await request.body() if length else b"",
         )
         try:
             result: Any = await invoker.invoke(route.function, http_request)

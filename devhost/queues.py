@@ -2,29 +2,33 @@
 
 Per poll: receive up to `batch_size` messages (base64, as the host encodes them), run the function on each
 concurrently, delete the message on success; on failure make it visible again after `visibility_timeout`,
-or, once its dequeue count reached `max_dequeue_count`, move it to `<queue>-poison`. Delivery is
-at-least-once, and several runners on one queue compete for messages as Function App instances do.
+or, once its dequeue count reached `max_dequeue_count`, move it to `<queue>-poison`. A message that is not
+valid base64 never reaches the function: it alone goes to `<queue>-poison` at once, verbatim, as the host's
+queue extension does. Delivery is at-least-once, and several runners on one queue compete for messages as
+Function App instances do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 log = logging.getLogger("devhost.queues")
 
 QueueFunction = Callable[[func.QueueMessage], Awaitable[Any]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -74,11 +78,11 @@ class QueueTrigger:
     invocations: list[Invocation] = field(default_factory=list)
 
     def _client(self, name: str) -> QueueClient:
+        """Messages as stored, undecoded: each is decoded on its own, so one bad message cannot fail a batch
+        (the SDK's decode policy raises for the whole receive), and a poisoned copy is the original text."""
         return QueueClient.from_connection_string(
             self.connection_string,
             name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
             use_env_settings=False,  # no proxy lookup (in a thread) on every poll and delete
         )
 
@@ -93,18 +97,18 @@ class QueueTrigger:
             )
         ]
 
-    async def _receive_unless(self, stop: asyncio.Event, queue: QueueClient) -> list[Any]:
-        """A receive, abandoned when stop is asked for: the SDK retries an unreachable queue for minutes,
-        and a stopping host must not wait for that. Messages an abandoned receive may have locked come back
-        when their lock expires, as after any host crash: nothing is lost."""
-        receiving = asyncio.ensure_future(self._receive(queue))
+    async def _unless_stopped(self, stop: asyncio.Event, work: Awaitable[T], default: T) -> T:
+        """`work`, abandoned (giving `default`) when stop is asked for: the SDK retries an unreachable queue
+        for minutes, and a stopping host must not wait for that. Messages an abandoned receive may have
+        locked come back when their lock expires, as after any host crash: nothing is lost."""
+        working = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not receiving.done():
-            receiving.cancel()
-            return []
-        return receiving.result()
+        if not working.done():
+            working.cancel()
+            return default
+        return working.result()
 
     async def poll_once(self) -> int:
         """Receive and run one batch; returns how many messages were handled."""
@@ -118,7 +122,11 @@ class QueueTrigger:
             return len(received)
 
     async def _run(self, queue: QueueClient, message: Any) -> None:
-        body = message.content if isinstance(message.content, bytes) else str(message.content).encode()
+        try:
+            body = base64.b64decode(str(message.content), validate=True)
+        except binascii.Error:
+            await self._poison(queue, message, "its content is not valid base64 (the host's messageEncoding)")
+            return
         invocation = QueueMessage(
             id=message.id,
             body=body,
@@ -166,21 +174,19 @@ class QueueTrigger:
 
     async def _after_failure(self, queue: QueueClient, message: Any) -> None:
         if message.dequeue_count >= self.settings.max_dequeue_count:
-            async with self._client(f"{self.queue_name}-poison") as poison:
-                await _create(poison)
-                await poison.send_message(message.content)
-            await queue.delete_message(message.id, message.pop_receipt)
-            log.warning(
-                "%s: message %s moved to %s-poison after %d dequeues",
-                self.queue_name,
-                message.id,
-                self.queue_name,
-                message.dequeue_count,
-            )
+            await self._poison(queue, message, f"it failed {message.dequeue_count} times")
         else:
             await queue.update_message(
                 message.id, message.pop_receipt, visibility_timeout=int(self.settings.visibility_timeout)
             )
+
+    async def _poison(self, queue: QueueClient, message: Any, reason: str) -> None:
+        """Copy the message verbatim to `<queue>-poison`, then delete it from its queue."""
+        async with self._client(f"{self.queue_name}-poison") as poison:
+            await _create(poison)
+            await poison.send_message(message.content)
+        await queue.delete_message(message.id, message.pop_receipt)
+        log.warning("%s: message %s moved to %s-poison: %s", self.queue_name, message.id, self.queue_name, reason)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, as the host does: a new batch whenever in-flight messages drop to
@@ -189,13 +195,13 @@ class QueueTrigger:
         in_flight: set[asyncio.Task[None]] = set()
         interval = 0.1
         async with self._client(self.queue_name) as queue:
-            await _create(queue)
+            await self._unless_stopped(stop, _create(queue), None)
             while not stop.is_set():
                 if len(in_flight) > self.settings.new_batch_threshold:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    received = await self._receive_unless(stop, queue)
+                    received = await self._unless_stopped(stop, self._receive(queue), [])
                 except Exception as error:
                     log.warning("%s: receive failed: %s", self.queue_name, error)
                     received = []

@@ -1,4 +1,4 @@
-"""`make run`: Azurite + the sandbox (default seed) + the devhost, a banner, and Ctrl-C stops them all."""
+"""`make run`: Azurite + the sandbox (default seed) + the devhost, a banner; Ctrl-C or SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -50,11 +50,21 @@ Raise an alert; critical ones reach alice@contoso.test after group_wait (30 s in
 See the mail it would make, without sending it:
   curl -s -X POST '{api}/api/alerts?dryRun=true' -H 'Content-Type: application/json' -d '{alert}'
 
-Ctrl-C stops everything.
+Ctrl-C (or SIGTERM) stops everything.
 RUN READY"""
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM (an IDE's stop button, `timeout`, `docker stop`, make passing it on) stops everything as
+    Ctrl-C does; a repeated signal while stopping is ignored, so the clean-up itself is not cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     parser = argparse.ArgumentParser(prog="python -m devhost.run", description=__doc__)
     parser.add_argument("--http-port", type=int, default=7071)
     parser.add_argument("--sandbox-port", type=int, default=8790)
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print("make run: created local.settings.json from local.settings.json.example")
 
     with contextlib.ExitStack() as stack:
-        azurite = stack.enter_context(AzuriteProcess(ROOT / ".azurite", azurite_ports))  # type: ignore[arg-type]
+        azurite = stack.enter_context(
+            AzuriteProcess(ROOT / ".azurite", azurite_ports, stopped_last=True)  # type: ignore[arg-type]
+        )
         sandbox = stack.enter_context(SandboxProcess(ROOT / ".sandbox", port=args.sandbox_port))
         # the real processes' addresses win over local.settings.json's defaults
         env = {**os.environ, **sandbox.env, "AzureWebJobsStorage": azurite.connection_string}

@@ -6,16 +6,20 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from croniter import croniter
 
 from devhost.azurite import AzuriteProcess, free_port
 from sandbox.launcher import SandboxProcess
@@ -76,6 +80,37 @@ def test_queue_output_binding_with_a_setting_in_the_queue_name(
     assert message.content == "hello queue"
 
 
+def test_a_chunked_request_body_is_refused_with_411_and_never_reaches_the_function(
+    test_app_host: dict[str, Any], azurite: AzuriteProcess
+) -> None:
+    echoes = _queue(azurite, "echoes")
+    echoes.clear_messages()
+    answer = httpx.post(f"{test_app_host['host'].url}/api/echo", content=iter([b"hello ", b"chunks"]))
+    assert answer.status_code == 411
+    assert answer.json()["error"]["code"] == "length_required"
+    assert "Content-Length" in answer.json()["error"]["message"]
+    assert echoes.peek_messages() == []  # the function did not run
+
+
+def test_a_body_reaches_the_function_only_with_a_content_length_above_zero(
+    test_app_host: dict[str, Any], azurite: AzuriteProcess
+) -> None:
+    echoes = _queue(azurite, "echoes")
+    echoes.clear_messages()
+    url = f"{test_app_host['host'].url}/api/echo"
+    assert httpx.post(url, content=b"with a length").status_code == 202
+    assert httpx.post(url, headers={"Content-Length": "0"}).status_code == 202
+    assert [m.content for m in echoes.receive_messages(max_messages=8)] == ["with a length", ""]
+
+
+def test_repeated_query_parameters_arrive_joined_with_commas_and_empty_ones_dropped(
+    test_app_host: dict[str, Any],
+) -> None:
+    url = test_app_host["host"].url
+    answer = httpx.get(f"{url}/api/items/42?dryRun=true&dryRun=false&empty=&x=1")
+    assert answer.json()["query"] == {"dryRun": "true,false", "x": "1"}
+
+
 def test_a_failing_function_is_retried_with_rising_dequeue_counts_then_poisoned(
     test_app_host: dict[str, Any], azurite: AzuriteProcess
 ) -> None:
@@ -98,6 +133,49 @@ def test_a_timer_scheduled_through_a_setting_fires_every_second_and_on_startup(
     assert times[0] - test_app_host["started"] < 10  # runOnStartup: fired at start, before any schedule
     gaps = [b - a for a, b in itertools.pairwise(times[1:])]  # the first tick is the startup one
     assert all(0.7 < gap < 1.5 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(
+    ("website_time_zone", "zone"),
+    [("", UTC), ("America/New_York", ZoneInfo("America/New_York"))],
+    ids=["utc-by-default", "website-time-zone"],
+)
+def test_timer_schedules_are_evaluated_in_utc_or_website_time_zone_never_in_the_machines_local_time(
+    website_time_zone: str, zone: tzinfo, azurite: AzuriteProcess, tmp_path: Path
+) -> None:
+    queue = f"ticks-zone-{free_port()}"
+    due = datetime.now(zone).replace(microsecond=0) + timedelta(seconds=10)  # daily, due in 10 s
+    env = {
+        **os.environ,
+        "TZ": "Asia/Kolkata",  # the machine's local time: UTC+05:30, so a local-time host misses by hours
+        "WEBSITE_TIME_ZONE": website_time_zone,
+        "AzureWebJobsStorage": azurite.connection_string,
+        "TICK_SCHEDULE": f"{due.second} {due.minute} {due.hour} * * *",
+        "TICK_QUEUE": queue,
+        "DEQUEUE_LOG": str(tmp_path / "d.log"),
+        "SLOW_LOG": str(tmp_path / "s.log"),
+    }
+    host = Devhost(TEST_APP, env, tmp_path / "devhost.log")
+    ticks = _queue(azurite, queue)
+    try:
+        _wait(lambda: len(ticks.peek_messages(max_messages=8)) >= 2, 25, "the scheduled tick after the startup one")
+    finally:
+        host.stop()
+    scheduled = [json.loads(m.content) for m in ticks.receive_messages(max_messages=8)][1:]
+    assert len(scheduled) == 1
+    assert due.timestamp() <= scheduled[0]["at"] < due.timestamp() + 2
+    listed = f"tick: timer {env['TICK_SCHEDULE']} ({website_time_zone or 'UTC'}; next {due.isoformat(sep=' ')})"
+    assert listed in (tmp_path / "devhost.log").read_text()
+
+
+def test_every_setting_the_apps_bindings_name_has_a_value_in_the_local_settings_example() -> None:
+    """The host resolves `%NAME%` in bindings from app settings only; a missing one disables the function."""
+    named = set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / "function_app.py").read_text()))
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    assert {"ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"} <= named
+    assert named - set(values) == set()
+    for name in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):
+        assert croniter.is_valid(values[name], second_at_beginning=True) and len(values[name].split()) == 6
 
 
 def test_stopping_finishes_in_flight_invocations(azurite: AzuriteProcess, tmp_path: Path) -> None:
@@ -139,6 +217,20 @@ def test_a_host_whose_storage_went_away_still_stops_promptly(tmp_path: Path) -> 
     started = time.monotonic()
     assert host.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_azurite_exits_within_two_seconds_of_sigterm_or_sigint(signum: int, tmp_path: Path) -> None:
+    storage = AzuriteProcess(tmp_path / "azurite").start()
+    try:
+        queue = _queue(storage, "before-stop")
+        queue.send_message("kept")
+        queue.close()
+        assert storage.process is not None
+        storage.process.send_signal(signum)
+        assert storage.process.wait(2) == 0  # it used to linger 10 s after SIGTERM, and not end after SIGINT
+    finally:
+        storage.stop(grace=1)
 
 
 # -- the real app, end to end ------------------------------------------------------------------------------
@@ -247,3 +339,32 @@ def test_a_function_disabled_by_its_app_setting_is_not_hosted(azurite: AzuritePr
         assert httpx.get(f"{host.url}/api/items/7").status_code == 200  # the others still run
     finally:
         host.stop()
+
+
+def test_a_message_that_is_not_base64_goes_alone_to_the_poison_queue_at_once_and_the_mails_beside_it_are_sent(
+    app_host_env: dict[str, str], azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    raw = QueueClient.from_connection_string(
+        azurite.connection_string, "mail-outbox"
+    )  # no base64: as a careless producer
+    _queue(azurite, "mail-outbox-poison").clear_messages()
+    _enqueue(azurite, "beside-junk", 2)
+    raw.send_message("{not base64: a producer forgot the host's encoding}")
+    _enqueue(azurite, "after-junk", 2)
+    host = _real_devhost(app_host_env, tmp_path / "devhost.log")
+    try:
+        _wait(
+            lambda: len(_sent_subjects(sandbox, "beside-junk") + _sent_subjects(sandbox, "after-junk")) >= 4,
+            15,
+            "4 mails",
+        )
+        poison = QueueClient.from_connection_string(azurite.connection_string, "mail-outbox-poison")
+        _wait(lambda: poison.peek_messages(max_messages=32), 10, "the poison queue")
+        time.sleep(1)  # a few more polls: the message must be poisoned once, not once per dequeue
+        assert [m.content for m in poison.peek_messages(max_messages=32)] == [
+            "{not base64: a producer forgot the host's encoding}"
+        ]
+        assert raw.get_queue_properties().approximate_message_count == 0
+    finally:
+        host.stop()
+    assert "not valid base64" in (tmp_path / "devhost.log").read_text()

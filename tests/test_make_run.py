@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devhost.azurite import free_port
 
@@ -94,3 +97,69 @@ def test_make_run_reaches_its_banner_whose_curls_send_a_mail_and_an_alert_and_si
         pass
     else:
         raise AssertionError("processes of make run are still running after SIGINT")
+
+
+def _start_make_run() -> tuple[subprocess.Popen[str], list[int], list[str]]:
+    """`make run` on free ports, in its own process group, read up to its banner."""
+    ports = [free_port() for _ in range(5)]
+    http, sandbox, blob, queue, table = ports
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARIABLES}
+    run = subprocess.Popen(
+        ["make", "run", f"RUN_ARGS=--http-port {http} --sandbox-port {sandbox} --azurite-ports {blob},{queue},{table}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    assert run.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in run.stdout:
+        output.append(line)
+        if line.strip() == "RUN READY" or time.monotonic() > deadline:
+            break
+    if not output or output[-1].strip() != "RUN READY":
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError("".join(output))
+    return run, ports, output
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize(
+    "whole_group",
+    [False, True],
+    ids=["sigterm-to-make-only-as-docker-stop-or-an-ide", "sigterm-to-the-process-group-as-timeout"],
+)
+def test_make_run_stopped_with_sigterm_stops_azurite_the_sandbox_and_the_devhost_within_seconds(
+    whole_group: bool,
+) -> None:
+    run, ports, output = _start_make_run()
+    started = time.monotonic()
+    try:
+        if whole_group:
+            os.killpg(run.pid, signal.SIGTERM)
+        else:
+            run.send_signal(signal.SIGTERM)
+        run.wait(30)
+        rest = run.stdout.read() if run.stdout else ""
+        stopped_after = time.monotonic() - started
+        time.sleep(0.5)
+        left = []
+        try:
+            os.killpg(run.pid, 0)
+            left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(run.pid)], capture_output=True, text=True).stdout
+        except ProcessLookupError:
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # never leave a test's processes behind
+    assert "make run: stopped." in rest, "".join(output) + rest
+    assert not left, f"still running after SIGTERM:\n{left}"
+    assert [port for port in ports if _listening(port)] == []
+    assert stopped_after < 10, stopped_after  # Azurite used to hold on for 10 s and more

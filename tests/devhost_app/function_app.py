@@ -41,7 +41,7 @@ def always_fails(message: func.QueueMessage) -> None:
 
 
 @app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer", run_on_startup=True)
-@app.queue_output(arg_name="ticks", queue_name="ticks", connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="ticks", queue_name="%TICK_QUEUE%", connection="AzureWebJobsStorage")
 def tick(timer: func.TimerRequest, ticks: func.Out[str]) -> None:
     ticks.set(json.dumps({"at": time.time(), "pastDue": timer.past_due}))
 
