@@ -170,7 +170,8 @@ def test_timer_schedules_are_evaluated_in_utc_or_website_time_zone_never_in_the_
 
 def test_every_setting_the_apps_bindings_name_has_a_value_in_the_local_settings_example() -> None:
     """The host resolves `%NAME%` in bindings from app settings only; a missing one disables the function."""
-    named = set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / "function_app.py").read_text()))
+    code = [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]  # schedules: shared/routes.py
+    named = {name for path in code for name in re.findall(r"\"%([A-Za-z0-9_]+)%\"", path.read_text())}
     values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
     assert {"ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"} <= named
     assert named - set(values) == set()

@@ -24,7 +24,7 @@ from .helpers import APP_SECRET, ROOT, SENDER, SUPPORT
 from .worker_host import WorkerHost, worker_settings
 
 WORKER_TARBALL = ROOT.parent / "shared" / "tools" / "azure-functions-python-worker-4.34.0.tar.gz"
-APP_FUNCTIONS = set(re.findall(r"^(?:async )?def (\w+)\(", (ROOT / "function_app.py").read_text(), re.M))
+APP_FUNCTIONS = set(re.findall(r"^async def (\w+)\(", (ROOT / "function_app.py").read_text(), re.M))
 API = "http://127.0.0.1:7071/api"
 
 
