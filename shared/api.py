@@ -29,6 +29,7 @@ from .mail import ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
 from .routes import Route
 from .store import Store
+from .text import MAX_JSON_DEPTH, json_too_deep
 
 if TYPE_CHECKING:
     from .graph import GraphClient
@@ -136,9 +137,12 @@ def json_body(request: ApiRequest, limit: int = MAX_REQUEST_BYTES) -> Any:
         raise unsupported_media_type(f"Send the body as application/json, not {media_type or 'no media type'}.")
     if len(request.body) > limit:
         raise payload_too_large(f"The body has {len(request.body)} bytes; at most {limit} are accepted.")
+    if json_too_deep(request.body.decode("utf-8", "replace")):
+        message = f"The body's JSON nests deeper than {MAX_JSON_DEPTH} levels."
+        raise AppError(400, "invalid_json", message, [Detail("body", "nested too deep")])
     try:
         return json.loads(request.body)
-    except (ValueError, RecursionError) as error:
+    except ValueError as error:
         raise AppError(
             400, "invalid_json", f"The body is not valid JSON: {error}"[:300], [Detail("body", "not valid JSON")]
         ) from None

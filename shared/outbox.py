@@ -27,6 +27,7 @@ from .config import Settings
 from .errors import AppError, GraphError, InvalidMessage, conflict, unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
 from .store import OUTBOX, MailStatus, StatusChanged, Store
+from .text import json_too_deep
 
 if TYPE_CHECKING:
     from .graph import GraphClient
@@ -117,11 +118,13 @@ class Sender:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
         await self._share_mailboxes()
         fallback_id = f"q-{message_id}"  # a mail an outside producer enqueued without an id
+        if json_too_deep(text):
+            return await self._poison(text, fallback_id, "invalid_message", "not a mail: JSON nested too deep")
         try:
             envelope = json.loads(text)
             if not isinstance(envelope, dict):
                 raise ValueError("the message is not a JSON object")
-        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        except (ValueError, UnicodeDecodeError) as error:
             return await self._poison(text, fallback_id, "invalid_message", f"not a mail: {error}")
         given = envelope.get("id")
         if given is not None and (not isinstance(given, str) or not ID_PATTERN.match(given)):

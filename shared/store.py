@@ -27,6 +27,7 @@ from . import routes
 from .config import StorageAccount
 from .errors import InvalidMessage
 from .loop_cache import LoopCache
+from .text import json_too_deep
 
 # Storage is reached directly (Azure's own network, or Azurite); reading the proxy environment on every
 # request (aiohttp's trust_env, in a thread) was a fifth of the CPU a mail costs. The SDKs' own retries would
@@ -310,10 +311,11 @@ class Store:
             raise InvalidMessage(f"claimCheck {str(claim)[:120]!r} does not name a mail payload")
         try:
             downloader = await (await self._blob(container, blob)).download_blob()
-            mail = json.loads(await downloader.readall())
+            text = (await downloader.readall()).decode("utf-8", "replace")
+            mail = None if json_too_deep(text) else json.loads(text)
         except ResourceNotFoundError:
             raise InvalidMessage(f"claimCheck {claim!r}: no such blob (deleted, or never written)") from None
-        except (ValueError, RecursionError):
+        except ValueError:
             raise InvalidMessage(f"claimCheck {claim!r}: the blob is not a JSON mail") from None
         if not isinstance(mail, dict):
             raise InvalidMessage(f"claimCheck {claim!r}: the blob is not a JSON mail")

@@ -18,3 +18,20 @@ DOMAIN = re.compile(
 # paragraph separators: anything a mail client or a header parser may take for a line break.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 CONTROL_RUN = re.compile(CONTROL.pattern + "+")
+
+MAX_JSON_DEPTH = 64  # no mail or alert payload nests deeper; Python's parser would recurse into a RecursionError
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled, so a 4 MB string is one fast match
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text nests arrays and objects deeper than `limit` (checked before parsing, so a hostile
+    `[[[[...` is refused without ever raising RecursionError)."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False

@@ -486,3 +486,11 @@ def test_unknown_routes_and_wrong_methods_answer_json_errors_with_allow(
     assert response.status_code == status
     assert body["error"]["code"] == ("not_found" if status == 404 else "method_not_allowed")
     assert response.headers.get("Allow") == allow
+
+
+def test_json_nested_deeper_than_64_levels_is_a_400_not_a_recursion_error(app: Any, azurite: AzuriteProcess) -> None:
+    status, body, _ = _post(app, raw=b"[" * 30000)
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+    status, body = _call(app, "post_alerts", "POST", "/api/alerts", raw=b'{"alerts": ' + b"[" * 100 + b"]" * 100 + b"}")
+    assert status == 400 and body["error"]["details"] == [{"field": "body", "message": "nested too deep"}]
+    assert _queued(azurite) == []
