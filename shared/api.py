@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .alerts.auth import SecretSource, authenticate
+from .alerts.auth import SecretSource, admit_source
 from .alerts.dispatch import ingest, preview, receipts
 from .alerts.grouping import group_alerts
-from .alerts.intake import SOURCES, detect_source, parse_alerts
+from .alerts.intake import SOURCES, parse_alerts
 from .alerts.routing import NotifyConfig
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
@@ -128,8 +128,7 @@ async def post_alerts(
     if source is not None and source not in SOURCES:
         raise not_found(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
-    source = source or detect_source(payload)
-    await authenticate(source, config.source_auth(source), request.headers, request.body, secrets, time.time())
+    source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
     alerts = parse_alerts(payload, source)
     now = datetime.now(UTC)
     if request.params.get("dryRun", "").lower() in {"true", "1"}:

@@ -1,7 +1,7 @@
 """Dispatch: grouping with state, Alertmanager's aggregation groups in serverless form.
 
 State lives in Table storage, one partition per group: a `group` row (receiver, labels, the due time of its
-one live flush, the last notice) and a row per alert (`a-<hash of fingerprint>`: the alert, its status,
+one live flush, the last notice) and a row per alert (`a-<hash of source and fingerprint>`: the alert, its status,
 the status it was last announced with).
 
 - `ingest` writes routed alerts to their groups (digest receivers: to the digest buffer instead) and makes
@@ -69,8 +69,10 @@ def _whole_second_after(moment: datetime) -> datetime:
 
 
 def alert_row_key(alert: Alert) -> str:
-    """Fingerprints may hold characters Table keys refuse (Azure Monitor's are resource paths)."""
-    return "a-" + hashlib.sha256(alert.fingerprint.encode()).hexdigest()[:32]
+    """An alert's identity: its fingerprint within the source it came through, so no source can fire,
+    resolve or repeat another's alerts. Hashed: fingerprints may hold characters Table keys refuse (Azure
+    Monitor's are resource paths)."""
+    return "a-" + hashlib.sha256(f"{alert.source}\n{alert.fingerprint}".encode()).hexdigest()[:32]
 
 
 def stored_alert(alert: Alert) -> str:

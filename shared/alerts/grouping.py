@@ -30,20 +30,21 @@ def receiver_key(name: str) -> str:
     return _KEY_UNSAFE.sub("_", name)[:40] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
-def group_key(receiver: Receiver, labels: dict[str, str]) -> str:
-    """A stable id for (receiver, group labels): safe as a Table storage key and a queue message id part."""
-    digest = hashlib.sha256(json.dumps([receiver.name, sorted(labels.items())]).encode()).hexdigest()
+def group_key(receiver: Receiver, source: str, labels: dict[str, str]) -> str:
+    """A stable id for (receiver, source, group labels): safe as a Table storage key and a queue message id
+    part. The source is part of it, so one source's alerts never share a group with another's."""
+    digest = hashlib.sha256(json.dumps([receiver.name, source, sorted(labels.items())]).encode()).hexdigest()
     return f"{_KEY_UNSAFE.sub('_', receiver.name)[:40]}-{digest[:24]}"
 
 
 def group_alerts(alerts: list[Alert], config: NotifyConfig) -> list[AlertGroup]:
-    """Route every alert and gather them into groups, in first-seen order; an alert seen twice (same
-    fingerprint) within a group counts once, its latest state winning."""
+    """Route every alert and gather them into groups (per receiver, source and group labels), in first-seen
+    order; an alert seen twice (same fingerprint) within a group counts once, its latest state winning."""
     groups: dict[str, tuple[Receiver, dict[str, str], dict[str, Alert]]] = {}
     for alert in alerts:
         for receiver in route_alert(alert, config):
             labels = group_labels(alert, receiver)
-            key = group_key(receiver, labels)
+            key = group_key(receiver, alert.source, labels)
             groups.setdefault(key, (receiver, labels, {}))[2][alert.fingerprint] = alert
     return [
         AlertGroup(receiver.name, key, labels, tuple(members.values()))

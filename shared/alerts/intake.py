@@ -302,13 +302,41 @@ PARSERS: dict[str, Callable[[Any], list[Alert]]] = {
 }
 
 
+# What only Grafana's webhook carries beside Alertmanager's fields (top level, and per alert)
+_GRAFANA_FIELDS = frozenset({"orgId", "state", "title", "message"})
+_GRAFANA_ALERT_FIELDS = frozenset({"silenceURL", "dashboardURL", "panelURL", "values", "valueString", "imageURL"})
+
+
+def _looks_like_grafana(body: dict[str, Any]) -> bool:
+    if _GRAFANA_FIELDS & body.keys() or str(body.get("version")) == "1":
+        return True
+    alerts = body.get("alerts")
+    return isinstance(alerts, list) and any(isinstance(a, dict) and _GRAFANA_ALERT_FIELDS & a.keys() for a in alerts)
+
+
+def apparent_sources(body: Any) -> set[str]:
+    """Every source a payload looks as if it came from, by the fields only that source sends. A request must
+    pass the authentication of each of them, so reshaping or re-addressing a payload never weakens the check."""
+    found = set()
+    if isinstance(body, dict):
+        if body.get("schemaId") == "azureMonitorCommonAlertSchema" or isinstance(
+            _object(body.get("data")).get("essentials"), dict
+        ):
+            found.add("azuremonitor")
+        if _looks_like_grafana(body):
+            found.add("grafana")
+        if "groupKey" in body and "grafana" not in found:
+            found.add("alertmanager")
+    return found
+
+
 def detect_source(body: Any) -> str:
     """Which source sent a payload, from its shape; raises when it is none we know."""
     if isinstance(body, dict):
         if body.get("schemaId") == "azureMonitorCommonAlertSchema":
             return "azuremonitor"
         if "groupKey" in body and "alerts" in body:
-            return "grafana" if "orgId" in body or str(body.get("version")) == "1" else "alertmanager"
+            return "grafana" if _looks_like_grafana(body) else "alertmanager"
         if "name" in body or "alertname" in body or isinstance(body.get("alerts"), list):
             return "generic"
     if isinstance(body, list) and body and all(isinstance(i, dict) and ("name" in i or "alertname" in i) for i in body):

@@ -200,6 +200,7 @@ class NotifyConfig(_Model):
     receivers: list[Receiver] = Field(min_length=1)
     route: Route
     sources: dict[Literal["alertmanager", "grafana", "azuremonitor", "generic"], SourceAuth] = {}
+    require_source_auth: bool = False  # refuse alerts of every source that `sources` gives no authentication
     digests: list[MailboxDigest] = []
 
     @model_validator(mode="after")

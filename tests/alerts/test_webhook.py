@@ -193,3 +193,110 @@ def test_the_alerts_inbox_takes_any_format_and_poisons_what_it_cannot_read(
     reasons = [e["detail"] for e in audit]
     assert any(r.startswith("not JSON") for r in reasons)
     assert any(r.startswith("The payload is not an alert") for r in reasons)
+
+
+def _grafana_critical() -> dict[str, Any]:
+    body = fixture("grafana")
+    body["alerts"][0]["labels"]["severity"] = "critical"  # routed to oncall, mailed
+    return body
+
+
+def test_issue11_1_a_grafana_payload_posted_as_generic_still_needs_grafanas_signature(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    status, answer = _post(alerts_app, _grafana_critical(), source="generic")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
+
+
+def test_issue11_1_a_grafana_payload_reshaped_to_look_like_alertmanager_still_needs_grafanas_signature(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    body = _grafana_critical()
+    del body["orgId"]
+    body["version"] = "4"
+    for source in (None, "alertmanager"):
+        status, answer = _post(alerts_app, body, source=source)
+        assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
+
+
+def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    from shared.alerts.dispatch import GROUP_ROW, flush
+    from shared.alerts.routing import notify_config
+    from shared.config import settings
+    from shared.store import ALERT_GROUPS_TABLE, store
+
+    signed = json.dumps(_grafana_critical()).encode()
+    status, grafana = _post(alerts_app, raw=signed, headers=_grafana_headers(signed))
+    assert status == 202
+    forged = {
+        "name": "High latency",
+        "status": "resolved",
+        "severity": "critical",
+        "fingerprint": "0f9e8d7c6b5a4321",
+        "labels": {"alertname": "High latency", "service": "checkout", "severity": "critical"},
+    }
+    status, generic = _post(alerts_app, forged, source="generic")
+    assert status == 202
+    stripped = {  # the same alert as Alertmanager would send it: no Grafana field left to recognise
+        "version": "4",
+        "groupKey": "x",
+        "status": "resolved",
+        "alerts": [{"status": "resolved", "labels": forged["labels"], "fingerprint": "0f9e8d7c6b5a4321"}],
+    }
+    status, alertmanager = _post(alerts_app, stripped)
+    assert status == 202
+    keys = {grafana["groups"][0]["key"], generic["groups"][0]["key"], alertmanager["groups"][0]["key"]}
+    assert len(keys) == 3  # each source's alert lives in its own group
+
+    async def flush_grafana() -> str:
+        config = settings()
+        key = grafana["groups"][0]["key"]
+        row = await store(config.storage_connection).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
+        assert row is not None
+        message = json.dumps({"group": key, "due": row["scheduled_for"]})
+        done = await flush(message, notify_config(config), config, store(config.storage_connection))
+        await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
+        return done.outcome
+
+    assert run(flush_grafana()) == "notified"
+    assert [m["subject"] for m in sandbox.sent()] == ["[FIRING:1] High latency"]
+
+
+def test_issue11_1_require_source_auth_refuses_every_source_without_authentication(
+    alerts_app: Any, azurite: AzuriteProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.alerts.routing import notify_config
+
+    from .conftest import ROUTING
+
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(ROUTING + "require_source_auth: true\n")
+    monkeypatch.setenv("NOTIFY_CONFIG", str(strict))
+    notify_config.cache_clear()
+    for body, source in [
+        ({"name": "BackupFailed", "severity": "high"}, "generic"),
+        ({"name": "BackupFailed", "severity": "high"}, None),
+        (fixture("alertmanager"), None),
+    ]:
+        status, answer = _post(alerts_app, body, source=source)
+        assert status == 403 and answer["error"]["code"] == "forbidden", answer
+        assert "generic" in answer["error"]["message"] or "alertmanager" in answer["error"]["message"]
+    assert _stored(azurite) == 0
+    signed = json.dumps(_grafana_critical()).encode()
+    status, _ = _post(alerts_app, raw=signed, headers=_grafana_headers(signed))
+    assert status == 202  # an authenticated source still gets in
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "\u0663\u0661", "12 34", "-5", "9" * 40])
+def test_issue11_10_a_timestamp_header_that_is_not_ascii_digits_gets_401_not_500(
+    alerts_app: Any, azurite: AzuriteProcess, stamp: str
+) -> None:
+    body = json.dumps(fixture("grafana")).encode()
+    headers = {**_grafana_headers(body), "X-Grafana-Alerting-Timestamp": stamp}
+    status, answer = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
