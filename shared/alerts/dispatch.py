@@ -52,7 +52,6 @@ log = logging.getLogger("notifier.alerts")
 
 GROUP_ROW = "group"
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
-MAX_ALERT_JSON = 30_000  # characters; a Table string property holds 32 K UTF-16 code units
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
 
 
@@ -76,17 +75,8 @@ def alert_row_key(alert: Alert) -> str:
 
 
 def stored_alert(alert: Alert) -> str:
-    """An alert's JSON, its longest annotations shortened until it fits a Table property."""
-    text = json.dumps(alert.as_dict(), separators=(",", ":"))
-    annotations = dict(alert.annotations)
-    while len(text) > MAX_ALERT_JSON and annotations:
-        longest = max(annotations, key=lambda name: len(annotations[name]))
-        value = annotations[longest]
-        annotations[longest] = value[: len(value) // 2] + "\u2026" if len(value) > 64 else ""
-        if not annotations[longest]:
-            del annotations[longest]
-        text = json.dumps(replace(alert, annotations=annotations).as_dict(), separators=(",", ":"))
-    return text
+    """An alert's JSON as a row stores it; intake has bounded it to fit (`intake.MAX_STORED`)."""
+    return json.dumps(alert.as_dict(), separators=(",", ":"))
 
 
 @dataclass(frozen=True)

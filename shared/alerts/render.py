@@ -2,20 +2,27 @@
 
 The HTML is built for Outlook (tables, inline CSS, no scripts or external resources). Label and annotation
 values are escaped; the subject is one line of at most 255 characters, so nothing in an alert can inject a
-header. Above `DISPLAY_CAP` alerts a mail lists the most severe and newest ones and counts the rest.
+header. What a mail shows is bounded, so every group renders a mail the outbox accepts: each alert's texts
+are cut (with a marker) to `SHOWN_CHARS`, at most `DISPLAY_CAP` alerts are listed (the most severe and newest)
+and fewer when the body would pass `MAIL_BUDGET` characters; the rest are counted.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ..templating import RenderedMail, one_line, render_mail
+from .intake import cut_text
 from .model import SEVERITIES, Alert, AlertGroup
 
-__all__ = ["DISPLAY_CAP", "RenderedMail", "render_group", "subject_of"]
+__all__ = ["DISPLAY_CAP", "MAIL_BUDGET", "RenderedMail", "fits", "for_display", "render_group", "subject_of"]
 
 DISPLAY_CAP = 50
+MAIL_BUDGET = 400_000  # characters of HTML (and of text): far below the outbox's 1,000,000 and Graph's 4 MB
+SHOWN_CHARS = {"summary": 300, "description": 2000}  # per annotation shown; others and label values get 500
+_SHOWN_OTHER = 500
 SEVERITY_COLOURS = {"critical": "#b3261e", "high": "#d9480f", "warning": "#b7791f", "info": "#2b6cb0"}
 RESOLVED_COLOUR = "#2f855a"
 
@@ -41,17 +48,36 @@ def _order(alerts: list[Alert]) -> list[Alert]:
     )
 
 
+def for_display(alert: Alert) -> Alert:
+    """The alert as a mail shows it: each annotation and label value cut, with a marker, to its share."""
+    return replace(
+        alert,
+        annotations={k: cut_text(v, SHOWN_CHARS.get(k, _SHOWN_OTHER)) for k, v in alert.annotations.items()},
+        labels={k: cut_text(v, _SHOWN_OTHER) for k, v in alert.labels.items()},
+    )
+
+
+def fits(mail: RenderedMail) -> bool:
+    return len(mail.html) <= MAIL_BUDGET and len(mail.text) <= MAIL_BUDGET
+
+
 def render_group(group: AlertGroup, template: str = "default", now: datetime | None = None) -> RenderedMail:
     """The mail for one group; `template` names `templates/alert_<template>.html.j2` and `.txt.j2`."""
-    firing, resolved = _order(group.firing), _order(group.resolved)
-    context: dict[str, Any] = {
-        "group": group,
-        "firing": firing[:DISPLAY_CAP],
-        "firing_more": max(0, len(firing) - DISPLAY_CAP),
-        "resolved": resolved[:DISPLAY_CAP],
-        "resolved_more": max(0, len(resolved) - DISPLAY_CAP),
-        "colours": SEVERITY_COLOURS,
-        "resolved_colour": RESOLVED_COLOUR,
-        "now": now or datetime.now(UTC),
-    }
-    return render_mail(f"alert_{template}", subject_of(group), **context)
+    firing = [for_display(a) for a in _order(group.firing)]
+    resolved = [for_display(a) for a in _order(group.resolved)]
+    shown = DISPLAY_CAP
+    while True:
+        context: dict[str, Any] = {
+            "group": group,
+            "firing": firing[:shown],
+            "firing_more": max(0, len(firing) - shown),
+            "resolved": resolved[:shown],
+            "resolved_more": max(0, len(resolved) - shown),
+            "colours": SEVERITY_COLOURS,
+            "resolved_colour": RESOLVED_COLOUR,
+            "now": now or datetime.now(UTC),
+        }
+        mail = render_mail(f"alert_{template}", subject_of(group), **context)
+        if fits(mail) or shown == 1:  # one alert, its texts cut, always fits
+            return mail
+        shown = max(1, shown // 2)

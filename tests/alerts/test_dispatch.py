@@ -230,3 +230,25 @@ def test_digest_mode_alerts_are_kept_for_the_digest_and_not_mailed(
     queue = QueueClient.from_connection_string(azurite.connection_string, "alerts-flush")
     assert queue.get_queue_properties().approximate_message_count == 0
     queue.close()
+
+
+def test_issue11_2_fifty_critical_alerts_with_16000_character_texts_are_mailed_in_one_sendable_mail(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    huge = [{**alert(f"db-{n}"), "summary": "s" * 16_000, "description": "d" * 16_000} for n in range(50)]
+
+    async def scenario() -> Flush:
+        key = await _ingest(huge, START)
+        done = await _flush(await _live(key))
+        await _deliver(alerts_app, azurite)
+        return done
+
+    assert run(scenario()).outcome == "notified"
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[FIRING:50] DiskFilling"
+    body = mail["body"]["content"]
+    assert body.count("s" * 299 + "\u2026") == 50  # every alert listed, its summary cut with a marker
+    assert "s" * 301 not in body and "d" * 2001 not in body
+    poison = QueueClient.from_connection_string(azurite.connection_string, "mail-outbox-poison")
+    assert poison.get_queue_properties().approximate_message_count == 0
+    poison.close()

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 from shared.alerts import parse_alerts
 from shared.alerts.model import AlertGroup
-from shared.alerts.render import DISPLAY_CAP, render_group, subject_of
+from shared.alerts.render import DISPLAY_CAP, MAIL_BUDGET, render_group, subject_of
 
 
 def _group(alerts: list[dict[str, object]], labels: dict[str, str] | None = None) -> AlertGroup:
@@ -113,3 +113,17 @@ def test_the_label_line_separates_labels_without_a_dangling_separator() -> None:
     html = render_group(group).html
     assert "instance=db-1 &middot; zone=b" in html
     assert re.search(r"zone=b\s*&middot;", html) is None
+
+
+def test_issue11_2_the_list_is_capped_by_size_as_well_as_count() -> None:
+    wide = {f"l{n:02d}": "v" * 490 for n in range(16)}  # 8 K of labels, each value shown whole
+    alerts = [
+        {"name": "Wide", "severity": "critical", "summary": f"wide {n}", "description": "d" * 3000, "labels": wide}
+        for n in range(DISPLAY_CAP)
+    ]
+    mail = render_group(_group([{"alerts": alerts}]))
+    assert len(mail.html) <= MAIL_BUDGET and len(mail.text) <= MAIL_BUDGET
+    assert f"Firing ({DISPLAY_CAP})" in mail.html
+    shown = mail.html.count("d" * 1999 + "\u2026")  # each description cut to 2,000 characters
+    assert 0 < shown < DISPLAY_CAP
+    assert f"and {DISPLAY_CAP - shown} more firing" in mail.html

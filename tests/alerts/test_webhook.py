@@ -18,6 +18,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.alerts import auth
+from shared.store import Store
 
 from ..helpers import drain_queue, http, run, user_function
 from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
@@ -300,3 +301,64 @@ def test_issue11_10_a_timestamp_header_that_is_not_ascii_digits_gets_401_not_500
     status, answer = _post(alerts_app, raw=body, headers=headers, source="grafana")
     assert status == 401 and answer["error"]["code"] == "unauthorized"
     assert _stored(azurite) == 0
+
+
+def test_issue11_3_forty_labels_of_1000_characters_get_400_before_anything_is_written(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    small = {"name": "Small", "severity": "critical"}
+    big = {"name": "Big", "severity": "critical", "labels": {f"label{n}": "x" * 1000 for n in range(40)}}
+    status, answer = _post(alerts_app, [small, big])
+    assert status == 400 and answer["error"]["code"] == "invalid_request"
+    assert answer["error"]["details"][0]["field"] == "alerts[1].labels"
+    assert _stored(azurite) == 0  # not even the small alert's row
+
+
+class _FailsOnSecondFlush(Store):
+    """Storage fails when intake schedules its second group's flush: an intake that stops half-way."""
+
+    flushes = 0
+
+    async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+        if queue == "alerts-flush":
+            type(self).flushes += 1
+            if type(self).flushes == 2:
+                raise ConnectionError("storage went away")
+        await super().send_message(queue, text, delay_seconds)
+
+
+def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_same_request(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.alerts.dispatch import GROUP_ROW, flush, ingest
+    from shared.alerts.intake import parse_alerts
+    from shared.alerts.routing import notify_config
+    from shared.config import settings
+    from shared.store import ALERT_GROUPS_TABLE, store
+
+    payload = [{"name": "First", "severity": "critical"}, {"name": "Second", "severity": "critical"}]
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+
+    async def scenario() -> list[str]:
+        config = settings()
+        failing = _FailsOnSecondFlush(config.storage_connection)
+        try:
+            with pytest.raises(ConnectionError):
+                await ingest(parse_alerts(payload), notify_config(config), failing, earlier)
+        finally:
+            await failing.close()
+        target = store(config.storage_connection)
+        receipts = await ingest(parse_alerts(payload), notify_config(config), target, earlier)  # the retry
+        outcomes = []
+        for receipt in receipts:
+            row = await target.get_row(ALERT_GROUPS_TABLE, receipt.key, GROUP_ROW)
+            assert row is not None and row["scheduled_for"], "every group has its flush pending"
+            message = json.dumps({"group": receipt.key, "due": row["scheduled_for"]})
+            outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
+        await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
+        return outcomes
+
+    assert run(scenario()) == ["notified", "notified"]
+    assert sorted(m["subject"] for m in sandbox.sent()) == ["[FIRING:1] First", "[FIRING:1] Second"]
