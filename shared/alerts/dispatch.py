@@ -44,8 +44,10 @@ from ..store import (
 )
 from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
-from .model import Alert, AlertGroup
+from .model import Alert, AlertGroup, stamp
+from .model import parse_stamp as _moment
 from .notify import alert_mail
+from .overflow import held_back, hold_back, parse_summary_message, send_summary, take_slot
 from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
@@ -53,14 +55,6 @@ log = logging.getLogger("notifier.alerts")
 GROUP_ROW = "group"
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
-
-
-def stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _moment(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _whole_second_after(moment: datetime) -> datetime:
@@ -200,8 +194,8 @@ async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> No
 
 @dataclass(frozen=True)
 class Flush:
-    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `dropped`
-    (its receiver is no longer configured)."""
+    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
+    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
 
     group: str
     outcome: str
@@ -220,7 +214,15 @@ def parse_flush_message(text: str) -> tuple[str, str]:
 
 
 async def flush(text: str, config: NotifyConfig, settings: Settings, store: Store) -> Flush:
-    """Handle one `alerts-flush` message (see the module's docstring)."""
+    """Handle one `alerts-flush` message: a group's flush (see the module's docstring) or a receiver's
+    summary of the notices its mail cap held back (`overflow`)."""
+    summary = parse_summary_message(text)
+    if summary is not None:
+        receiver = next((r for r in config.receivers if r.name == summary[0]), None)
+        if receiver is None:
+            return Flush(f"summary:{summary[0]}", "dropped")
+        outcome, mail_id, listed = await send_summary(receiver, summary[1], settings, store)
+        return Flush(f"summary:{receiver.name}", outcome, mail_id, listed)
     key, due = parse_flush_message(text)
     row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
     if row is None or row.get("scheduled_for") != due:
@@ -243,10 +245,14 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     if notice is None:
         notice = _decide(key, row, members, receiver, settings, at, notice_id)
         if notice is not None:
+            notice["held_back"] = not await take_slot(store, receiver, at)  # over the receiver's mail cap
             notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
     announced: dict[str, str] = {}
     if notice is not None:
-        await submit_mail(store, MailRequest.model_validate(notice["mail"]))
+        if notice.get("held_back"):
+            await hold_back(store, receiver, notice_id, held_back(key, notice, due), datetime.now(UTC))
+        else:
+            await submit_mail(store, MailRequest.model_validate(notice["mail"]))
         announced = notice["alerts"]
         await store.merge_rows(
             ALERT_GROUPS_TABLE,
@@ -279,6 +285,8 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
         await schedule_flush(key, receiver, labels, store, datetime.now(UTC))
     if notice is None:
         return Flush(key, "quiet")
+    if notice.get("held_back"):
+        return Flush(key, "held_back", None, len(announced))
     return Flush(key, "notified", notice["mail"]["id"], len(announced))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Status = Literal["firing", "resolved"]
@@ -51,6 +51,16 @@ def normalise_severity(value: str | None) -> str:
     if not value:
         return "warning"
     return _SEVERITY_WORDS.get(value.strip().lower(), "warning")
+
+
+def stamp(moment: datetime) -> str:
+    """The second-resolution UTC form the pipeline stores times in (`2026-11-23T08:01:30Z`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str) -> datetime:
+    """A time `stamp` wrote; ValueError for anything else."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def fingerprint_of(labels: dict[str, str]) -> str:

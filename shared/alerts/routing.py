@@ -83,6 +83,7 @@ class Receiver(_Model):
     repeat_interval: str = "4h"
     send_resolved: bool = True
     template: str = "default"
+    max_groups_per_interval: int = Field(20, ge=1, le=1000)  # group notices mailed per group_interval; then a summary
 
     @field_validator("to", "cc")
     @classmethod

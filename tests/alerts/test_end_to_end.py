@@ -30,6 +30,7 @@ receivers:
     group_wait: {group_wait}
     group_interval: {group_interval}
     repeat_interval: 1h
+    max_groups_per_interval: 50  # the storm's 50 groups each get their mail (the default cap is 20)
 route:
   receiver: oncall
 """
