@@ -140,7 +140,7 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    groups_written = await ingest(alerts, config, store, now)
+    groups_written = await ingest(alerts, config, settings, store, now)
     return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
 
 

@@ -47,7 +47,8 @@ from .intake import parse_alerts
 from .model import Alert, AlertGroup, stamp
 from .model import parse_stamp as _moment
 from .notify import alert_mail
-from .overflow import held_back, hold_back, parse_summary_message, send_summary, take_slot
+from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
+from .render import subject_of
 from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
@@ -75,26 +76,52 @@ def stored_alert(alert: Alert) -> str:
 
 @dataclass(frozen=True)
 class GroupReceipt:
-    """What intake tells the caller about one group an alert went to."""
+    """What intake tells the caller about one group an alert went to: which routes chose which receiver,
+    in which mode, and how it is mailed (`grouping`: `source` passes a pre-grouping source's notification
+    through at once, `app` groups by group_by after group_wait, `digest` keeps it for the alert digest)."""
 
     key: str
     receiver: str
     mode: str
+    grouping: str
+    routes: tuple[tuple[str, tuple[str, ...]], ...]  # (path, matchers) of each route that chose the receiver
     labels: dict[str, str]
     alerts: int
+    mail: str | None = None  # the mail's id, when one was submitted at once
 
     def answer(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "key": self.key,
             "receiver": self.receiver,
             "mode": self.mode,
+            "grouping": self.grouping,
+            "routes": [{"path": path, "matchers": list(matchers)} for path, matchers in self.routes],
             "labels": self.labels,
             "alerts": self.alerts,
         }
+        if self.mail is not None:
+            answer["mail"] = self.mail
+        return answer
 
 
-def receipts(groups: list[AlertGroup], config: NotifyConfig) -> list[GroupReceipt]:
-    return [GroupReceipt(g.key, g.receiver, config.receiver(g.receiver).mode, g.labels, len(g.alerts)) for g in groups]
+def _route_at(config: NotifyConfig, path: str) -> tuple[str, ...]:
+    """The matchers of the route at `path` (`route.routes[1].routes[0]`)."""
+    route = config.route
+    for part in path.split(".")[1:]:
+        route = route.routes[int(part.removeprefix("routes[").removesuffix("]"))]
+    return tuple(route.matchers)
+
+
+def receipts(groups: list[AlertGroup], config: NotifyConfig, mails: dict[str, str] | None = None) -> list[GroupReceipt]:
+    answered = []
+    for g in groups:
+        mode = config.receiver(g.receiver).mode
+        grouping = "digest" if mode == "digest" else "source" if g.notification is not None else "app"
+        routes = tuple((path, _route_at(config, path)) for path in g.routes)
+        answered.append(
+            GroupReceipt(g.key, g.receiver, mode, grouping, routes, g.labels, len(g.alerts), (mails or {}).get(g.key))
+        )
+    return answered
 
 
 def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
@@ -110,10 +137,14 @@ def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: date
     }
 
 
-async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: datetime) -> list[GroupReceipt]:
-    """Record alerts in their groups (or the digest buffer) and make sure each group has a flush pending."""
+async def ingest(
+    alerts: list[Alert], config: NotifyConfig, settings: Settings, store: Store, now: datetime
+) -> list[GroupReceipt]:
+    """Mail passed-through notifications at once; record the other alerts in their groups (or the digest
+    buffer) and make sure each group has a flush pending."""
     groups = group_alerts(alerts, config)
-    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate"]
+    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is None]
+    passing = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is not None]
     digest = [g for g in groups if config.receiver(g.receiver).mode == "digest"]
     seen = stamp(now)
     await store.merge_rows(
@@ -147,7 +178,40 @@ async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: d
     )
     for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
         await schedule_flush(group.key, config.receiver(group.receiver), group.labels, store, now)
-    return receipts(groups, config)
+    mails = {}
+    for group in passing:
+        mail_id = await pass_through(group, config.receiver(group.receiver), settings, store, now)
+        if mail_id is not None:
+            mails[group.key] = mail_id
+    return receipts(groups, config, mails)
+
+
+PASS_THROUGH_RETRY_WINDOW = 120  # seconds in which the same notification again is the source's retry
+
+
+async def pass_through(
+    group: AlertGroup, receiver: Receiver, settings: Settings, store: Store, now: datetime
+) -> str | None:
+    """Mail a pre-grouping source's notification as it came, at once (within the receiver's mail cap); the
+    mail's id, or None when nothing is mailed now (resolved without send_resolved, or held back by the cap).
+    The id is made of the notification's content and a short window, so the source's retry of a request
+    whose answer it missed is the same mail, which the outbox takes once."""
+    if group.status == "resolved" and not receiver.send_resolved:
+        return None
+    window = int(now.timestamp() // PASS_THROUGH_RETRY_WINDOW)
+    content = json.dumps([group.key, group.status, [a.as_dict() for a in group.alerts], window], sort_keys=True)
+    mail_id = f"alert-{hashlib.sha256(content.encode()).hexdigest()[:40]}"
+    if not await take_slot(store, receiver, now):
+        held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), stamp(now))
+        await hold_back(store, receiver, mail_id, held, now)
+        return None
+    try:
+        await submit_mail(store, alert_mail(group, receiver, settings, mail_id, now))
+    except AppError as error:
+        if error.status != 409:
+            raise
+        # the same notification within the window, rendered at another second: the source's retry
+    return mail_id
 
 
 async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], store: Store, now: datetime) -> None:
@@ -374,7 +438,7 @@ async def ingest_message(
         return await _poison_inbox(text, message_id, settings, store, f"not JSON: {error}"[:300])
     except AppError as error:
         return await _poison_inbox(text, message_id, settings, store, error.message[:300])
-    written = await ingest(alerts, config, store, now)
+    written = await ingest(alerts, config, settings, store, now)
     return InboxOutcome("ingested", len(alerts), tuple(written))
 
 

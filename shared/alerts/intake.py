@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import AppError, Detail, invalid_request
-from .model import Alert, fingerprint_of, normalise_severity
+from .model import Alert, Notification, fingerprint_of, normalise_severity
 
 SOURCES = ("alertmanager", "grafana", "azuremonitor", "generic")
 # What one alert may bring. Labels identify an alert, so they are refused (400) rather than changed; text
@@ -162,6 +162,7 @@ def _alert_list(body: dict[str, Any], source: str) -> list[Any]:
 def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
     """Alertmanager's webhook, which Grafana's extends with per-alert links."""
     common = _annotations(body.get("commonAnnotations"), source, "commonAnnotations")
+    notification = _notification(body, source)
     alerts = []
     for index, item in enumerate(_alert_list(body, source)):
         where = f"alerts[{index}]"
@@ -198,12 +199,37 @@ def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
                     ends_at=_time(item.get("endsAt"), source, f"{where}.endsAt"),
                     fingerprint=str(item.get("fingerprint") or fingerprint_of(labels)),
                     links=web_links(links),
+                    notification=notification,
                 ),
                 source,
                 where,
             )
         )
     return alerts
+
+
+def _notification(body: dict[str, Any], source: str) -> Notification | None:
+    """The source's own group, when the payload names one (`groupKey`); None lets the app group its alerts."""
+    key = body.get("groupKey")
+    if not isinstance(key, str) or not key:
+        return None
+    if len(key) > MAX_LABELS_TOTAL:
+        raise _fail(source, "groupKey", f"longer than {MAX_LABELS_TOTAL} characters")
+    truncated = body.get("truncatedAlerts") or 0
+    external = body.get("externalURL")
+    alerts = body.get("alerts")
+    firing = isinstance(alerts, list) and any(
+        isinstance(a, dict) and str(a.get("status", "")).lower() == "firing" for a in alerts
+    )
+    status = body.get("status") or ("firing" if firing else "resolved")
+    return Notification(
+        group_key=key,
+        status=_status(status, source, "status"),  # type: ignore[arg-type]
+        group_labels=_labels(body.get("groupLabels"), source, "groupLabels"),
+        common_labels=_labels(body.get("commonLabels"), source, "commonLabels"),
+        truncated=truncated if isinstance(truncated, int) and truncated > 0 else 0,
+        external_url=next(iter(web_links({"x": external}).values()), ""),
+    )
 
 
 def parse_alertmanager(body: dict[str, Any]) -> list[Alert]:

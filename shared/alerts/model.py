@@ -69,6 +69,19 @@ def fingerprint_of(labels: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """A group as a pre-grouping source (Alertmanager, a Grafana contact point) formed and notified it: the
+    payload's `groupKey`, `status`, `groupLabels`, `commonLabels`, `truncatedAlerts` and `externalURL`."""
+
+    group_key: str
+    status: Status
+    group_labels: dict[str, str]
+    common_labels: dict[str, str]
+    truncated: int = 0
+    external_url: str = ""
+
+
+@dataclass(frozen=True)
 class Alert:
     """One alert, whatever sent it. `labels` identify it (and carry `alertname` and `severity`);
     `annotations` describe it; `links` point back to the source, runbook, dashboard, silence."""
@@ -83,6 +96,7 @@ class Alert:
     ends_at: datetime | None = None
     fingerprint: str = ""
     links: dict[str, str] = field(default_factory=dict)
+    notification: Notification | None = field(default=None, compare=False)  # set by pre-grouping sources
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form an alert is stored in (group rows, the digest buffer, notices)."""
@@ -139,8 +153,10 @@ class AlertGroup:
 
     receiver: str
     key: str
-    labels: dict[str, str]  # the group_by labels and their values
+    labels: dict[str, str]  # the group_by labels and their values (the source's groupLabels when passed through)
     alerts: tuple[Alert, ...]
+    notification: Notification | None = None  # the source's notification a passed-through group mails as is
+    routes: tuple[str, ...] = ()  # the routes (`route.routes[1]`) its alerts matched
 
     @property
     def firing(self) -> list[Alert]:

@@ -27,13 +27,25 @@ SEVERITY_COLOURS = {"critical": "#b3261e", "high": "#d9480f", "warning": "#b7791
 RESOLVED_COLOUR = "#2f855a"
 
 
+def _status_tag(group: AlertGroup) -> str:
+    """`[FIRING:2]` or `[RESOLVED]`, as Alertmanager's default title has it."""
+    return f"[FIRING:{len(group.firing)}]" if group.status == "firing" else "[RESOLVED]"
+
+
 def subject_of(group: AlertGroup) -> str:
-    """`[FIRING:3] DiskFilling (db-1, /var)` like Alertmanager's, one safe line."""
-    status = "FIRING" if group.status == "firing" else "RESOLVED"
-    count = len(group.firing) if group.status == "firing" else len(group.resolved)
+    """One safe line. A passed-through notification gets Alertmanager's default title: the status, the group
+    labels' values and, in brackets, the values of the other common labels (`[FIRING:2] DiskFull (critical)`).
+    A group the app formed: the status, the alert name and its other group_by values (`[FIRING:3] DiskFull
+    (eu-1)`)."""
+    if group.notification is not None:
+        grouped = group.notification.group_labels
+        common = group.notification.common_labels
+        values = " ".join(v for _, v in sorted(grouped.items())) or (group.alerts[0].name if group.alerts else "")
+        extra = " ".join(v for k, v in sorted(common.items()) if k not in grouped)
+        return one_line(f"{_status_tag(group)} {values}" + (f" ({extra})" if extra else ""))
     name = group.labels.get("alertname") or (group.alerts[0].name if group.alerts else "alert")
     others = [v for k, v in group.labels.items() if k != "alertname" and v]
-    return one_line(f"[{status}:{count}] {name}" + (f" ({', '.join(others)})" if others else ""))
+    return one_line(f"{_status_tag(group)} {name}" + (f" ({', '.join(others)})" if others else ""))
 
 
 def _order(alerts: list[Alert]) -> list[Alert]:

@@ -39,7 +39,7 @@ def alert(instance: str, status: str = "firing", name: str = "DiskFilling", **la
 async def _ingest(alerts: list[dict[str, Any]], at: datetime) -> str:
     config = settings()
     receipts = await ingest(
-        parse_alerts({"alerts": alerts}), notify_config(config), store(config.storage_connection), at
+        parse_alerts({"alerts": alerts}), notify_config(config), config, store(config.storage_connection), at
     )
     return receipts[0].key
 
@@ -147,7 +147,7 @@ def test_resolved_alerts_are_announced_once_and_an_empty_group_goes_idle(
     assert [m["subject"] for m in sent] == [
         "[FIRING:2] DiskFilling",
         "[FIRING:1] DiskFilling",
-        "[RESOLVED:1] DiskFilling",
+        "[RESOLVED] DiskFilling",
     ]
     assert "DiskFilling on db-1" in sent[1]["body"]["content"]  # the second mail shows db-1 as resolved
     assert live is None and [r["RowKey"] for r in rows] == [GROUP_ROW]

@@ -34,7 +34,7 @@ def test_subject_says_status_count_and_name_like_alertmanager() -> None:
     )
     assert subject_of(group) == "[FIRING:3] DiskFilling (eu-1)"
     resolved = _group([{"name": "DiskFilling", "status": "resolved"}])
-    assert subject_of(resolved) == "[RESOLVED:1] DiskFilling"
+    assert subject_of(resolved) == "[RESOLVED] DiskFilling"
 
 
 def test_the_mail_lists_alerts_with_severity_labels_annotations_and_links() -> None:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def fixture(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
     return loaded
+
+
+def fresh(name: str) -> dict[str, Any]:
+    """A fixture as a new notification (its own groupKey): the same notification again within a couple of
+    minutes is taken for the source's retry, and earlier tests may have sent this one."""
+    body = fixture(name)
+    body["groupKey"] = f"{body['groupKey']}/{uuid.uuid4().hex}"
+    return body
 
 
 def _post(app: Any, body: Any = None, source: str | None = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
@@ -59,14 +68,53 @@ def _grafana_headers(body: bytes, secret: str = GRAFANA_SECRET, stamp: int | Non
     return {"X-Grafana-Alerting-Signature": signature, "X-Grafana-Alerting-Timestamp": str(stamp)}
 
 
-def test_an_alertmanager_webhook_is_accepted_with_its_groups(alerts_app: Any, azurite: AzuriteProcess) -> None:
-    status, answer = _post(alerts_app, fixture("alertmanager"))
+def test_issue12_5_an_alertmanager_notification_is_one_mail_at_once_its_status_deciding_firing(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    status, answer = _post(alerts_app, fresh("alertmanager"))
     assert status == 202
     assert answer["accepted"] == 2
-    assert [(g["receiver"], g["mode"], g["labels"], g["alerts"]) for g in answer["groups"]] == [
-        ("oncall", "immediate", {"alertname": "DiskFilling"}, 2)
-    ]
-    assert _stored(azurite) == 4  # two alert rows, the group row, one pending flush
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"], group["labels"], group["alerts"]) == (
+        "oncall",
+        "immediate",
+        "source",
+        {"alertname": "DiskFilling"},
+        2,
+    )
+    assert group["mail"].startswith("alert-")
+    assert _stored(azurite) == 1  # no group state, no flush: only the receiver's mail-cap count
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[FIRING:1] DiskFilling (critical)"
+    assert "/var on db-1 is 92% full" in mail["body"]["content"]  # firing
+    assert "/var on db-2 is 71% full" in mail["body"]["content"]  # and resolved, in the same notification
+
+
+def test_issue12_5_a_resolved_notification_is_mailed_as_resolved_and_a_retry_is_not_mailed_twice(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    body = fresh("alertmanager")
+    body["status"] = "resolved"
+    body["alerts"][0].update(status="resolved", endsAt="2026-11-23T08:30:00Z")
+    first = _post(alerts_app, body)
+    retry = _post(alerts_app, body)  # Alertmanager retries when it misses the answer
+    assert first[0] == retry[0] == 202 and first[1]["groups"][0]["mail"] == retry[1]["groups"][0]["mail"]
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert [m["subject"] for m in sandbox.sent()] == ["[RESOLVED] DiskFilling (critical)"]
+
+
+def test_issue12_5_a_receiver_can_opt_back_into_the_apps_own_grouping(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _regrouping(tmp_path, monkeypatch)
+    status, answer = _post(alerts_app, fixture("alertmanager"))
+    assert status == 202
+    [group] = answer["groups"]
+    assert group["grouping"] == "app" and "mail" not in group
+    assert _stored(azurite) == 4  # two alert rows, the group row, one pending flush (after group_wait)
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert sandbox.sent() == []
 
 
 def test_a_named_source_is_parsed_as_that_source_and_an_unknown_one_is_404(alerts_app: Any) -> None:
@@ -108,7 +156,7 @@ def test_a_dry_run_answers_the_mails_and_stores_nothing(alerts_app: Any, azurite
     status, answer = _post(alerts_app, fixture("alertmanager"), params={"dryRun": "true"})
     assert status == 200 and answer["dryRun"] is True and answer["accepted"] == 2
     [mail] = answer["mails"]
-    assert mail["subject"] == "[FIRING:1] DiskFilling"
+    assert mail["subject"] == "[FIRING:1] DiskFilling (critical)"
     assert mail["to"] == ["alice@contoso.test"] and mail["from"] == "notifications@contoso.test"
     assert "/var on db-1 is 92% full" in mail["html"] and "/var on db-1 is 92% full" in mail["text"]
     assert _stored(azurite) == 0
@@ -181,13 +229,17 @@ def _inbox(alerts_app: Any, azurite: AzuriteProcess, messages: list[str]) -> Non
 
 
 def test_the_alerts_inbox_takes_any_format_and_poisons_what_it_cannot_read(
-    alerts_app: Any, azurite: AzuriteProcess
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
-    _inbox(alerts_app, azurite, [json.dumps(fixture("alertmanager")), "not json", json.dumps({"hello": 1})])
+    generic = {"name": "BackupFailed", "severity": "high"}
+    messages = [json.dumps(fresh("alertmanager")), json.dumps(generic), "not json", json.dumps({"hello": 1})]
+    _inbox(alerts_app, azurite, messages)
     with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
-        alerts = [e for e in tables.get_table_client("alertgroups").list_entities() if e["RowKey"] != "group"]
+        rows = [e for e in tables.get_table_client("alertgroups").list_entities() if e["RowKey"].startswith("a-")]
         audit = [e for e in tables.get_table_client("audit").list_entities() if e["operation"] == "alertIntake"]
-    assert len(alerts) == 2
+    assert [json.loads(r["alert"])["name"] for r in rows] == ["BackupFailed"]  # grouped by the app
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert [m["subject"] for m in sandbox.sent()] == ["[FIRING:1] DiskFilling (critical)"]  # passed through
     poison = QueueClient.from_connection_string(azurite.connection_string, "alerts-inbox-poison")
     assert poison.get_queue_properties().approximate_message_count == 2
     poison.close()
@@ -222,13 +274,29 @@ def test_issue11_1_a_grafana_payload_reshaped_to_look_like_alertmanager_still_ne
     assert _stored(azurite) == 0
 
 
+def _regrouping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test routing file with `regroup: true` on oncall: the app groups every source's alerts."""
+    from shared.alerts.routing import notify_config
+
+    from .conftest import ROUTING
+
+    regrouping = tmp_path / "regroup.yaml"
+    regrouping.write_text(
+        ROUTING.replace("    send_resolved: true\n", "    send_resolved: true\n    regroup: true\n", 1)
+    )
+    monkeypatch.setenv("NOTIFY_CONFIG", str(regrouping))
+    notify_config.cache_clear()
+
+
 def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
-    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.alerts.dispatch import GROUP_ROW, flush
     from shared.alerts.routing import notify_config
     from shared.config import settings
     from shared.store import ALERT_GROUPS_TABLE, store
+
+    _regrouping(tmp_path, monkeypatch)  # alert state is the app's to keep only when it groups
 
     signed = json.dumps(_grafana_critical()).encode()
     status, grafana = _post(alerts_app, raw=signed, headers=_grafana_headers(signed))
@@ -346,11 +414,11 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
         failing = _FailsOnSecondFlush(config.storage_connection)
         try:
             with pytest.raises(ConnectionError):
-                await ingest(parse_alerts(payload), notify_config(config), failing, earlier)
+                await ingest(parse_alerts(payload), notify_config(config), config, failing, earlier)
         finally:
             await failing.close()
         target = store(config.storage_connection)
-        receipts = await ingest(parse_alerts(payload), notify_config(config), target, earlier)  # the retry
+        receipts = await ingest(parse_alerts(payload), notify_config(config), config, target, earlier)  # the retry
         outcomes = []
         for receipt in receipts:
             row = await target.get_row(ALERT_GROUPS_TABLE, receipt.key, GROUP_ROW)

@@ -42,7 +42,7 @@ def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
 
 async def _buffer(names: list[tuple[str, str, str]]) -> None:
     config = settings()
-    await ingest(_alerts(names), notify_config(config), store(config.storage_connection), datetime.now(UTC))
+    await ingest(_alerts(names), notify_config(config), config, store(config.storage_connection), datetime.now(UTC))
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -149,7 +149,7 @@ def test_issue11_2_a_digest_of_many_huge_alerts_is_one_sendable_mail_listing_som
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
         target = store(config.storage_connection)
-        await ingest(alerts, notify_config(config), target, datetime.now(UTC))
+        await ingest(alerts, notify_config(config), config, target, datetime.now(UTC))
         return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
 
     assert [(r.outcome, r.alerts) for r in run(scenario())] == [("sent", 300)]
@@ -207,7 +207,9 @@ def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
 
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
-        await ingest(_alerts(WAITING[:2]), notify_config(config), store(config.storage_connection), datetime.now(UTC))
+        await ingest(
+            _alerts(WAITING[:2]), notify_config(config), config, store(config.storage_connection), datetime.now(UTC)
+        )
         target = _FirstReceiverFails(config.storage_connection)
         try:
             return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
