@@ -357,11 +357,62 @@ def _azure_search_link(context: dict[str, Any]) -> str | None:
     return str(link) if isinstance(link, str) and link.startswith("https://") else None
 
 
+GENERIC_FIELDS = frozenset(
+    {
+        "name",
+        "alertname",
+        "status",
+        "severity",
+        "summary",
+        "description",
+        "labels",
+        "annotations",
+        "startsAt",
+        "endsAt",
+        "fingerprint",
+        "links",
+    }
+)
+
+
+def _unknown_fields(item: dict[str, Any], known: frozenset[str], source: str, where: str) -> None:
+    """Refuse fields the format does not have, as `/api/mail` does: a typo must not be dropped silently."""
+    unknown = sorted(str(k) for k in item if k not in known)
+    if unknown:
+        raise _fail(source, f"{where}.{unknown[0]}", f"unknown field; the fields are {', '.join(sorted(known))}")
+
+
+def _generic_links(value: Any, source: str, where: str) -> dict[str, str]:
+    """Links as a map `{"runbook": url}` or a list `[{"title": "runbook", "url": url}]`."""
+    if not isinstance(value, list):
+        return _strings(value, source, where, MAX_URL, most=MAX_LINKS)
+    if len(value) > MAX_LINKS:
+        raise _fail(source, where, f"{len(value)} entries; at most {MAX_LINKS}")
+    links: dict[str, str] = {}
+    for index, entry in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, dict):
+            raise _fail(source, at, 'must be an object like {"title": "runbook", "url": "https://..."}')
+        _unknown_fields(entry, frozenset({"title", "url"}), source, at)
+        title, url = entry.get("title"), entry.get("url")
+        if not isinstance(title, str) or not title.strip() or len(title) > MAX_NAME:
+            raise _fail(source, f"{at}.title", f"must be a text of 1-{MAX_NAME} characters")
+        if not isinstance(url, str) or len(url) > MAX_URL:
+            raise _fail(source, f"{at}.url", f"must be a URL of at most {MAX_URL} characters")
+        if title.strip() in links:
+            raise _fail(source, f"{at}.title", f"{title!r} is given twice")
+        links[title.strip()] = url
+    return links
+
+
 def parse_generic(body: Any) -> list[Alert]:
     """`{"name", "status", "severity", "summary", "description", "labels", "annotations", "startsAt", "endsAt",
-    "fingerprint", "links"}`, one or a list of them, or `{"alerts": [...]}`."""
+    "fingerprint", "links"}`, one or a list of them, or `{"alerts": [...]}`. Unknown fields are refused."""
     source = "generic"
-    items = body.get("alerts") if isinstance(body, dict) and "alerts" in body else body
+    wrapped = isinstance(body, dict) and "alerts" in body
+    if wrapped:
+        _unknown_fields(body, frozenset({"alerts"}), source, "body")
+    items = body.get("alerts") if wrapped else body
     items = items if isinstance(items, list) else [items]
     if len(items) > MAX_ALERTS:
         raise _fail(source, "alerts", f"{len(items)} alerts; at most {MAX_ALERTS} per request")
@@ -370,6 +421,7 @@ def parse_generic(body: Any) -> list[Alert]:
         where = f"alerts[{index}]" if len(items) > 1 or isinstance(body, list) else "alert"
         if not isinstance(item, dict):
             raise _fail(source, where, "must be an object")
+        _unknown_fields(item, GENERIC_FIELDS, source, where)
         labels = _labels(item.get("labels"), source, f"{where}.labels")
         name = item.get("name") or item.get("alertname") or labels.get("alertname")
         if not isinstance(name, str) or not name.strip():
@@ -380,7 +432,7 @@ def parse_generic(body: Any) -> list[Alert]:
         for key in ("summary", "description"):
             if isinstance(item.get(key), str):
                 annotations[key] = cut_text(item[key], MAX_ANNOTATION)
-        links = _strings(item.get("links"), source, f"{where}.links", MAX_URL, most=MAX_LINKS)
+        links = _generic_links(item.get("links"), source, f"{where}.links")
         alerts.append(
             bounded(
                 Alert(

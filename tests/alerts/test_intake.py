@@ -226,3 +226,49 @@ def test_issue11_2_non_ascii_texts_are_cut_to_fit_as_stored_too() -> None:
     [alert] = parse_alerts(_am({"labels": {"alertname": "A"}, "annotations": annotations}))
     assert len(json.dumps(alert.as_dict(), separators=(",", ":"))) <= MAX_STORED
     assert alert.annotations  # shortened, not all dropped
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "A", "sevrity": "critical"}, "alert.sevrity"),
+        ([{"name": "A"}, {"name": "B", "title": "x"}], "alerts[1].title"),
+        ({"alerts": [{"name": "A"}], "receiver": "x"}, "body.receiver"),
+    ],
+)
+def test_issue12_6_the_generic_format_refuses_unknown_fields(body: Any, field: str) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(body, "generic")
+    assert raised.value.status == 400
+    assert raised.value.details[0].field == field and "unknown field" in raised.value.details[0].message
+
+
+def test_issue12_6_generic_links_may_be_a_list_of_title_and_url() -> None:
+    links = [
+        {"title": "Runbook", "url": "https://runbooks.contoso.test/backup"},
+        {"title": "Grafana board", "url": "https://grafana.contoso.test/d/backup"},
+        {"title": "script", "url": "javascript:alert(1)"},
+    ]
+    [alert] = parse_alerts({"name": "BackupFailed", "links": links})
+    assert alert.links == {
+        "Runbook": "https://runbooks.contoso.test/backup",
+        "Grafana board": "https://grafana.contoso.test/d/backup",
+    }
+    [mapped] = parse_alerts({"name": "BackupFailed", "links": {"Runbook": "https://runbooks.contoso.test/backup"}})
+    assert mapped.links == {"Runbook": "https://runbooks.contoso.test/backup"}
+
+
+@pytest.mark.parametrize(
+    ("links", "field"),
+    [
+        (["https://x.test"], "alert.links[0]"),
+        ([{"title": "a", "url": "https://x.test", "icon": "x"}], "alert.links[0].icon"),
+        ([{"url": "https://x.test"}], "alert.links[0].title"),
+        ([{"title": "a", "url": 5}], "alert.links[0].url"),
+        ([{"title": "a", "url": "https://x.test"}, {"title": "a", "url": "https://y.test"}], "alert.links[1].title"),
+    ],
+)
+def test_issue12_6_malformed_link_lists_are_refused_naming_the_entry(links: Any, field: str) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts({"name": "A", "links": links})
+    assert raised.value.details[0].field == field

@@ -430,3 +430,42 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
 
     assert run(scenario()) == ["notified", "notified"]
     assert sorted(m["subject"] for m in sandbox.sent()) == ["[FIRING:1] First", "[FIRING:1] Second"]
+
+
+GRAFANA_DOCUMENTED_EXAMPLE = {  # Grafana's webhook notifier page: no severity label anywhere
+    "receiver": "My Super Webhook",
+    "status": "firing",
+    "orgId": 1,
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+            "annotations": {"description": "The system has high memory usage", "summary": "zone us-1"},
+            "startsAt": "2021-10-12T09:51:03.157076+02:00",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": "c6eadffa33fcdf37",
+            "values": {"B": 44.23943737541908, "C": 1},
+        }
+    ],
+    "groupLabels": {},
+    "commonLabels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+    "commonAnnotations": {},
+    "externalURL": "https://play.grafana.org/",
+    "version": "1",
+    "groupKey": '{}:{alertname="High memory usage"}',
+    "truncatedAlerts": 0,
+}
+
+
+def test_issue12_6_the_answer_names_the_route_receiver_and_mode_an_alert_went_to(alerts_app: Any) -> None:
+    body = json.dumps(GRAFANA_DOCUMENTED_EXAMPLE).encode()
+    status, answer = _post(alerts_app, raw=body, headers=_grafana_headers(body))
+    assert status == 202
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"]) == ("digest", "digest", "digest")
+    assert group["routes"] == [{"path": "route", "matchers": []}]  # no child route matched: the root's receiver
+
+    status, answer = _post(alerts_app, {"name": "BackupFailed", "severity": "high"})
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"]) == ("oncall", "immediate", "app")
+    assert group["routes"] == [{"path": "route.routes[1]", "matchers": ['severity=~"critical|high"']}]
