@@ -127,7 +127,7 @@ def receipts(groups: list[AlertGroup], config: NotifyConfig, mails: dict[str, st
 def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
     """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
     mail = alert_mail(group, receiver, settings, "dry-run", now)
-    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html", "text"})
+    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html"})
     return {
         "group": group.key,
         "receiver": receiver.name,

@@ -177,7 +177,7 @@ def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
         }
         links = {
             "source": item.get("generatorURL"),
-            "silence": item.get("silenceURL"),
+            "silence": item.get("silenceURL") or _alertmanager_silence(notification, labels, source),
             "dashboard": item.get("dashboardURL"),
             "panel": item.get("panelURL"),
             "runbook": annotations.get("runbook_url") or annotations.get("runbook"),
@@ -206,6 +206,18 @@ def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
             )
         )
     return alerts
+
+
+def _alertmanager_silence(notification: Notification | None, labels: dict[str, str], source: str) -> str | None:
+    """Alertmanager's new-silence form for an alert, its labels as matchers (`<externalURL>/#/silences/new
+    ?filter={alertname="X",instance="y"}`), as Alertmanager's own UI links it."""
+    if source != "alertmanager" or notification is None or not notification.external_url:
+        return None
+    matchers = ",".join(
+        f'{name}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for name, value in sorted(labels.items())
+    )
+    return f"{notification.external_url.rstrip('/')}/#/silences/new?filter={quote('{' + matchers + '}', safe='')}"
 
 
 def _notification(body: dict[str, Any], source: str) -> Notification | None:
@@ -277,7 +289,13 @@ def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
     if items and isinstance(items, list):
         labels["target"] = ", ".join(str(i) for i in items)
     custom = data.get("customProperties") if isinstance(data, dict) else None
-    labels.update(_strings(custom, source, "data.customProperties", MAX_LABEL, most=MAX_LABELS))
+    properties = _strings(custom, source, "data.customProperties", MAX_URL, most=MAX_LABELS)
+    custom_links = web_links(properties)  # a URL among the custom properties is a link, not a label
+    for name, value in properties.items():
+        if name not in custom_links:
+            if len(value) > MAX_LABEL:
+                raise _fail(source, f"data.customProperties.{name}", f"longer than {MAX_LABEL} characters")
+            labels[name] = value
     labels = {k: v for k, v in labels.items() if v}
     annotations = {"description": str(essentials.get("description") or "")}
     context = data.get("alertContext") if isinstance(data, dict) else None
@@ -292,6 +310,7 @@ def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
     search = _azure_search_link(context if isinstance(context, dict) else {})
     if search:
         links["dashboard"] = search
+    links.update({name: url for name, url in custom_links.items() if name not in links})
     alert = Alert(
         source=source,
         name=rule,

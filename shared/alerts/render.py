@@ -70,16 +70,48 @@ def for_display(alert: Alert) -> Alert:
 
 
 def fits(mail: RenderedMail) -> bool:
-    return len(mail.html) <= MAIL_BUDGET and len(mail.text) <= MAIL_BUDGET
+    return len(mail.html) <= MAIL_BUDGET and len(mail.text or "") <= MAIL_BUDGET
+
+
+# Annotations the template shows in their own places (the headline, the description, the runbook link)
+SHOWN_ELSEWHERE = ("summary", "title", "description", "runbook_url", "runbook")
+LINK_ORDER = ("source", "runbook", "dashboard", "panel", "silence")
+
+
+def links_of(alert: Alert) -> list[tuple[str, str]]:
+    """An alert's links, the well-known kinds first, then the others (generic titles, Azure's custom
+    properties) by name."""
+    known = [(kind, alert.links[kind]) for kind in LINK_ORDER if kind in alert.links]
+    return known + sorted((k, v) for k, v in alert.links.items() if k not in LINK_ORDER)
+
+
+def _identities(alerts: list[Alert]) -> dict[str, str]:
+    """What tells each alert of a group from the others (its `instance`, else the labels whose values differ),
+    so that two alerts with the same summary never read as the same line."""
+    names = sorted({k for a in alerts for k in a.labels} - {"alertname", "severity"})
+    differing = [n for n in names if len({a.labels.get(n) for a in alerts}) > 1]
+    found = {}
+    for alert in alerts:
+        if alert.labels.get("instance"):
+            found[alert.fingerprint] = alert.labels["instance"]
+        else:
+            found[alert.fingerprint] = ", ".join(f"{n}={alert.labels[n]}" for n in differing if n in alert.labels)
+    return found
 
 
 def render_group(group: AlertGroup, template: str = "default", now: datetime | None = None) -> RenderedMail:
-    """The mail for one group; `template` names `templates/alert_<template>.html.j2` and `.txt.j2`."""
+    """The mail for one group; `template` names `templates/alert_<template>.html.j2` (the one body Graph
+    sends)."""
     firing = [for_display(a) for a in _order(group.firing)]
     resolved = [for_display(a) for a in _order(group.resolved)]
+    identities = _identities(firing + resolved)
     shown = DISPLAY_CAP
     while True:
         context: dict[str, Any] = {
+            "identity": lambda alert: identities.get(alert.fingerprint, ""),
+            "links_of": links_of,
+            "shown_elsewhere": SHOWN_ELSEWHERE,
+            "truncated": group.notification.truncated if group.notification else 0,
             "group": group,
             "firing": firing[:shown],
             "firing_more": max(0, len(firing) - shown),
