@@ -14,6 +14,10 @@ the status it was last announced with).
   the notice's number, so a flush that dies half-way is finished by its redelivery without a second mail.
   While alerts remain, the next flush is one `group_interval` later.
 
+- A pre-grouping source's notification (Alertmanager, Grafana) is not grouped again unless the receiver says
+  `regroup`: `pass_through` mails it at once, as the source formed it.
+- Every notice counts against its receiver's mail cap (`overflow`); one over the cap goes into a summary.
+
 Concurrent instances are kept apart by ETags on the group row; every write can be repeated safely.
 """
 
