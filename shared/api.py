@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .alerts.auth import SecretSource, authenticate
+from .alerts.auth import SecretSource, admit_source
 from .alerts.dispatch import ingest, preview, receipts
 from .alerts.grouping import group_alerts
-from .alerts.intake import SOURCES, detect_source, parse_alerts
+from .alerts.intake import SOURCES, parse_alerts
 from .alerts.routing import NotifyConfig
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
@@ -185,8 +185,7 @@ async def post_alerts(
     if source is not None and source not in SOURCES:
         raise not_found(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
-    source = source or detect_source(payload)
-    await authenticate(source, config.source_auth(source), request.headers, request.body, secrets, time.time())
+    source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
     alerts = parse_alerts(payload, source)
     now = datetime.now(UTC)
     if dry_run:
@@ -198,7 +197,7 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    groups_written = await ingest(alerts, config, store, now)
+    groups_written = await ingest(alerts, config, settings, store, now)
     return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
 
 

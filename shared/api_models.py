@@ -148,14 +148,25 @@ class MailStatus(_Model):
     error: FailureReason | None = None
 
 
+class MatchedRoute(_Closed):
+    path: str = Field(description="`route`, `route.routes[1]` ...")
+    matchers: list[str]
+
+
 class GroupReceipt(_Model):
     """One alert group the request's alerts went to."""
 
     key: str
     receiver: str
     mode: Literal["immediate", "digest"]
+    grouping: Literal["source", "app", "digest"] = Field(
+        description="source: a pre-grouped notification (Alertmanager, Grafana) mailed as it is; app: the app "
+        "groups it (group_wait, group_interval); digest: it waits for the receiver's alert digest"
+    )
+    routes: list[MatchedRoute] = Field(description="the routes that matched, from the root down")
     labels: dict[str, str]
     alerts: int
+    mail: str | None = Field(None, description="the id of the mail a pass-through notification became")
 
 
 class AlertsAccepted(_Model):
@@ -172,8 +183,7 @@ class AlertMailPreview(_Model):
     to: list[str]
     cc: list[str]
     subject: str
-    html: str | None
-    text: str | None
+    html: str
 
 
 class AlertsDryRun(AlertsAccepted):

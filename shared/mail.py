@@ -302,7 +302,7 @@ def compose_mail(
     to: list[str],
     subject: str,
     html: str,
-    text: str,
+    text: str | None,
     settings: Settings,
     *,
     cc: list[str] | None = None,

@@ -98,6 +98,7 @@ OPERATIONS: dict[routes.Route, Operation] = {
             200: Answer("Dry run: the groups and the mails they would get now", m.AlertsDryRun),
             400: _error("Not an alert payload of the source"),
             401: _error("The source's bearer token or signature is missing or wrong"),
+            403: _error("The routing file requires authentication for every source, and this one has none"),
             404: _error("Unknown source"),
             413: _error("Body too large"),
             415: _error("Not JSON"),

@@ -15,13 +15,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..errors import AppError, unauthorized, unavailable
-from .routing import SourceAuth, parse_duration
+from .intake import apparent_sources, detect_source
+from .routing import NotifyConfig, SourceAuth, parse_duration
 
 REREAD_AFTER_SECONDS = 60
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
 
 log = logging.getLogger("notifier.alerts")
 
@@ -37,7 +40,7 @@ def _signature_base(auth: SourceAuth, headers: Mapping[str, str], body: bytes, n
     if auth.timestamp_header is None:
         return body
     stamp = headers.get(auth.timestamp_header.lower(), "").strip()
-    if not stamp.isdigit():
+    if not _UNIX_SECONDS.fullmatch(stamp):  # ASCII digits only: `²` is a digit to isdigit(), not to int()
         raise unauthorized(f"The request needs a {auth.timestamp_header} header with a Unix timestamp.")
     if abs(now - int(stamp)) > parse_duration(auth.replay_window):
         raise unauthorized("The request's timestamp is outside the replay window.")
@@ -91,3 +94,30 @@ async def authenticate(
         log.error("alert source %s cannot be authenticated: %s", source, reason[:300])
         raise unavailable(f"The {source} source cannot be authenticated now; try again later.") from None
     raise unauthorized(f"The {source} request's credentials are not valid.")
+
+
+async def admit_source(
+    named: str | None,
+    payload: object,
+    config: NotifyConfig,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Callable[[], SecretSource],
+    now: float,
+) -> str:
+    """The source a request's alerts belong to (the one in the URL, else the detected one), once the request
+    has passed the authentication of that source and of every source the payload looks like. With
+    `require_source_auth`, a source the routing file gives no authentication is refused outright (403)."""
+    source = named or detect_source(payload)
+    owed = sorted({source} | apparent_sources(payload))
+    if config.require_source_auth:
+        open_sources = [name for name in owed if config.source_auth(name) is None]
+        if open_sources:
+            raise AppError(
+                403,
+                "forbidden",
+                f"The routing file requires source authentication, and gives none for {', '.join(open_sources)}.",
+            )
+    for name in owed:
+        await authenticate(name, config.source_auth(name), headers, body, secrets, now)
+    return source

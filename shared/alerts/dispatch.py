@@ -1,7 +1,7 @@
 """Dispatch: grouping with state, Alertmanager's aggregation groups in serverless form.
 
 State lives in Table storage, one partition per group: a `group` row (receiver, labels, the due time of its
-one live flush, the last notice) and a row per alert (`a-<hash of fingerprint>`: the alert, its status,
+one live flush, the last notice) and a row per alert (`a-<hash of source and fingerprint>`: the alert, its status,
 the status it was last announced with).
 
 - `ingest` writes routed alerts to their groups (digest receivers: to the digest buffer instead) and makes
@@ -13,6 +13,10 @@ the status it was last announced with).
   mails and the alerts' statuses) is stored before the mail is submitted under an id made of the group and
   the notice's number, so a flush that dies half-way is finished by its redelivery without a second mail.
   While alerts remain, the next flush is one `group_interval` later.
+
+- A pre-grouping source's notification (Alertmanager, Grafana) is not grouped again unless the receiver says
+  `regroup`: `pass_through` mails it at once, as the source formed it.
+- Every notice counts against its receiver's mail cap (`overflow`); one over the cap goes into a summary.
 
 Concurrent instances are kept apart by ETags on the group row; every write can be repeated safely.
 """
@@ -42,26 +46,21 @@ from ..store import (
     StatusChanged,
     Store,
 )
+from ..text import json_too_deep
 from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
-from .model import Alert, AlertGroup
+from .model import Alert, AlertGroup, stamp
+from .model import parse_stamp as _moment
 from .notify import alert_mail
+from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
+from .render import subject_of
 from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
 
 GROUP_ROW = "group"
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
-MAX_ALERT_JSON = 30_000  # characters; a Table string property holds 32 K UTF-16 code units
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
-
-
-def stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _moment(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _whole_second_after(moment: datetime) -> datetime:
@@ -69,52 +68,71 @@ def _whole_second_after(moment: datetime) -> datetime:
 
 
 def alert_row_key(alert: Alert) -> str:
-    """Fingerprints may hold characters Table keys refuse (Azure Monitor's are resource paths)."""
-    return "a-" + hashlib.sha256(alert.fingerprint.encode()).hexdigest()[:32]
+    """An alert's identity: its fingerprint within the source it came through, so no source can fire,
+    resolve or repeat another's alerts. Hashed: fingerprints may hold characters Table keys refuse (Azure
+    Monitor's are resource paths)."""
+    return "a-" + hashlib.sha256(f"{alert.source}\n{alert.fingerprint}".encode()).hexdigest()[:32]
 
 
 def stored_alert(alert: Alert) -> str:
-    """An alert's JSON, its longest annotations shortened until it fits a Table property."""
-    text = json.dumps(alert.as_dict(), separators=(",", ":"))
-    annotations = dict(alert.annotations)
-    while len(text) > MAX_ALERT_JSON and annotations:
-        longest = max(annotations, key=lambda name: len(annotations[name]))
-        value = annotations[longest]
-        annotations[longest] = value[: len(value) // 2] + "\u2026" if len(value) > 64 else ""
-        if not annotations[longest]:
-            del annotations[longest]
-        text = json.dumps(replace(alert, annotations=annotations).as_dict(), separators=(",", ":"))
-    return text
+    """An alert's JSON as a row stores it; intake has bounded it to fit (`intake.MAX_STORED`)."""
+    return json.dumps(alert.as_dict(), separators=(",", ":"))
 
 
 @dataclass(frozen=True)
 class GroupReceipt:
-    """What intake tells the caller about one group an alert went to."""
+    """What intake tells the caller about one group an alert went to: which routes chose which receiver,
+    in which mode, and how it is mailed (`grouping`: `source` passes a pre-grouping source's notification
+    through at once, `app` groups by group_by after group_wait, `digest` keeps it for the alert digest)."""
 
     key: str
     receiver: str
     mode: str
+    grouping: str
+    routes: tuple[tuple[str, tuple[str, ...]], ...]  # (path, matchers) of each route that chose the receiver
     labels: dict[str, str]
     alerts: int
+    mail: str | None = None  # the mail's id, when one was submitted at once
 
     def answer(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "key": self.key,
             "receiver": self.receiver,
             "mode": self.mode,
+            "grouping": self.grouping,
+            "routes": [{"path": path, "matchers": list(matchers)} for path, matchers in self.routes],
             "labels": self.labels,
             "alerts": self.alerts,
         }
+        if self.mail is not None:
+            answer["mail"] = self.mail
+        return answer
 
 
-def receipts(groups: list[AlertGroup], config: NotifyConfig) -> list[GroupReceipt]:
-    return [GroupReceipt(g.key, g.receiver, config.receiver(g.receiver).mode, g.labels, len(g.alerts)) for g in groups]
+def _route_at(config: NotifyConfig, path: str) -> tuple[str, ...]:
+    """The matchers of the route at `path` (`route.routes[1].routes[0]`)."""
+    route = config.route
+    for part in path.split(".")[1:]:
+        route = route.routes[int(part.removeprefix("routes[").removesuffix("]"))]
+    return tuple(route.matchers)
+
+
+def receipts(groups: list[AlertGroup], config: NotifyConfig, mails: dict[str, str] | None = None) -> list[GroupReceipt]:
+    answered = []
+    for g in groups:
+        mode = config.receiver(g.receiver).mode
+        grouping = "digest" if mode == "digest" else "source" if g.notification is not None else "app"
+        routes = tuple((path, _route_at(config, path)) for path in g.routes)
+        answered.append(
+            GroupReceipt(g.key, g.receiver, mode, grouping, routes, g.labels, len(g.alerts), (mails or {}).get(g.key))
+        )
+    return answered
 
 
 def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
     """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
     mail = alert_mail(group, receiver, settings, "dry-run", now)
-    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html", "text"})
+    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html"})
     return {
         "group": group.key,
         "receiver": receiver.name,
@@ -124,10 +142,14 @@ def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: date
     }
 
 
-async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: datetime) -> list[GroupReceipt]:
-    """Record alerts in their groups (or the digest buffer) and make sure each group has a flush pending."""
+async def ingest(
+    alerts: list[Alert], config: NotifyConfig, settings: Settings, store: Store, now: datetime
+) -> list[GroupReceipt]:
+    """Mail passed-through notifications at once; record the other alerts in their groups (or the digest
+    buffer) and make sure each group has a flush pending."""
     groups = group_alerts(alerts, config)
-    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate"]
+    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is None]
+    passing = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is not None]
     digest = [g for g in groups if config.receiver(g.receiver).mode == "digest"]
     seen = stamp(now)
     await store.merge_rows(
@@ -161,7 +183,40 @@ async def ingest(alerts: list[Alert], config: NotifyConfig, store: Store, now: d
     )
     for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
         await schedule_flush(group.key, config.receiver(group.receiver), group.labels, store, now)
-    return receipts(groups, config)
+    mails = {}
+    for group in passing:
+        mail_id = await pass_through(group, config.receiver(group.receiver), settings, store, now)
+        if mail_id is not None:
+            mails[group.key] = mail_id
+    return receipts(groups, config, mails)
+
+
+PASS_THROUGH_RETRY_WINDOW = 120  # seconds in which the same notification again is the source's retry
+
+
+async def pass_through(
+    group: AlertGroup, receiver: Receiver, settings: Settings, store: Store, now: datetime
+) -> str | None:
+    """Mail a pre-grouping source's notification as it came, at once (within the receiver's mail cap); the
+    mail's id, or None when nothing is mailed now (resolved without send_resolved, or held back by the cap).
+    The id is made of the notification's content and a short window, so the source's retry of a request
+    whose answer it missed is the same mail, which the outbox takes once."""
+    if group.status == "resolved" and not receiver.send_resolved:
+        return None
+    window = int(now.timestamp() // PASS_THROUGH_RETRY_WINDOW)
+    content = json.dumps([group.key, group.status, [a.as_dict() for a in group.alerts], window], sort_keys=True)
+    mail_id = f"alert-{hashlib.sha256(content.encode()).hexdigest()[:40]}"
+    if not await take_slot(store, receiver, now):
+        held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), stamp(now))
+        await hold_back(store, receiver, mail_id, held, now)
+        return None
+    try:
+        await submit_mail(store, alert_mail(group, receiver, settings, mail_id, now))
+    except AppError as error:
+        if error.status != 409:
+            raise
+        # the same notification within the window, rendered at another second: the source's retry
+    return mail_id
 
 
 async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], store: Store, now: datetime) -> None:
@@ -208,8 +263,8 @@ async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> No
 
 @dataclass(frozen=True)
 class Flush:
-    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `dropped`
-    (its receiver is no longer configured)."""
+    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
+    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
 
     group: str
     outcome: str
@@ -228,7 +283,15 @@ def parse_flush_message(text: str) -> tuple[str, str]:
 
 
 async def flush(text: str, config: NotifyConfig, settings: Settings, store: Store) -> Flush:
-    """Handle one `alerts-flush` message (see the module's docstring)."""
+    """Handle one `alerts-flush` message: a group's flush (see the module's docstring) or a receiver's
+    summary of the notices its mail cap held back (`overflow`)."""
+    summary = parse_summary_message(text)
+    if summary is not None:
+        receiver = next((r for r in config.receivers if r.name == summary[0]), None)
+        if receiver is None:
+            return Flush(f"summary:{summary[0]}", "dropped")
+        outcome, mail_id, listed = await send_summary(receiver, summary[1], settings, store)
+        return Flush(f"summary:{receiver.name}", outcome, mail_id, listed)
     key, due = parse_flush_message(text)
     row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
     if row is None or row.get("scheduled_for") != due:
@@ -251,10 +314,14 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     if notice is None:
         notice = _decide(key, row, members, receiver, settings, at, notice_id)
         if notice is not None:
+            notice["held_back"] = not await take_slot(store, receiver, at)  # over the receiver's mail cap
             notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
     announced: dict[str, str] = {}
     if notice is not None:
-        await submit_mail(store, MailRequest.model_validate(notice["mail"]))
+        if notice.get("held_back"):
+            await hold_back(store, receiver, notice_id, held_back(key, notice, due), datetime.now(UTC))
+        else:
+            await submit_mail(store, MailRequest.model_validate(notice["mail"]))
         announced = notice["alerts"]
         await store.merge_rows(
             ALERT_GROUPS_TABLE,
@@ -287,6 +354,8 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
         await schedule_flush(key, receiver, labels, store, datetime.now(UTC))
     if notice is None:
         return Flush(key, "quiet")
+    if notice.get("held_back"):
+        return Flush(key, "held_back", None, len(announced))
     return Flush(key, "notified", notice["mail"]["id"], len(announced))
 
 
@@ -368,13 +437,15 @@ async def ingest_message(
     """One `alerts-inbox` message (any supported format, auto-detected). One that can never be read goes to
     `alerts-inbox-poison` at once, its reason in the log and the audit table; Storage trouble is raised for
     the host to redeliver."""
+    if json_too_deep(text):
+        return await _poison_inbox(text, message_id, settings, store, "not JSON: nested too deep")
     try:
         alerts = parse_alerts(json.loads(text))
-    except (ValueError, RecursionError) as error:
+    except ValueError as error:
         return await _poison_inbox(text, message_id, settings, store, f"not JSON: {error}"[:300])
     except AppError as error:
         return await _poison_inbox(text, message_id, settings, store, error.message[:300])
-    written = await ingest(alerts, config, store, now)
+    written = await ingest(alerts, config, settings, store, now)
     return InboxOutcome("ingested", len(alerts), tuple(written))
 
 

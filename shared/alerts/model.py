@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 Status = Literal["firing", "resolved"]
@@ -53,9 +53,32 @@ def normalise_severity(value: str | None) -> str:
     return _SEVERITY_WORDS.get(value.strip().lower(), "warning")
 
 
+def stamp(moment: datetime) -> str:
+    """The second-resolution UTC form the pipeline stores times in (`2026-11-23T08:01:30Z`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str) -> datetime:
+    """A time `stamp` wrote; ValueError for anything else."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
 def fingerprint_of(labels: dict[str, str]) -> str:
     """A stable identity of a label set, for sources that send none (16 hex digits, like Alertmanager's)."""
     return hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A group as a pre-grouping source (Alertmanager, a Grafana contact point) formed and notified it: the
+    payload's `groupKey`, `status`, `groupLabels`, `commonLabels`, `truncatedAlerts` and `externalURL`."""
+
+    group_key: str
+    status: Status
+    group_labels: dict[str, str]
+    common_labels: dict[str, str]
+    truncated: int = 0
+    external_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,7 @@ class Alert:
     ends_at: datetime | None = None
     fingerprint: str = ""
     links: dict[str, str] = field(default_factory=dict)
+    notification: Notification | None = field(default=None, compare=False)  # set by pre-grouping sources
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form an alert is stored in (group rows, the digest buffer, notices)."""
@@ -129,8 +153,10 @@ class AlertGroup:
 
     receiver: str
     key: str
-    labels: dict[str, str]  # the group_by labels and their values
+    labels: dict[str, str]  # the group_by labels and their values (the source's groupLabels when passed through)
     alerts: tuple[Alert, ...]
+    notification: Notification | None = None  # the source's notification a passed-through group mails as is
+    routes: tuple[str, ...] = ()  # the routes (`route.routes[1]`) its alerts matched
 
     @property
     def firing(self) -> list[Alert]:

@@ -83,6 +83,8 @@ class Receiver(_Model):
     repeat_interval: str = "4h"
     send_resolved: bool = True
     template: str = "default"
+    max_groups_per_interval: int = Field(20, ge=1, le=1000)  # group notices mailed per group_interval; then a summary
+    regroup: bool = False  # true: group the notifications of pre-grouping sources (Alertmanager, Grafana) again
 
     @field_validator("to", "cc")
     @classmethod
@@ -200,6 +202,7 @@ class NotifyConfig(_Model):
     receivers: list[Receiver] = Field(min_length=1)
     route: Route
     sources: dict[Literal["alertmanager", "grafana", "azuremonitor", "generic"], SourceAuth] = {}
+    require_source_auth: bool = False  # refuse alerts of every source that `sources` gives no authentication
     digests: list[MailboxDigest] = []
 
     @model_validator(mode="after")
@@ -231,26 +234,32 @@ class NotifyConfig(_Model):
         return next((auth for name, auth in self.sources.items() if name == source), None)
 
 
-def route_alert(alert: Alert, config: NotifyConfig) -> list[Receiver]:
-    """The receivers an alert goes to (at least the root's), in tree order, each once."""
-    found: list[str] = []
+def route_matches(alert: Alert, config: NotifyConfig) -> list[tuple[Receiver, str]]:
+    """The receivers an alert goes to (at least the root's), in tree order, each once, with the path of the
+    route that chose it (`route`, `route.routes[1]`, ...)."""
+    found: dict[str, str] = {}
 
-    def walk(route: Route, inherited: str) -> bool:
+    def walk(route: Route, inherited: str, path: str) -> bool:
         if not all(m.matches(alert.labels) for m in route.parsed_matchers()):
             return False
         receiver = route.receiver or inherited
         matched_child = False
-        for child in route.routes:
-            if walk(child, receiver):
+        for index, child in enumerate(route.routes):
+            if walk(child, receiver, f"{path}.routes[{index}]"):
                 matched_child = True
                 if not child.continue_:
                     break
         if not matched_child:
-            found.append(receiver)
+            found.setdefault(receiver, path)
         return True
 
-    walk(config.route, config.route.receiver or "")
-    return [config.receiver(name) for name in dict.fromkeys(found)]
+    walk(config.route, config.route.receiver or "", "route")
+    return [(config.receiver(name), path) for name, path in found.items()]
+
+
+def route_alert(alert: Alert, config: NotifyConfig) -> list[Receiver]:
+    """The receivers an alert goes to (at least the root's), in tree order, each once."""
+    return [receiver for receiver, _ in route_matches(alert, config)]
 
 
 def _line_of(node: yaml.Node | None, location: tuple[Any, ...]) -> int | None:

@@ -18,23 +18,28 @@ from typing import Any
 
 from ..alerts.grouping import receiver_key
 from ..alerts.model import Alert
+from ..alerts.render import fits, for_display
 from ..alerts.routing import NotifyConfig, Receiver
 from ..config import Settings
 from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
 from ..store import ALERT_DIGEST_TABLE, DIGEST_RUN_CONTAINER, StatusChanged, Store
-from .render import alert_digest_lines, render_alert_digest
+from ..templating import RenderedMail
+from .render import AlertDigestLine, alert_digest_lines, render_alert_digest
 
 log = logging.getLogger("notifier.digests")
+
+DIGEST_CAP = 200  # kinds of alert listed in one digest; the rest are counted
 
 
 @dataclass(frozen=True)
 class AlertDigestRun:
     receiver: str
-    outcome: str  # sent | nothing_new
+    outcome: str  # sent | nothing_new | failed
     alerts: int = 0
     mail_id: str | None = None
     resumed: bool = False
+    error: str | None = None  # the error's type when failed (the log has the rest)
 
 
 def _record_name(receiver: Receiver) -> str:
@@ -44,12 +49,18 @@ def _record_name(receiver: Receiver) -> str:
 async def run_alert_digests(
     config: NotifyConfig, settings: Settings, store: Store, now: datetime
 ) -> list[AlertDigestRun]:
-    """One digest per digest-mode receiver that has alerts waiting."""
-    return [
-        await run_alert_digest(receiver, settings, store, now)
-        for receiver in config.receivers
-        if receiver.mode == "digest"
-    ]
+    """One digest per digest-mode receiver that has alerts waiting; a receiver whose digest fails is logged
+    and answered `failed`, and the others still get theirs."""
+    runs = []
+    for receiver in config.receivers:
+        if receiver.mode != "digest":
+            continue
+        try:
+            runs.append(await run_alert_digest(receiver, settings, store, now))
+        except Exception as error:
+            log.exception("the alert digest of receiver %s failed; the others go on", receiver.name)
+            runs.append(AlertDigestRun(receiver.name, "failed", error=type(error).__name__))
+    return runs
 
 
 async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store, now: datetime) -> AlertDigestRun:
@@ -61,9 +72,8 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     rows = await store.partition_rows(ALERT_DIGEST_TABLE, receiver_key(receiver.name))
     if not rows:
         return AlertDigestRun(receiver.name, "nothing_new", resumed=resumed)
-    entries = [(Alert.from_dict(json.loads(row["alert"])), str(row.get("lastSeen", ""))) for row in rows]
-    lines = alert_digest_lines(entries)
-    rendered = render_alert_digest(receiver.name, lines, now)
+    entries = [(for_display(Alert.from_dict(json.loads(row["alert"]))), str(row.get("lastSeen", ""))) for row in rows]
+    rendered = _bounded_digest(receiver.name, alert_digest_lines(entries), now)
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = f"alertdigest-{receiver_key(receiver.name)}-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     mail = compose_mail(
@@ -76,6 +86,16 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(receiver), record)
     await _finish(receiver, record, store)
     return AlertDigestRun(receiver.name, "sent", len(record["rows"]), record["mail"]["id"], resumed)
+
+
+def _bounded_digest(receiver: str, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
+    """The digest listing at most DIGEST_CAP kinds, and fewer when the body would pass the mail budget."""
+    shown = min(len(lines), DIGEST_CAP)
+    while True:
+        rendered = render_alert_digest(receiver, lines, now, shown)
+        if fits(rendered) or shown <= 1:
+            return rendered
+        shown //= 2
 
 
 async def _finish(receiver: Receiver, record: dict[str, Any], store: Store) -> None:

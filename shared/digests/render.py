@@ -127,9 +127,21 @@ def alert_digest_lines(entries: list[tuple[Alert, str]]) -> list[AlertDigestLine
     return sorted(lines, key=lambda line: (rank.get(line.severity, 9), -line.count, line.name))
 
 
-def render_alert_digest(receiver: str, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
+def render_alert_digest(
+    receiver: str, lines: list[AlertDigestLine], now: datetime, shown: int | None = None
+) -> RenderedMail:
+    """The alert digest of all `lines`, listing the first `shown` of them (all by default) and counting the rest."""
     total = sum(line.count for line in lines)
+    listed = lines if shown is None else lines[:shown]
     subject = one_line(f"[ALERT DIGEST] {total} alerts, {len(lines)} kinds ({receiver})")
     return render_mail(
-        "digest_alerts", subject, receiver=receiver, lines=lines, total=total, colours=SEVERITY_COLOURS, now=now
+        "digest_alerts",
+        subject,
+        receiver=receiver,
+        lines=listed,
+        kinds=len(lines),
+        more=len(lines) - len(listed),
+        total=total,
+        colours=SEVERITY_COLOURS,
+        now=now,
     )

@@ -38,7 +38,7 @@ def alert(instance: str, status: str = "firing", name: str = "DiskFilling", **la
 
 async def _ingest(alerts: list[dict[str, Any]], at: datetime) -> str:
     config = settings()
-    receipts = await ingest(parse_alerts({"alerts": alerts}), notify_config(config), store(config.storage), at)
+    receipts = await ingest(parse_alerts({"alerts": alerts}), notify_config(config), config, store(config.storage), at)
     return receipts[0].key
 
 
@@ -145,7 +145,7 @@ def test_resolved_alerts_are_announced_once_and_an_empty_group_goes_idle(
     assert [m["subject"] for m in sent] == [
         "[FIRING:2] DiskFilling",
         "[FIRING:1] DiskFilling",
-        "[RESOLVED:1] DiskFilling",
+        "[RESOLVED] DiskFilling",
     ]
     assert "DiskFilling on db-1" in sent[1]["body"]["content"]  # the second mail shows db-1 as resolved
     assert live is None and [r["RowKey"] for r in rows] == [GROUP_ROW]
@@ -228,3 +228,25 @@ def test_digest_mode_alerts_are_kept_for_the_digest_and_not_mailed(
     queue = QueueClient.from_connection_string(azurite.connection_string, "alerts-flush")
     assert queue.get_queue_properties().approximate_message_count == 0
     queue.close()
+
+
+def test_issue11_2_fifty_critical_alerts_with_16000_character_texts_are_mailed_in_one_sendable_mail(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    huge = [{**alert(f"db-{n}"), "summary": "s" * 16_000, "description": "d" * 16_000} for n in range(50)]
+
+    async def scenario() -> Flush:
+        key = await _ingest(huge, START)
+        done = await _flush(await _live(key))
+        await _deliver(alerts_app, azurite)
+        return done
+
+    assert run(scenario()).outcome == "notified"
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[FIRING:50] DiskFilling"
+    body = mail["body"]["content"]
+    assert body.count("s" * 299 + "\u2026") == 50  # every alert listed, its summary cut with a marker
+    assert "s" * 301 not in body and "d" * 2001 not in body
+    poison = QueueClient.from_connection_string(azurite.connection_string, "mail-outbox-poison")
+    assert poison.get_queue_properties().approximate_message_count == 0
+    poison.close()

@@ -73,8 +73,9 @@ def test_the_same_alert_twice_counts_once_with_its_latest_state(tmp_path: Path) 
 def test_group_keys_are_stable_and_distinct(tmp_path: Path) -> None:
     config = _config(tmp_path)
     oncall = config.receiver("oncall")
-    key = group_key(oncall, {"alertname": "A", "cluster": "x"})
-    assert key == group_key(oncall, {"cluster": "x", "alertname": "A"})
-    assert key != group_key(oncall, {"alertname": "A", "cluster": "y"})
-    assert key != group_key(config.receiver("each"), {"alertname": "A", "cluster": "x"})
+    key = group_key(oncall, "generic", {"alertname": "A", "cluster": "x"})
+    assert key == group_key(oncall, "generic", {"cluster": "x", "alertname": "A"})
+    assert key != group_key(oncall, "generic", {"alertname": "A", "cluster": "y"})
+    assert key != group_key(config.receiver("each"), "generic", {"alertname": "A", "cluster": "x"})
+    assert key != group_key(oncall, "grafana", {"alertname": "A", "cluster": "x"})
     assert key.startswith("oncall-") and len(key) == len("oncall-") + 24

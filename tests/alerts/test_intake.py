@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from shared.alerts import detect_source, parse_alerts
-from shared.alerts.intake import MAX_ALERTS, MAX_ANNOTATION
+from shared.alerts.intake import (
+    CUT,
+    MAX_ALERTS,
+    MAX_ANNOTATION,
+    MAX_ANNOTATIONS_TOTAL,
+    MAX_LABEL,
+    MAX_LABELS,
+    MAX_LABELS_TOTAL,
+    MAX_LINKS,
+    MAX_STORED,
+)
 from shared.errors import AppError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -164,3 +174,101 @@ def test_too_many_alerts_and_unknown_sources_are_refused() -> None:
     with pytest.raises(AppError) as raised:
         parse_alerts({"name": "a"}, "nagios")
     assert raised.value.status == 404
+
+
+def _am(*alerts: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "4", "groupKey": "k", "status": "firing", "alerts": list(alerts)}
+
+
+@pytest.mark.parametrize(
+    ("labels", "field", "reason"),
+    [
+        ({f"l{n}": "v" for n in range(MAX_LABELS + 1)}, "alerts[0].labels", f"at most {MAX_LABELS}"),
+        ({"big": "x" * (MAX_LABEL + 1)}, "alerts[0].labels.big", f"longer than {MAX_LABEL}"),
+        ({f"l{n}": "x" * 1000 for n in range(40)}, "alerts[0].labels", f"at most {MAX_LABELS_TOTAL}"),
+        ({"n" * 300: "v"}, "alerts[0].labels.", "names are at most"),
+    ],
+)
+def test_issue11_2_labels_beyond_their_bounds_are_refused_naming_the_field(
+    labels: dict[str, str], field: str, reason: str
+) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(_am({"labels": {"alertname": "A", **labels}}))
+    assert raised.value.status == 400
+    assert raised.value.details[0].field.startswith(field) and reason in raised.value.details[0].message
+
+
+def test_issue11_2_too_many_annotations_or_links_or_a_long_fingerprint_are_refused() -> None:
+    cases = [
+        (
+            _am({"labels": {"alertname": "A"}, "annotations": {f"a{n}": "v" for n in range(65)}}),
+            "alerts[0].annotations",
+        ),
+        ({"name": "A", "links": {f"l{n}": "https://x.test" for n in range(MAX_LINKS + 1)}}, "alert.links"),
+        ({"name": "A", "fingerprint": "f" * 129}, "alert.fingerprint"),
+    ]
+    for body, field in cases:
+        with pytest.raises(AppError) as raised:
+            parse_alerts(body)
+        assert raised.value.details[0].field == field
+
+
+def test_issue11_2_long_texts_are_cut_with_a_marker_until_the_stored_alert_fits() -> None:
+    [alert] = parse_alerts({"name": "Huge", "summary": "s" * 16_000, "description": "d" * 16_000})
+    summary, description = alert.annotations["summary"], alert.annotations["description"]
+    assert summary.endswith(CUT) and description.endswith(CUT)
+    assert len(summary) + len(description) <= MAX_ANNOTATIONS_TOTAL
+    assert len(json.dumps(alert.as_dict(), separators=(",", ":"))) <= MAX_STORED
+
+
+def test_issue11_2_non_ascii_texts_are_cut_to_fit_as_stored_too() -> None:
+    annotations = {f"note{n}": "\u00e9\u4e2d" * 2000 for n in range(10)}  # six characters each once escaped
+    [alert] = parse_alerts(_am({"labels": {"alertname": "A"}, "annotations": annotations}))
+    assert len(json.dumps(alert.as_dict(), separators=(",", ":"))) <= MAX_STORED
+    assert alert.annotations  # shortened, not all dropped
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "A", "sevrity": "critical"}, "alert.sevrity"),
+        ([{"name": "A"}, {"name": "B", "title": "x"}], "alerts[1].title"),
+        ({"alerts": [{"name": "A"}], "receiver": "x"}, "body.receiver"),
+    ],
+)
+def test_issue12_6_the_generic_format_refuses_unknown_fields(body: Any, field: str) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(body, "generic")
+    assert raised.value.status == 400
+    assert raised.value.details[0].field == field and "unknown field" in raised.value.details[0].message
+
+
+def test_issue12_6_generic_links_may_be_a_list_of_title_and_url() -> None:
+    links = [
+        {"title": "Runbook", "url": "https://runbooks.contoso.test/backup"},
+        {"title": "Grafana board", "url": "https://grafana.contoso.test/d/backup"},
+        {"title": "script", "url": "javascript:alert(1)"},
+    ]
+    [alert] = parse_alerts({"name": "BackupFailed", "links": links})
+    assert alert.links == {
+        "Runbook": "https://runbooks.contoso.test/backup",
+        "Grafana board": "https://grafana.contoso.test/d/backup",
+    }
+    [mapped] = parse_alerts({"name": "BackupFailed", "links": {"Runbook": "https://runbooks.contoso.test/backup"}})
+    assert mapped.links == {"Runbook": "https://runbooks.contoso.test/backup"}
+
+
+@pytest.mark.parametrize(
+    ("links", "field"),
+    [
+        (["https://x.test"], "alert.links[0]"),
+        ([{"title": "a", "url": "https://x.test", "icon": "x"}], "alert.links[0].icon"),
+        ([{"url": "https://x.test"}], "alert.links[0].title"),
+        ([{"title": "a", "url": 5}], "alert.links[0].url"),
+        ([{"title": "a", "url": "https://x.test"}, {"title": "a", "url": "https://y.test"}], "alert.links[1].title"),
+    ],
+)
+def test_issue12_6_malformed_link_lists_are_refused_naming_the_entry(links: Any, field: str) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts({"name": "A", "links": links})
+    assert raised.value.details[0].field == field

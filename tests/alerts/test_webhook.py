@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.alerts import auth
+from shared.store import Store
 
 from ..helpers import drain_queue, http, run, user_function
 from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
@@ -28,6 +30,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def fixture(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
     return loaded
+
+
+def fresh(name: str) -> dict[str, Any]:
+    """A fixture as a new notification (its own groupKey): the same notification again within a couple of
+    minutes is taken for the source's retry, and earlier tests may have sent this one."""
+    body = fixture(name)
+    body["groupKey"] = f"{body['groupKey']}/{uuid.uuid4().hex}"
+    return body
 
 
 def _post(app: Any, body: Any = None, source: str | None = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
@@ -58,14 +68,53 @@ def _grafana_headers(body: bytes, secret: str = GRAFANA_SECRET, stamp: int | Non
     return {"X-Grafana-Alerting-Signature": signature, "X-Grafana-Alerting-Timestamp": str(stamp)}
 
 
-def test_an_alertmanager_webhook_is_accepted_with_its_groups(alerts_app: Any, azurite: AzuriteProcess) -> None:
-    status, answer = _post(alerts_app, fixture("alertmanager"))
+def test_issue12_5_an_alertmanager_notification_is_one_mail_at_once_its_status_deciding_firing(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    status, answer = _post(alerts_app, fresh("alertmanager"))
     assert status == 202
     assert answer["accepted"] == 2
-    assert [(g["receiver"], g["mode"], g["labels"], g["alerts"]) for g in answer["groups"]] == [
-        ("oncall", "immediate", {"alertname": "DiskFilling"}, 2)
-    ]
-    assert _stored(azurite) == 4  # two alert rows, the group row, one pending flush
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"], group["labels"], group["alerts"]) == (
+        "oncall",
+        "immediate",
+        "source",
+        {"alertname": "DiskFilling"},
+        2,
+    )
+    assert group["mail"].startswith("alert-")
+    assert _stored(azurite) == 1  # no group state, no flush: only the receiver's mail-cap count
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[FIRING:1] DiskFilling (critical)"
+    assert "/var on db-1 is 92% full" in mail["body"]["content"]  # firing
+    assert "/var on db-2 is 71% full" in mail["body"]["content"]  # and resolved, in the same notification
+
+
+def test_issue12_5_a_resolved_notification_is_mailed_as_resolved_and_a_retry_is_not_mailed_twice(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    body = fresh("alertmanager")
+    body["status"] = "resolved"
+    body["alerts"][0].update(status="resolved", endsAt="2026-11-23T08:30:00Z")
+    first = _post(alerts_app, body)
+    retry = _post(alerts_app, body)  # Alertmanager retries when it misses the answer
+    assert first[0] == retry[0] == 202 and first[1]["groups"][0]["mail"] == retry[1]["groups"][0]["mail"]
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert [m["subject"] for m in sandbox.sent()] == ["[RESOLVED] DiskFilling (critical)"]
+
+
+def test_issue12_5_a_receiver_can_opt_back_into_the_apps_own_grouping(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _regrouping(tmp_path, monkeypatch)
+    status, answer = _post(alerts_app, fixture("alertmanager"))
+    assert status == 202
+    [group] = answer["groups"]
+    assert group["grouping"] == "app" and "mail" not in group
+    assert _stored(azurite) == 4  # two alert rows, the group row, one pending flush (after group_wait)
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert sandbox.sent() == []
 
 
 def test_a_named_source_is_parsed_as_that_source_and_an_unknown_one_is_404(alerts_app: Any) -> None:
@@ -107,9 +156,9 @@ def test_a_dry_run_answers_the_mails_and_stores_nothing(alerts_app: Any, azurite
     status, answer = _post(alerts_app, fixture("alertmanager"), params={"dryRun": "true"})
     assert status == 200 and answer["dryRun"] is True and answer["accepted"] == 2
     [mail] = answer["mails"]
-    assert mail["subject"] == "[FIRING:1] DiskFilling"
+    assert mail["subject"] == "[FIRING:1] DiskFilling (critical)"
     assert mail["to"] == ["alice@contoso.test"] and mail["from"] == "notifications@contoso.test"
-    assert "/var on db-1 is 92% full" in mail["html"] and "/var on db-1 is 92% full" in mail["text"]
+    assert "/var on db-1 is 92% full" in mail["html"] and "text" not in mail  # one body, the HTML
     assert _stored(azurite) == 0
 
 
@@ -180,16 +229,243 @@ def _inbox(alerts_app: Any, azurite: AzuriteProcess, messages: list[str]) -> Non
 
 
 def test_the_alerts_inbox_takes_any_format_and_poisons_what_it_cannot_read(
-    alerts_app: Any, azurite: AzuriteProcess
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
-    _inbox(alerts_app, azurite, [json.dumps(fixture("alertmanager")), "not json", json.dumps({"hello": 1})])
+    generic = {"name": "BackupFailed", "severity": "high"}
+    messages = [json.dumps(fresh("alertmanager")), json.dumps(generic), "not json", json.dumps({"hello": 1})]
+    _inbox(alerts_app, azurite, messages)
     with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
-        alerts = [e for e in tables.get_table_client("alertgroups").list_entities() if e["RowKey"] != "group"]
+        rows = [e for e in tables.get_table_client("alertgroups").list_entities() if e["RowKey"].startswith("a-")]
         audit = [e for e in tables.get_table_client("audit").list_entities() if e["operation"] == "alertIntake"]
-    assert len(alerts) == 2
+    assert [json.loads(r["alert"])["name"] for r in rows] == ["BackupFailed"]  # grouped by the app
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert [m["subject"] for m in sandbox.sent()] == ["[FIRING:1] DiskFilling (critical)"]  # passed through
     poison = QueueClient.from_connection_string(azurite.connection_string, "alerts-inbox-poison")
     assert poison.get_queue_properties().approximate_message_count == 2
     poison.close()
     reasons = [e["detail"] for e in audit]
     assert any(r.startswith("not JSON") for r in reasons)
     assert any(r.startswith("The payload is not an alert") for r in reasons)
+
+
+def _grafana_critical() -> dict[str, Any]:
+    body = fixture("grafana")
+    body["alerts"][0]["labels"]["severity"] = "critical"  # routed to oncall, mailed
+    return body
+
+
+def test_issue11_1_a_grafana_payload_posted_as_generic_still_needs_grafanas_signature(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    status, answer = _post(alerts_app, _grafana_critical(), source="generic")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
+
+
+def test_issue11_1_a_grafana_payload_reshaped_to_look_like_alertmanager_still_needs_grafanas_signature(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    body = _grafana_critical()
+    del body["orgId"]
+    body["version"] = "4"
+    for source in (None, "alertmanager"):
+        status, answer = _post(alerts_app, body, source=source)
+        assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
+
+
+def _regrouping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test routing file with `regroup: true` on oncall: the app groups every source's alerts."""
+    from shared.alerts.routing import notify_config
+
+    from .conftest import ROUTING
+
+    regrouping = tmp_path / "regroup.yaml"
+    regrouping.write_text(
+        ROUTING.replace("    send_resolved: true\n", "    send_resolved: true\n    regroup: true\n", 1)
+    )
+    monkeypatch.setenv("NOTIFY_CONFIG", str(regrouping))
+    notify_config.cache_clear()
+
+
+def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.alerts.dispatch import GROUP_ROW, flush
+    from shared.alerts.routing import notify_config
+    from shared.config import settings
+    from shared.store import ALERT_GROUPS_TABLE, store
+
+    _regrouping(tmp_path, monkeypatch)  # alert state is the app's to keep only when it groups
+
+    signed = json.dumps(_grafana_critical()).encode()
+    status, grafana = _post(alerts_app, raw=signed, headers=_grafana_headers(signed))
+    assert status == 202
+    forged = {
+        "name": "High latency",
+        "status": "resolved",
+        "severity": "critical",
+        "fingerprint": "0f9e8d7c6b5a4321",
+        "labels": {"alertname": "High latency", "service": "checkout", "severity": "critical"},
+    }
+    status, generic = _post(alerts_app, forged, source="generic")
+    assert status == 202
+    stripped = {  # the same alert as Alertmanager would send it: no Grafana field left to recognise
+        "version": "4",
+        "groupKey": "x",
+        "status": "resolved",
+        "alerts": [{"status": "resolved", "labels": forged["labels"], "fingerprint": "0f9e8d7c6b5a4321"}],
+    }
+    status, alertmanager = _post(alerts_app, stripped)
+    assert status == 202
+    keys = {grafana["groups"][0]["key"], generic["groups"][0]["key"], alertmanager["groups"][0]["key"]}
+    assert len(keys) == 3  # each source's alert lives in its own group
+
+    async def flush_grafana() -> str:
+        config = settings()
+        key = grafana["groups"][0]["key"]
+        row = await store(config.storage).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
+        assert row is not None
+        message = json.dumps({"group": key, "due": row["scheduled_for"]})
+        done = await flush(message, notify_config(config), config, store(config.storage))
+        await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
+        return done.outcome
+
+    assert run(flush_grafana()) == "notified"
+    assert [m["subject"] for m in sandbox.sent()] == ["[FIRING:1] High latency"]
+
+
+def test_issue11_1_require_source_auth_refuses_every_source_without_authentication(
+    alerts_app: Any, azurite: AzuriteProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.alerts.routing import notify_config
+
+    from .conftest import ROUTING
+
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(ROUTING + "require_source_auth: true\n")
+    monkeypatch.setenv("NOTIFY_CONFIG", str(strict))
+    notify_config.cache_clear()
+    for body, source in [
+        ({"name": "BackupFailed", "severity": "high"}, "generic"),
+        ({"name": "BackupFailed", "severity": "high"}, None),
+        (fixture("alertmanager"), None),
+    ]:
+        status, answer = _post(alerts_app, body, source=source)
+        assert status == 403 and answer["error"]["code"] == "forbidden", answer
+        assert "generic" in answer["error"]["message"] or "alertmanager" in answer["error"]["message"]
+    assert _stored(azurite) == 0
+    signed = json.dumps(_grafana_critical()).encode()
+    status, _ = _post(alerts_app, raw=signed, headers=_grafana_headers(signed))
+    assert status == 202  # an authenticated source still gets in
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "\u0663\u0661", "12 34", "-5", "9" * 40])
+def test_issue11_10_a_timestamp_header_that_is_not_ascii_digits_gets_401_not_500(
+    alerts_app: Any, azurite: AzuriteProcess, stamp: str
+) -> None:
+    body = json.dumps(fixture("grafana")).encode()
+    headers = {**_grafana_headers(body), "X-Grafana-Alerting-Timestamp": stamp}
+    status, answer = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert _stored(azurite) == 0
+
+
+def test_issue11_3_forty_labels_of_1000_characters_get_400_before_anything_is_written(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    small = {"name": "Small", "severity": "critical"}
+    big = {"name": "Big", "severity": "critical", "labels": {f"label{n}": "x" * 1000 for n in range(40)}}
+    status, answer = _post(alerts_app, [small, big])
+    assert status == 400 and answer["error"]["code"] == "invalid_request"
+    assert answer["error"]["details"][0]["field"] == "alerts[1].labels"
+    assert _stored(azurite) == 0  # not even the small alert's row
+
+
+class _FailsOnSecondFlush(Store):
+    """Storage fails when intake schedules its second group's flush: an intake that stops half-way."""
+
+    flushes = 0
+
+    async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+        if queue == "alerts-flush":
+            type(self).flushes += 1
+            if type(self).flushes == 2:
+                raise ConnectionError("storage went away")
+        await super().send_message(queue, text, delay_seconds)
+
+
+def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_same_request(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.alerts.dispatch import GROUP_ROW, flush, ingest
+    from shared.alerts.intake import parse_alerts
+    from shared.alerts.routing import notify_config
+    from shared.config import settings
+    from shared.store import ALERT_GROUPS_TABLE, store
+
+    payload = [{"name": "First", "severity": "critical"}, {"name": "Second", "severity": "critical"}]
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+
+    async def scenario() -> list[str]:
+        config = settings()
+        failing = _FailsOnSecondFlush(config.storage)
+        try:
+            with pytest.raises(ConnectionError):
+                await ingest(parse_alerts(payload), notify_config(config), config, failing, earlier)
+        finally:
+            await failing.close()
+        target = store(config.storage)
+        receipts = await ingest(parse_alerts(payload), notify_config(config), config, target, earlier)  # the retry
+        outcomes = []
+        for receipt in receipts:
+            row = await target.get_row(ALERT_GROUPS_TABLE, receipt.key, GROUP_ROW)
+            assert row is not None and row["scheduled_for"], "every group has its flush pending"
+            message = json.dumps({"group": receipt.key, "due": row["scheduled_for"]})
+            outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
+        await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
+        return outcomes
+
+    assert run(scenario()) == ["notified", "notified"]
+    assert sorted(m["subject"] for m in sandbox.sent()) == ["[FIRING:1] First", "[FIRING:1] Second"]
+
+
+GRAFANA_DOCUMENTED_EXAMPLE = {  # Grafana's webhook notifier page: no severity label anywhere
+    "receiver": "My Super Webhook",
+    "status": "firing",
+    "orgId": 1,
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+            "annotations": {"description": "The system has high memory usage", "summary": "zone us-1"},
+            "startsAt": "2021-10-12T09:51:03.157076+02:00",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": "c6eadffa33fcdf37",
+            "values": {"B": 44.23943737541908, "C": 1},
+        }
+    ],
+    "groupLabels": {},
+    "commonLabels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+    "commonAnnotations": {},
+    "externalURL": "https://play.grafana.org/",
+    "version": "1",
+    "groupKey": '{}:{alertname="High memory usage"}',
+    "truncatedAlerts": 0,
+}
+
+
+def test_issue12_6_the_answer_names_the_route_receiver_and_mode_an_alert_went_to(alerts_app: Any) -> None:
+    body = json.dumps(GRAFANA_DOCUMENTED_EXAMPLE).encode()
+    status, answer = _post(alerts_app, raw=body, headers=_grafana_headers(body))
+    assert status == 202
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"]) == ("digest", "digest", "digest")
+    assert group["routes"] == [{"path": "route", "matchers": []}]  # no child route matched: the root's receiver
+
+    status, answer = _post(alerts_app, {"name": "BackupFailed", "severity": "high"})
+    [group] = answer["groups"]
+    assert (group["receiver"], group["mode"], group["grouping"]) == ("oncall", "immediate", "app")
+    assert group["routes"] == [{"path": "route.routes[1]", "matchers": ['severity=~"critical|high"']}]

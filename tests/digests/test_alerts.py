@@ -4,6 +4,7 @@ after submitting its mail and the timer runs again."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from azure.functions.timer import TimerRequest
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import ingest
+from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
+from shared.alerts.render import MAIL_BUDGET
 from shared.alerts.routing import notify_config
 from shared.config import settings
 from shared.digests.alerts import AlertDigestRun, run_alert_digests
@@ -39,7 +42,7 @@ def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
 
 async def _buffer(names: list[tuple[str, str, str]]) -> None:
     config = settings()
-    await ingest(_alerts(names), notify_config(config), store(config.storage), datetime.now(UTC))
+    await ingest(_alerts(names), notify_config(config), config, store(config.storage), datetime.now(UTC))
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -84,16 +87,15 @@ def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_a
 ) -> None:
     run(_buffer(WAITING[:4]))
 
-    async def dying() -> None:
+    async def dying() -> list[AlertDigestRun]:
         config = settings()
         target = _DiesAfterTheMail(config.storage)
         try:
-            await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
+            return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:
             await target.close()
 
-    with pytest.raises(ConnectionError):
-        run(dying())
+    assert [(r.outcome, r.error) for r in run(dying())] == [("failed", "ConnectionError")]
     run(_buffer([("QueueBacklog", "info", "worker-2")]))  # arrives before the timer runs again
 
     async def again() -> list[AlertDigestRun]:
@@ -130,3 +132,88 @@ def test_an_alert_seen_again_during_a_run_stays_for_the_next_digest(digest_app: 
         return [r.outcome for r in first + second]
 
     assert run(scenario()) == ["sent", "sent"]
+
+
+def test_issue11_2_a_digest_of_many_huge_alerts_is_one_sendable_mail_listing_some_and_counting_the_rest(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess
+) -> None:
+    alerts = parse_alerts(
+        [
+            {"name": f"Kind{n:03d}", "severity": "warning", "summary": "s" * 16_000, "description": "d" * 16_000}
+            for n in range(300)
+        ]
+    )
+
+    async def scenario() -> list[AlertDigestRun]:
+        config = settings()
+        target = store(config.storage)
+        await ingest(alerts, notify_config(config), config, target, datetime.now(UTC))
+        return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
+
+    assert [(r.outcome, r.alerts) for r in run(scenario())] == [("sent", 300)]
+    _deliver(digest_app, azurite)
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[ALERT DIGEST] 300 alerts, 300 kinds (low-priority)"
+    body = mail["body"]["content"]
+    assert len(body) <= MAIL_BUDGET
+    assert "and 100 more kinds" in body  # 200 kinds listed, the rest counted
+    assert "s" * 299 + "\u2026" in body and "s" * 301 not in body  # each summary cut, with a marker
+
+
+ROUTING_TWO_DIGESTS = """
+receivers:
+  - name: first
+    to: [alice@contoso.test]
+    mode: digest
+  - name: second
+    to: [bob@contoso.test]
+    mode: digest
+route:
+  receiver: first
+  continue: true
+  routes:
+    - matchers: ['alertname=~".+"']
+      receiver: first
+      continue: true
+    - matchers: ['alertname=~".+"']
+      receiver: second
+"""
+
+
+class _FirstReceiverFails(Store):
+    """Storage refuses the first receiver's run record (as an outage of that one write would)."""
+
+    async def put_record(
+        self, container: str, name: str, record: dict[str, Any], *, replace: bool = False
+    ) -> dict[str, Any]:
+        if name.startswith(f"alerts/{receiver_key('first')}"):
+            raise ConnectionError("storage went away")
+        return await super().put_record(container, name, record, replace=replace)
+
+
+def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
+    digest_app: Any,
+    sandbox: SandboxProcess,
+    azurite: AzuriteProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    routing = tmp_path / "two.yaml"
+    routing.write_text(ROUTING_TWO_DIGESTS)
+    monkeypatch.setenv("NOTIFY_CONFIG", str(routing))
+    notify_config.cache_clear()
+
+    async def scenario() -> list[AlertDigestRun]:
+        config = settings()
+        await ingest(_alerts(WAITING[:2]), notify_config(config), config, store(config.storage), datetime.now(UTC))
+        target = _FirstReceiverFails(config.storage)
+        try:
+            return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
+        finally:
+            await target.close()
+
+    runs = run(scenario())
+    assert [(r.receiver, r.outcome) for r in runs] == [("first", "failed"), ("second", "sent")]
+    _deliver(digest_app, azurite)
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[ALERT DIGEST] 2 alerts, 1 kinds (second)"

@@ -1,0 +1,225 @@
+"""The per-receiver mail cap: at most `max_groups_per_interval` group notices per receiver in each
+`group_interval` window; the notices beyond it go out together, as one summary mail listing their groups.
+
+Exchange lets a mailbox send about 30 messages a minute and 10,000 recipients a day, so one request with
+hundreds of alert names must not become hundreds of mails. Every kind of notice counts (new groups, repeats,
+resolutions), so a storm of resolutions is capped the same way as the storm that fired.
+
+State, in the `alertgroups` Table: a `cap` row per receiver (partition `cap-<receiver>`: the current window,
+the notices mailed in it, the due time of the pending summary) and a row per held-back notice (partition
+`overflow-<receiver>`). A summary is a message on `alerts-flush` (`{"summary": receiver, "due": ...}`), due
+at the end of the window its first held-back notice fell in. Like a group's flush, only the message the
+`cap` row names acts, the summary is recorded before it is submitted under an id made of the receiver and
+its due time, and notices held back while it ran are left for the next summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..config import Settings
+from ..errors import unavailable
+from ..mail import MailRequest, compose_mail
+from ..outbox import submit_mail
+from ..store import ALERT_GROUPS_TABLE, ALERTS_FLUSH, NOTICE_CONTAINER, StatusChanged, Store
+from ..templating import one_line, render_mail
+from .grouping import receiver_key
+from .model import parse_stamp, stamp
+from .render import fits
+from .routing import Receiver
+
+CAP_ROW = "cap"
+SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
+STALE_AFTER = timedelta(minutes=10)  # a summary this overdue was lost; the next held-back notice sends one
+_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """One group notice that went into the summary instead of its own mail."""
+
+    group: str
+    subject: str
+    status: str
+    alerts: int
+    at: str
+
+
+def cap_partition(receiver: Receiver) -> str:
+    return f"cap-{receiver_key(receiver.name)}"
+
+
+def overflow_partition(receiver: Receiver) -> str:
+    return f"overflow-{receiver_key(receiver.name)}"
+
+
+def _window(receiver: Receiver, at: datetime) -> tuple[datetime, datetime]:
+    """The `group_interval` window `at` falls in (aligned on the Unix epoch): its start and its end."""
+    length = receiver.seconds("group_interval")
+    start = math.floor(at.timestamp() / length) * length
+    return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + length, UTC)
+
+
+async def take_slot(store: Store, receiver: Receiver, at: datetime) -> bool:
+    """Count a notice due at `at` against its receiver's window: True when it may be mailed, False when the
+    window's cap is reached (the notice goes into the summary)."""
+    window = stamp(_window(receiver, at)[0])
+    for _ in range(_ATTEMPTS):
+        row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
+        if row is None:
+            created = {
+                "PartitionKey": cap_partition(receiver),
+                "RowKey": CAP_ROW,
+                "window": window,
+                "mailed": 1,
+                "summary_due": "",
+            }
+            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+                return True
+            continue
+        current = max(window, str(row.get("window") or ""))  # a late flush counts against the newer window
+        mailed = int(row.get("mailed", 0)) if current == row.get("window") else 0
+        if mailed >= receiver.max_groups_per_interval:
+            return False
+        try:
+            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "window": current, "mailed": mailed + 1}, row["etag"])
+            return True
+        except StatusChanged:
+            continue
+    raise unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
+
+
+async def hold_back(store: Store, receiver: Receiver, notice_id: str, held: HeldBack, now: datetime) -> None:
+    """Keep a notice for the receiver's summary and make sure a summary is pending (repeatable)."""
+    await store.merge_rows(
+        ALERT_GROUPS_TABLE,
+        [
+            {
+                "PartitionKey": overflow_partition(receiver),
+                "RowKey": f"{held.at}-{notice_id}".replace(":", ""),
+                "group": held.group,
+                "subject": held.subject,
+                "status": held.status,
+                "alerts": held.alerts,
+                "at": held.at,
+            }
+        ],
+    )
+    await schedule_summary(store, receiver, _window(receiver, parse_stamp(held.at))[1], now)
+
+
+async def schedule_summary(store: Store, receiver: Receiver, due: datetime, now: datetime) -> None:
+    """One live summary message per receiver: sent before the `cap` row names it, as a group's flush is."""
+    due = max(due, now.replace(microsecond=0) + timedelta(seconds=1))
+    for _ in range(_ATTEMPTS):
+        row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
+        pending = str((row or {}).get("summary_due") or "")
+        if pending and parse_stamp(pending) > now - STALE_AFTER:
+            return
+        delay = max(0, math.ceil((due - now).total_seconds()))
+        await store.send_message(ALERTS_FLUSH, json.dumps({"summary": receiver.name, "due": stamp(due)}), delay)
+        if row is None:
+            created = {
+                "PartitionKey": cap_partition(receiver),
+                "RowKey": CAP_ROW,
+                "window": "",
+                "mailed": 0,
+                "summary_due": stamp(due),
+            }
+            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+                return
+            continue
+        try:
+            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "summary_due": stamp(due)}, row["etag"])
+            return
+        except StatusChanged:
+            continue
+    raise unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
+
+
+def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, mail_id: str) -> MailRequest:
+    """One mail listing the held-back notices (oldest first), at most SUMMARY_CAP and within the mail budget."""
+    held = sorted(held, key=lambda h: (h.at, h.subject))
+    subject = one_line(
+        f"[SUMMARY] {len(held)} more alert group notices for {receiver.name} "
+        f"(over {receiver.max_groups_per_interval} per {receiver.group_interval})"
+    )
+    shown = min(len(held), SUMMARY_CAP)
+    while True:
+        rendered = render_mail(
+            "alert_summary",
+            subject,
+            receiver=receiver,
+            held=held[:shown],
+            more=len(held) - shown,
+            total=len(held),
+        )
+        if fits(rendered) or shown <= 1:
+            break
+        shown //= 2
+    return compose_mail(
+        mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, rendered.text, settings, cc=receiver.cc
+    )
+
+
+def parse_summary_message(text: str) -> tuple[str, str] | None:
+    """(receiver, due) of a summary message on `alerts-flush`; None when the message is a group's flush."""
+    message = json.loads(text)
+    if not isinstance(message, dict) or "summary" not in message:
+        return None
+    if not isinstance(message["summary"], str):
+        raise ValueError("not an alerts-flush summary message")
+    due = str(message.get("due", ""))
+    parse_stamp(due)
+    return message["summary"], due
+
+
+async def send_summary(receiver: Receiver, due: str, settings: Settings, store: Store) -> tuple[str, str | None, int]:
+    """Handle a summary message: (outcome, mail id, notices listed); outcome `stale`, `quiet` or `notified`."""
+    row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
+    if row is None or row.get("summary_due") != due:
+        return "stale", None, 0
+    record_name = f"summaries/{receiver_key(receiver.name)}/{due.replace(':', '')}.json"
+    record = await store.get_record(NOTICE_CONTAINER, record_name)
+    if record is None:
+        rows = await store.partition_rows(ALERT_GROUPS_TABLE, overflow_partition(receiver))
+        if rows:
+            held = [HeldBack(r["group"], r["subject"], r["status"], int(r["alerts"]), r["at"]) for r in rows]
+            covered = sorted(r["RowKey"] for r in rows)  # two summaries may share a due time, never their rows
+            digest = hashlib.sha256(json.dumps([receiver.name, due, covered]).encode()).hexdigest()[:24]
+            mail = summary_mail(receiver, held, settings, f"alertsummary-{digest}")
+            record = {"mail": mail.dump(), "rows": [r["RowKey"] for r in rows]}
+            record = await store.put_record(NOTICE_CONTAINER, record_name, record)
+    if record is not None:
+        await submit_mail(store, MailRequest.model_validate(record["mail"]))
+        for row_key in record["rows"]:
+            await store.delete_row(ALERT_GROUPS_TABLE, overflow_partition(receiver), row_key)
+    while row is not None and row.get("summary_due") == due:  # the window count may change meanwhile
+        try:
+            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "summary_due": ""}, row["etag"])
+            break
+        except StatusChanged:
+            row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
+    else:
+        return "stale", None, 0  # another instance finished this summary first
+    if record is not None:
+        await store.delete_record(NOTICE_CONTAINER, record_name)
+    now = datetime.now(UTC)
+    if await store.partition_rows(ALERT_GROUPS_TABLE, overflow_partition(receiver)):
+        # notices held back while this summary ran saw it pending and left the next one to it
+        await schedule_summary(store, receiver, now, now)
+    if record is None:
+        return "quiet", None, 0
+    return "notified", str(record["mail"]["id"]), len(record["rows"])
+
+
+def held_back(key: str, notice: dict[str, Any], at: str) -> HeldBack:
+    """What the summary says of a group's notice."""
+    statuses = list(notice["alerts"].values())
+    status = "firing" if "firing" in statuses else "resolved"
+    return HeldBack(key, str(notice["mail"]["subject"]), status, len(statuses), at)
