@@ -26,11 +26,22 @@ class Tenant(_Model):
     domain: str
 
 
+class ExchangeLimits(_Model):
+    """Exchange Online's sending limits for a mailbox; `null` lifts one limit, `enabled: false` all of them
+    (with the NDRs for unknown internal recipients)."""
+
+    enabled: bool = True
+    messages_per_minute: int | None = Field(30, alias="messagesPerMinute", ge=1)
+    recipients_per_day: int | None = Field(10_000, alias="recipientsPerDay", ge=1)
+    max_message_size_mb: float | None = Field(35, alias="maxMessageSizeMB", gt=0)
+
+
 class SeedUser(_Model):
     user_principal_name: str = Field(alias="userPrincipalName")
     display_name: str = Field("", alias="displayName")
     id: str | None = None
     messages: list[dict[str, Any]] = []
+    exchange: dict[str, Any] | None = None  # overrides the tenant's `exchange` fields for this mailbox
 
     @field_validator("user_principal_name")
     @classmethod
@@ -76,12 +87,22 @@ class Seed(_Model):
     key_vault: SeedKeyVault = Field(default_factory=SeedKeyVault, alias="keyVault")
     identity_header: str = Field("sandbox-identity-header", alias="identityHeader")
     token_lifetime_seconds: int = Field(3599, alias="tokenLifetimeSeconds", ge=1, le=86400)
+    exchange: ExchangeLimits = Field(default_factory=ExchangeLimits)
+
+    def limits_of(self, user: SeedUser) -> ExchangeLimits:
+        """A mailbox's sending limits: the tenant's, with the user's own fields over them."""
+        if not user.exchange:
+            return self.exchange
+        return ExchangeLimits.model_validate({**self.exchange.model_dump(by_alias=True), **user.exchange})
 
 
 def parse_seed(raw: Any) -> Seed:
     """Validate a seed document (already decoded), naming the first bad field."""
     try:
-        return Seed.model_validate(raw)
+        seed = Seed.model_validate(raw)
+        for user in seed.users:
+            seed.limits_of(user)
+        return seed
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "seed"
