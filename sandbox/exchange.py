@@ -137,9 +137,7 @@ class Transport:
             {k: v for k, v in a.items() if k != "contentBytes"} for a in document.get("attachments", [])
         ]
         record.update(externalRecipients=external, savedToSentItems=saved, ndr=ndr)
-        self.store.record_outbound(
-            sender, record, submitted=now, delivered=delivered, counted=counted, ndr=code
-        )
+        self.store.record_outbound(sender, record, submitted=now, delivered=delivered, counted=counted, ndr=code)
         return record
 
     def _deliver_ndr(self, sender: User, original: dict[str, Any], code: str, failed: list[str], at: float) -> None:
