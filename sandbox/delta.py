@@ -124,7 +124,7 @@ def message_delta(service: GraphService, call: GraphCall, user: User, params: di
             window,
             state["a"],
             size + 1,
-            received,  # type: ignore[arg-type]
+            received,
         )
     ]
     if state["s"]:
