@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import re
+from typing import Any
 
 from sandbox.launcher import SandboxProcess
 
-from ..helpers import SUPPORT
+from ..helpers import SENDER, SUPPORT, bearer
 
 
 def test_pages_walk_from_mailboxes_to_a_message(sandbox: SandboxProcess) -> None:
@@ -52,3 +54,67 @@ def test_unknown_mailboxes_and_messages_are_404(sandbox: SandboxProcess) -> None
     assert sandbox.control is not None
     assert sandbox.control.get("/mailboxes/nobody@contoso.test").status_code == 404
     assert sandbox.control.get(f"/mailboxes/{SUPPORT}/messages/AAMkAGnope=").status_code == 404
+
+
+def test_the_item_count_covers_all_folders(sandbox: SandboxProcess) -> None:
+    assert sandbox.control is not None
+    home = sandbox.control.get("/").text
+    row = re.search(rf"{re.escape(SUPPORT)}</a></td>\s*<td>[^<]*</td><td>(\d+)</td><td>(\d+)</td>", home)
+    assert row and (row.group(1), row.group(2)) == ("2", "5")  # Inbox unread; 3 in Inbox + 2 in Escalations
+
+
+def test_a_message_shows_reply_to_x_headers_and_attachments_as_downloads(sandbox: SandboxProcess) -> None:
+    content = base64.b64encode(b"id,cpu\n1,97\n").decode()
+    assert sandbox.control is not None
+    sandbox.control.post(
+        f"/v1.0/users/{SENDER}/sendMail",
+        headers=bearer(sandbox),
+        json={
+            "message": {
+                "subject": "with extras",
+                "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}],
+                "replyTo": [{"emailAddress": {"address": "oncall@fabrikam.test"}}],
+                "internetMessageHeaders": [{"name": "x-alert-id", "value": "db-1/disk"}],
+                "attachments": [{"name": "report.csv", "contentType": "text/csv", "contentBytes": content}],
+            }
+        },
+    ).raise_for_status()
+    [received] = sandbox.mailbox("alice@contoso.test")
+    page = sandbox.control.get(f"/mailboxes/alice@contoso.test/messages/{received['id']}").text
+    assert "<th>Reply-To</th>" in page and "oncall@fabrikam.test" in page
+    assert "<th>x-alert-id</th><td>db-1/disk</td>" in page
+    link = re.search(r'<a download="report.csv"\s+href="([^"]+)"', page)
+    assert link
+    download = sandbox.control.get(html.unescape(link.group(1)))
+    assert download.content == b"id,cpu\n1,97\n"
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+
+
+def test_the_mailbox_page_shows_drafts_ndrs_and_delayed_deliveries(
+    sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    sandbox.reset({**test_seed, "exchange": {"messagesPerMinute": 1}})
+    assert sandbox.control is not None
+    headers = bearer(sandbox)
+    sandbox.control.post(f"/v1.0/users/{SENDER}/messages", headers=headers, json={"subject": "half written"})
+    for subject, to in (
+        ("first", "alice@contoso.test"),
+        ("second", "alice@contoso.test"),
+        ("lost", "nobody@contoso.test"),
+    ):
+        message = {"subject": subject, "toRecipients": [{"emailAddress": {"address": to}}]}
+        sandbox.control.post(f"/v1.0/users/{SENDER}/sendMail", headers=headers, json={"message": message})
+    mailbox = sandbox.control.get(f"/mailboxes/{SENDER}").text
+    second = sandbox.sent()[1]
+    assert f"delayed until {second['deliveredAt']}" in mailbox
+    assert "NDR 550 5.1.10" in mailbox
+    drafts = re.search(r'href="(/mailboxes/[^"]+/folders/[^"]+)">Drafts<', mailbox)
+    inbox = re.search(r'href="(/mailboxes/[^"]+/folders/[^"]+)">Inbox<', mailbox)
+    assert drafts and inbox
+    assert re.search(
+        r'class="tag">Draft</span>\s*<a [^>]+>half written<', sandbox.control.get(html.unescape(drafts.group(1))).text
+    )
+    assert re.search(
+        r'class="tag">NDR</span>\s*<a [^>]+>Undeliverable: lost<',
+        sandbox.control.get(html.unescape(inbox.group(1))).text,
+    )
