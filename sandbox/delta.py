@@ -26,7 +26,7 @@ from .store import User
 
 DEFAULT_PAGE = 10
 TOKEN_LIFETIME_SECONDS = 7 * 86400  # the sandbox's choice; Graph documents no fixed lifetime for mail
-OPTIONS = {"$select", "$filter", "$orderby", "$top", "$expand", "$skiptoken", "$deltatoken", "changetype"}
+OPTIONS = {"$select", "$filter", "$orderby", "$top", "$expand", "$skiptoken", "$deltatoken"}
 _RECEIVED = re.compile(r"^\s*receivedDateTime\s+(?P<op>ge|gt)\s+(?P<value>\S+)\s*$", re.IGNORECASE)
 
 

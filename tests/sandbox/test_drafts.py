@@ -312,3 +312,20 @@ def test_upload_urls_refuse_a_bearer_token_oversized_or_unaligned_chunks(sandbox
     assert _put(client, url, b"x" * 1000, 0, 5 * 1024 * 1024).status_code == 400  # not a multiple of 320 KiB
     assert _put(client, url, b"x" * (4 * 1024 * 1024 + 1), 0, 5 * 1024 * 1024).status_code == 413
     assert client.put(url.replace("authtoken=", "authtoken=x"), content=b"x").status_code == 401
+
+
+def test_uploads_beyond_150_mb_in_5_minutes_per_mailbox_are_throttled(sandbox: SandboxProcess) -> None:
+    chunk = b"\0" * CHUNK
+    _, first = _session(sandbox, 150 * 1024 * 1024)
+    _, second = _session(sandbox, 10 * 1024 * 1024)
+    assert sandbox.control is not None
+    client = sandbox.control
+    for n in range(39):  # 146.25 MB
+        assert _put(client, first["uploadUrl"], chunk, n * CHUNK, 150 * 1024 * 1024).status_code == 200
+    assert _put(client, second["uploadUrl"], chunk, 0, 10 * 1024 * 1024).status_code == 200  # 150 MB: at the limit
+    throttled = _put(client, second["uploadUrl"], chunk, CHUNK, 10 * 1024 * 1024)
+    assert throttled.status_code == 429
+    assert throttled.json()["error"]["code"] == "ApplicationThrottled"
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 300
+    client.put("/_sandbox/clock", json={"advanceSeconds": 301}).raise_for_status()
+    assert _put(client, second["uploadUrl"], chunk, CHUNK, 10 * 1024 * 1024).status_code == 200
