@@ -1,12 +1,14 @@
 """A small web page to browse the sandbox's mailboxes: mailboxes -> folders -> messages -> a message.
 
-HTML bodies are shown in an iframe with `sandbox` (no scripts, no same-origin) and the pages carry a CSP
-that forbids scripts, so mail under test cannot run anything in the developer's browser.
+HTML bodies are shown in an iframe with `sandbox` (no scripts; same-origin, so the page can fit the frame to
+its content) and the pages carry a CSP that allows no script but the page's own frame fitter, so mail under
+test cannot run anything in the developer's browser.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +22,19 @@ from .clock import CLOCK, stamp
 from .state import Sandbox
 from .store import User
 
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'"
+# The pages' one script: it fits the body frame to its content, which it can read because the frame is
+# same-origin. Mail in the frame still runs nothing: the frame's sandbox lacks allow-scripts, and the CSP (which
+# a srcdoc frame inherits) allows no script but this one, by its hash.
+FIT_FRAME = (
+    'for(const f of document.querySelectorAll("iframe.body")){const fit=()=>{const d=f.contentDocument;'
+    'if(d&&d.documentElement){f.style.height=d.documentElement.scrollHeight+"px"}};'
+    'f.addEventListener("load",fit);fit()}'
+)
+_FIT_FRAME_HASH = base64.b64encode(hashlib.sha256(FIT_FRAME.encode()).digest()).decode()
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; "
+    f"script-src 'sha256-{_FIT_FRAME_HASH}'"
+)
 
 _TEMPLATES = {
     "base.html": """<!doctype html>
@@ -83,7 +97,8 @@ href="/mailboxes/{{ user.upn }}/messages/{{ message.id | urlencode }}/attachment
 ({{ a.size }} bytes) {% endfor %}</td></tr>{% endif %}
 </table>
 {% if message.body.contentType == 'html' %}
-<iframe sandbox="" referrerpolicy="no-referrer" title="Message body" srcdoc="{{ message.body.content }}"></iframe>
+<iframe class="body" sandbox="allow-same-origin" referrerpolicy="no-referrer" title="Message body"
+srcdoc="{{ message.body.content }}"></iframe><script>{{ fit_frame | safe }}</script>
 {% else %}<pre>{{ message.body.content }}</pre>{% endif %}{% endblock %}""",
 }
 _env = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(default=True))
@@ -149,7 +164,7 @@ async def message(request: Request) -> Response:
         document = sandbox.store.message(user, request.path_params["message"])
     except KeyError:
         raise HTTPException(404, "No such message.") from None
-    return _page("message.html", user=user, message=document)
+    return _page("message.html", user=user, message=document, fit_frame=FIT_FRAME)
 
 
 async def attachment(request: Request) -> Response:

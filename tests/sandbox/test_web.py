@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from typing import Any
 
 from sandbox.launcher import SandboxProcess
+from sandbox.web import FIT_FRAME
 
 from ..helpers import SENDER, SUPPORT, bearer
 
@@ -41,11 +43,15 @@ def test_html_bodies_render_in_a_script_free_sandboxed_iframe(sandbox: SandboxPr
     )
     assert sandbox.control is not None
     answer = sandbox.control.get(f"/mailboxes/alice@contoso.test/messages/{delivered['id']}")
-    assert "script-src" not in answer.headers["Content-Security-Policy"]
-    assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    csp = answer.headers["Content-Security-Policy"]
+    assert csp.startswith("default-src 'none'")
+    fitter = base64.b64encode(hashlib.sha256(FIT_FRAME.encode()).digest()).decode()
+    [script_src] = [d.strip() for d in csp.split(";") if d.strip().startswith("script-src")]
+    assert script_src == f"script-src 'sha256-{fitter}'"  # no inline script runs but the page's frame fitter
     page = answer.text
-    assert '<iframe sandbox=""' in page
-    assert "<script>" not in page  # the body is only inside the escaped srcdoc attribute
+    frame = re.search(r'<iframe class="body" sandbox="([^"]*)"', page)
+    assert frame and "allow-scripts" not in frame.group(1)
+    assert re.findall(r"<script>(.*?)</script>", page, re.S) == [FIT_FRAME]  # the body only in the escaped srcdoc
     assert "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt;" in page
     assert "&lt;b&gt;subject&lt;/b&gt;" in page
 
