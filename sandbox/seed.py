@@ -41,7 +41,7 @@ class SeedUser(_Model):
     display_name: str = Field("", alias="displayName")
     id: str | None = None
     messages: list[dict[str, Any]] = []
-    exchange: dict[str, Any] | None = None  # overrides the tenant's `exchange` fields for this mailbox
+    exchange: ExchangeLimits | None = None  # the fields it sets override the tenant's for this mailbox
 
     @field_validator("user_principal_name")
     @classmethod
@@ -91,18 +91,15 @@ class Seed(_Model):
 
     def limits_of(self, user: SeedUser) -> ExchangeLimits:
         """A mailbox's sending limits: the tenant's, with the user's own fields over them."""
-        if not user.exchange:
+        if user.exchange is None:
             return self.exchange
-        return ExchangeLimits.model_validate({**self.exchange.model_dump(by_alias=True), **user.exchange})
+        return self.exchange.model_copy(update=user.exchange.model_dump(include=user.exchange.model_fields_set))
 
 
 def parse_seed(raw: Any) -> Seed:
     """Validate a seed document (already decoded), naming the first bad field."""
     try:
-        seed = Seed.model_validate(raw)
-        for user in seed.users:
-            seed.limits_of(user)
-        return seed
+        return Seed.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "seed"

@@ -130,3 +130,7 @@ def test_a_bad_exchange_seed_is_refused_naming_the_field(sandbox: SandboxProcess
     answer = sandbox.control.post("/_sandbox/reset", json={**test_seed, "exchange": {"messagesPerMinute": 0}})
     assert answer.status_code == 400
     assert "messagesPerMinute" in answer.json()["error"]["message"]
+    users = [{**test_seed["users"][0], "exchange": {"maxMessageSizeMB": -1}}, *test_seed["users"][1:]]
+    answer = sandbox.control.post("/_sandbox/reset", json={**test_seed, "users": users})
+    assert answer.status_code == 400
+    assert "users.0.exchange.maxMessageSizeMB" in answer.json()["error"]["message"]
