@@ -37,6 +37,7 @@ class SendingWindow:
     deliveries: deque[float] = field(default_factory=deque)  # the latest delivery times, oldest first
     counted: deque[tuple[float, int]] = field(default_factory=deque)  # (submitted, recipients) in 24 h
     recipients: int = 0
+    blocked_until: float = 0.0  # after the recipient budget ran out (persisted in the store too)
 
     def recipients_in_day(self, now: float) -> int:
         while self.counted and self.counted[0][0] <= now - DAY:
@@ -73,7 +74,7 @@ class Transport:
     def _window(self, sender: User) -> SendingWindow:
         window = self.windows.get(sender.upn)
         if window is None:
-            window = SendingWindow()
+            window = SendingWindow(blocked_until=self.store.blocked_until(sender))
             for row in self.store.sending_history(sender, CLOCK.time() - DAY):
                 window.record(row["submitted"], row["delivered"], row["counted"], keep=10_000)
             self.windows[sender.upn] = window
@@ -90,17 +91,18 @@ class Transport:
             size_limit = limits.max_message_size_mb
             if size_limit is not None and message_size(document) > size_limit * 1024 * 1024:
                 refused = "5.3.4"
-            elif self.store.blocked_until(sender) > now:
+            elif window.blocked_until > now:
                 refused = "5.1.90"
             elif (
                 limits.recipients_per_day is not None
                 and window.recipients_in_day(now) + len(recipients) > limits.recipients_per_day
             ):
                 refused = "5.1.90"
-                self.store.block(sender, now + DAY)
+                window.blocked_until = now + DAY
+                self.store.block(sender, window.blocked_until)
             else:
                 delivered = window.delivery_time(now, limits.messages_per_minute)
-        domain = "@" + self.store.tenant().get("domain", "").lower()
+        domain = "@" + self.store.tenant_domain()
         external: list[str] = []
         unknown: list[str] = []
         if refused:

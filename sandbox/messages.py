@@ -52,6 +52,8 @@ HIDDEN_PROPERTIES = frozenset(
     {"attachments", "internetMessageHeaders", "singleValueExtendedProperties", "multiValueExtendedProperties",
      "immutableId"}
 )  # fmt: skip
+_NOT_DEFAULT = HIDDEN_PROPERTIES | {"id"}
+EXTENDED = "singleValueExtendedProperties"
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
@@ -146,7 +148,7 @@ def build_message(
         "flag": {"flagStatus": "notFlagged"},
         "internetMessageHeaders": list(source.get("internetMessageHeaders") or []),
         "attachments": attachments,
-        "singleValueExtendedProperties": list(source.get("singleValueExtendedProperties") or []),
+        **({"singleValueExtendedProperties": list(extended)} if (extended := source.get(EXTENDED)) else {}),
     }
 
 
@@ -198,12 +200,12 @@ def project(
     """
     message_id = document.get("immutableId", document["id"]) if immutable else document["id"]
     answer: dict[str, Any] = {"@odata.etag": f'W/"{document["changeKey"]}"', "id": message_id}
-    names = select if select is not None else [n for n in document if n not in HIDDEN_PROPERTIES]
-    for name in names:
-        if name == "attachments" and not expand_attachments:
-            continue
-        if name in document and name != "id":
-            answer[name] = document[name]
+    if select is None:  # the default properties: one pass, this is the hot path of every listing
+        answer.update((k, v) for k, v in document.items() if k not in _NOT_DEFAULT)
+    else:
+        for name in select:
+            if name in document and name not in {"id", "attachments"}:
+                answer[name] = document[name]
     if expand_attachments:
         answer["attachments"] = [
             {k: v for k, v in a.items() if not k.startswith("_")} for a in document.get("attachments", [])

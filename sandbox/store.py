@@ -130,6 +130,7 @@ class Store:
         self._users: dict[str, User] = {}
         self._roots: dict[str, Folder] = {}
         self._limits: dict[str, ExchangeLimits] = {}
+        self._domain: str | None = None
         self._change = self._last_change()
 
     @contextmanager
@@ -205,12 +206,19 @@ class Store:
         self._users.clear()
         self._roots.clear()
         self._limits.clear()
+        self._domain = None
         for user in seed.users:
             self.deliver_seeded(self.user(user.user_principal_name), user.messages)
 
     def tenant(self) -> dict[str, str]:
         tenant: dict[str, str] = json.loads(self.meta("tenant") or "{}")
         return tenant
+
+    def tenant_domain(self) -> str:
+        """The tenant's domain, lower case (cached: every send asks)."""
+        if self._domain is None:
+            self._domain = self.tenant().get("domain", "").lower()
+        return self._domain
 
     def exchange_limits(self, user: User) -> ExchangeLimits:
         """The mailbox's Exchange sending limits (the defaults for a mailbox the seed did not list)."""
