@@ -223,3 +223,22 @@ def test_ambiguous_batch_sub_requests_are_carried_out_and_answered_504(sandbox: 
     [batch] = [e for e in sandbox.requests(since) if e["path"] == "/$batch"]
     assert all(sub["ambiguous"] for sub in batch["requests"])
     assert bool(batch.get("dropped")) is dropped
+
+
+def test_msgraph_retries_of_an_ambiguous_504_duplicate_the_mail(sandbox: SandboxProcess) -> None:
+    sandbox.set_faults(ambiguousRate=1, randomSeed=4)  # this seed draws three 504s in a row
+    config = RequestConfiguration(options=[RetryHandlerOption(delay=0, max_retries=2)])
+    body = SendMailPostRequestBody(
+        message=Message(
+            subject="Disk full", to_recipients=[Recipient(email_address=EmailAddress(address="alice@contoso.test"))]
+        )
+    )
+
+    async def send() -> None:
+        async with graph_client(sandbox) as graph:
+            await graph.users.by_user_id(SENDER).send_mail.post(body, config)
+
+    with pytest.raises(ODataError) as raised:
+        asyncio.run(send())
+    assert raised.value.response_status_code == 504
+    assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["Disk full"] * 3  # one per attempt
