@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import web
+from . import uploads, web
+from .clock import CLOCK
 from .errors import GraphError, graph_error_body, new_request_id
 from .faults import Faults
 from .graph import GraphCall, GraphResult
@@ -64,10 +65,14 @@ async def graph_endpoint(request: Request) -> Response:
         if path.lower() == "/$batch":
             if request.method != "POST":
                 raise GraphError(405, "Request_BadRequest", "$batch accepts POST only.")
-            answer, entry["requests"] = await sandbox.graph.batch(body, caller, root)
-            result = GraphResult(200, answer, {"Content-Type": "application/json"})
+            answer, entry["requests"], dropped = await sandbox.graph.batch(body, caller, root)
+            result = GraphResult(
+                200, answer, {"Content-Type": "application/json"}, ambiguous="drop" if dropped else None
+            )
         else:
-            call = GraphCall(request.method, path, list(request.query_params.multi_items()), body, caller, root)
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            query = list(request.query_params.multi_items())
+            call = GraphCall(request.method, path, query, body, caller, root, headers)
             result = await sandbox.graph.call(call)
     except BodyTooLarge:
         result = _graph_error(GraphError(413, "RequestEntityTooLarge", "The request body is larger than 4 MB."))
@@ -89,6 +94,11 @@ async def graph_endpoint(request: Request) -> Response:
         mailbox=result.mailbox or entry["mailbox"],
         ms=round((time.perf_counter() - started) * 1000, 2),
     )
+    if result.ambiguous:
+        entry["ambiguous"] = True
+    if result.ambiguous == "drop":
+        sandbox.log.add({**entry, "status": 0, "dropped": True})
+        return DroppedConnection()
     sandbox.log.add(entry)
     headers = {**result.headers, "request-id": request_id, "client-request-id": client_request_id}
     if result.body is None:
@@ -145,6 +155,7 @@ async def control_reset(request: Request) -> Response:
     except SeedError as error:
         raise HTTPException(400, str(error)) from None
     sandbox.store.reset(seed, raw)
+    sandbox.transport.forget()
     sandbox.faults.configure(Faults())
     return JSONResponse({"status": "reset", "users": [u.upn for u in sandbox.store.users()]})
 
@@ -161,6 +172,52 @@ async def control_faults(request: Request) -> Response:
     else:
         _loopback_only(request)
     return JSONResponse(sandbox.faults.faults.model_dump(by_alias=True))
+
+
+async def control_clock(request: Request) -> Response:
+    """`GET` the sandbox's time; `PUT {"advanceSeconds": N}` moves it forward."""
+    sandbox: Sandbox = request.app.state.sandbox
+    if request.method == "PUT":
+        raw = await _control_json(request)
+        seconds = raw.get("advanceSeconds") if isinstance(raw, dict) else None
+        if (
+            not isinstance(raw, dict)
+            or set(raw) != {"advanceSeconds"}
+            or not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 0 <= seconds <= 10 * 365 * 86400
+        ):
+            raise HTTPException(400, 'The body must be {"advanceSeconds": N} with N from 0 to ten years.')
+        sandbox.store.advance_clock(float(seconds))
+    else:
+        _loopback_only(request)
+    return JSONResponse({"now": CLOCK.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")})
+
+
+async def upload_endpoint(request: Request) -> Response:
+    """An attachment upload URL (Outlook's `AttachmentSessions`), outside Graph's token checks and faults."""
+    sandbox: Sandbox = request.app.state.sandbox
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    try:
+        body = await read_body(request, uploads.CHUNK_LIMIT)
+        answer = uploads.handle(
+            sandbox.store,
+            base_url(request),
+            request.method,
+            request.path_params["path"],
+            request.query_params.get("authtoken", ""),
+            headers,
+            body,
+        )
+    except BodyTooLarge:
+        error = GraphError(413, "RequestEntityTooLarge", "A chunk may carry at most 4 MB.")
+        return JSONResponse(graph_error_body(error.code, error.message, new_request_id(), ""), 413)
+    except GraphError as error:
+        body_json = graph_error_body(error.code, error.message, new_request_id(), "")
+        return JSONResponse(body_json, error.status, headers=error.headers)
+    if answer.body is None:
+        return Response(status_code=answer.status, headers=answer.headers)
+    return JSONResponse(answer.body, answer.status, headers=answer.headers)
 
 
 def _since(request: Request) -> int:
@@ -268,6 +325,8 @@ def create_app(sandbox: Sandbox) -> Starlette:
         Route("/_sandbox/faults", control_faults, methods=["GET", "PUT"]),
         Route("/_sandbox/requests", control_requests),
         Route("/_sandbox/sent", control_sent),
+        Route("/_sandbox/clock", control_clock, methods=["GET", "PUT"]),
+        Route("/api/v2.0/{path:path}", upload_endpoint, methods=["GET", "PUT", "DELETE"]),
         Route("/_sandbox/users/{upn}/messages", control_messages, methods=["GET", "POST"]),
         Route("/_sandbox/keyvault/secrets/{name}", control_vault_secret, methods=["POST"]),
         Route("/_sandbox/apps/{client_id}/secrets", control_app_secret, methods=["POST"]),

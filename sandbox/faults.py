@@ -20,6 +20,7 @@ _STATUS_CODES = {
     503: "ServiceUnavailable",
     504: "GatewayTimeout",
 }
+STATE_CHANGING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class Throttle(BaseModel):
@@ -39,6 +40,8 @@ class Faults(BaseModel):
     drop_connection_rate: float = Field(0, alias="dropConnectionRate", ge=0, le=1)
     throttle: Throttle = Field(default_factory=Throttle)
     random_seed: int | None = Field(None, alias="randomSeed")
+    ambiguous_rate: float = Field(0, alias="ambiguousRate", ge=0, le=1)
+    sent_items_delay_ms: float = Field(0, alias="sentItemsDelayMs", ge=0, le=86_400_000)
 
 
 @dataclass
@@ -57,6 +60,16 @@ class FaultState:
 
     def should_drop(self) -> bool:
         return self.faults.drop_connection_rate > 0 and self.random.random() < self.faults.drop_connection_rate
+
+    def ambiguous_outcome(self, method: str) -> str | None:
+        """For a request that changes state and was carried out: how its answer is lost, if it is.
+
+        "timeout" (a 504 GatewayTimeout) or "drop" (the connection closes before the answer), half each.
+        """
+        rate = self.faults.ambiguous_rate
+        if rate <= 0 or method not in STATE_CHANGING or self.random.random() >= rate:
+            return None
+        return "timeout" if self.random.random() < 0.5 else "drop"
 
     def injected_error(self) -> GraphError | None:
         if self.faults.error_rate <= 0 or self.random.random() >= self.faults.error_rate:

@@ -18,9 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from .clock import CLOCK
 from .errors import GraphError
+from .exchange import Transport
+from .extended import extended_property_key
 from .faults import FaultState, RequestLog
-from .messages import ADDRESS, MESSAGE_PROPERTIES, build_message, now, project, recipient
+from .messages import (
+    ADDRESS,
+    MESSAGE_PROPERTIES,
+    build_message,
+    now,
+    preview,
+    project,
+    recipient,
+)
 from .odata import Column, ODataError, check_efficient, compile_filter, compile_orderby, parse_int, parse_select
 from .store import FOLDER_COLUMNS, Store, User
 from .tokens import Caller
@@ -44,6 +55,7 @@ MESSAGE_COLUMNS = {
     "parentfolderid": Column("folder_id", "str"),
     "inferenceclassification": Column("inference", "str"),
     "conversationid": Column("conversation_id", "str"),
+    "singlevalueextendedproperties": Column("ext_props", "properties"),
 }
 FOLDER_FILTER_COLUMNS = {
     "displayname": Column(FOLDER_COLUMNS["displayname"], "str"),
@@ -76,6 +88,7 @@ DRAFT_ONLY = {"subject", "body", "toRecipients", "ccRecipients", "bccRecipients"
 FLAG_STATUSES = {"notFlagged", "flagged", "complete"}
 IMPORTANCE = {"low", "normal", "high"}
 LIST_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand"}
+EXTENDED = "singleValueExtendedProperties"
 
 
 @dataclass
@@ -86,12 +99,28 @@ class GraphCall:
     body: bytes
     caller: Caller
     base_url: str  # "https://127.0.0.1:8790/v1.0"
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def option(self, name: str) -> str | None:
         for key, value in self.query:
             if key.lower() == name.lower():
                 return value
         return None
+
+    @property
+    def preferences(self) -> dict[str, str]:
+        """The `Prefer` header's preferences, names in lower case: `{"idtype": "ImmutableId"}`."""
+        found: dict[str, str] = {}
+        for part in self.headers.get("prefer", "").split(","):
+            name, _, value = part.strip().partition("=")
+            if name.strip():
+                found[name.strip().lower()] = value.strip().strip('"')
+        return found
+
+    @property
+    def immutable(self) -> bool:
+        """`Prefer: IdType="ImmutableId"`: ids in this request's answer are immutable ids."""
+        return self.preferences.get("idtype", "").lower() == "immutableid"
 
 
 @dataclass
@@ -100,6 +129,7 @@ class GraphResult:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     mailbox: str | None = None
+    ambiguous: str | None = None  # carried out, answer lost: "timeout" (504) or "drop" (connection closed)
 
 
 Handler = Callable[["GraphService", GraphCall, User, dict[str, str]], GraphResult]
@@ -113,11 +143,17 @@ class Route:
     handler: Handler
 
 
-def _route(method: str, template: str, roles: set[str]) -> Callable[[Handler], Handler]:
-    regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "/?$"
+def _route(method: str, template: str, roles: set[str], *, first: bool = False) -> Callable[[Handler], Handler]:
+    """Register a handler; `first` puts it before the routes whose `{message}` would swallow its last segment."""
+    regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace("\\{", "{").replace("\\}", "}"))
+    regex += "/?$"
 
     def register(handler: Handler) -> Handler:
-        ROUTES.append(Route(method, re.compile(regex, re.IGNORECASE), frozenset(roles), handler))
+        route = Route(method, re.compile(regex, re.IGNORECASE), frozenset(roles), handler)
+        if first:
+            ROUTES.insert(0, route)
+        else:
+            ROUTES.append(route)
         return handler
 
     return register
@@ -129,15 +165,19 @@ ROUTES: list[Route] = []
 class GraphService:
     """Serves Graph calls against the store, under the current faults."""
 
-    def __init__(self, store: Store, faults: FaultState, log: RequestLog) -> None:
+    def __init__(self, store: Store, faults: FaultState, log: RequestLog, transport: Transport) -> None:
         self.store = store
         self.faults = faults
         self.log = log
+        self.transport = transport
 
     async def call(self, call: GraphCall) -> GraphResult:
         """Route, authorise, throttle and run one Graph call."""
         result = await self._call(call)
         result.headers.setdefault("Content-Type", "application/json")
+        if call.immutable and result.status < 400:
+            applied = result.headers.get("Preference-Applied")
+            result.headers["Preference-Applied"] = ", ".join(filter(None, [applied, 'IdType="ImmutableId"']))
         return result
 
     async def _call(self, call: GraphCall) -> GraphResult:
@@ -166,6 +206,11 @@ class GraphService:
             result = _error_result(GraphError(400, error.code, str(error)), mailbox)
         finally:
             self.faults.release(call.caller.client_id, user.upn)
+        if result.status < 400:
+            outcome = self.faults.ambiguous_outcome(call.method)
+            if outcome:  # done in full; the client never learns it
+                result = _error_result(GraphError(504, "GatewayTimeout", "The operation has timed out."), mailbox)
+                result.ambiguous = outcome
         result.mailbox = mailbox
         return result
 
@@ -202,8 +247,11 @@ class GraphService:
                 "Access to OData is disabled: the mailbox is outside the application's management scope.",
             )
 
-    async def batch(self, body: bytes, caller: Caller, base_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Run a JSON batch; returns the answer and the sub-request log entries."""
+    async def batch(
+        self, body: bytes, caller: Caller, base_url: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        """Run a JSON batch; returns the answer, the sub-request log entries, and whether a sub-request's
+        ambiguous fault drops the whole answer's connection."""
         requests = _batch_requests(body)
         results: dict[str, GraphResult] = {}
         entries: list[dict[str, Any]] = []
@@ -225,7 +273,8 @@ class GraphService:
             if result.body is not None:
                 answer["body"] = result.body
             responses.append(answer)
-        return {"responses": responses}, entries
+        dropped = any(r.ambiguous == "drop" for r in results.values())
+        return {"responses": responses}, entries, dropped
 
     async def _batch_one(
         self, request: dict[str, Any], results: dict[str, GraphResult], caller: Caller, base_url: str
@@ -236,7 +285,7 @@ class GraphService:
         if failed:
             result = GraphResult(424, _error_body("FailedDependency", "A request this one depends on failed."))
         else:
-            call = GraphCall(request["method"], path, query, request["body"], caller, base_url)
+            call = GraphCall(request["method"], path, query, request["body"], caller, base_url, request["headers"])
             result = await self.call(call)
         entry = {
             "id": request["id"],
@@ -246,6 +295,8 @@ class GraphService:
             "mailbox": result.mailbox,
             "ms": round((time.perf_counter() - started) * 1000, 2),
         }
+        if result.ambiguous:
+            entry["ambiguous"] = True
         return result, entry
 
 
@@ -316,6 +367,9 @@ def _batch_requests(body: bytes) -> list[dict[str, Any]]:
             else (sub_body.encode() if isinstance(sub_body, str) else json.dumps(sub_body).encode())
         )
         parts = urlsplit(url if url.startswith("/") else "/" + url)
+        headers = request.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise GraphError(400, "BadRequest", f"{where}.headers must be an object.")
         normalised.append(
             {
                 "id": request_id,
@@ -323,6 +377,7 @@ def _batch_requests(body: bytes) -> list[dict[str, Any]]:
                 "path": unquote(parts.path),
                 "query": parse_qsl(parts.query, keep_blank_values=True),
                 "body": encoded,
+                "headers": {str(k).lower(): str(v) for k, v in headers.items()},
                 "dependsOn": depends,
             }
         )
@@ -395,23 +450,38 @@ def send_mail(service: GraphService, call: GraphCall, user: User, params: dict[s
     if not isinstance(save, bool):
         raise _type_error("saveToSentItems", "a boolean")
     message = _validated_message(message, user)
-    all_recipients = [
-        address
-        for key in ("toRecipients", "ccRecipients", "bccRecipients")
-        for address in (r["emailAddress"]["address"].lower() for r in message[key])
-    ]
-    stored = build_message(
-        dict(message, **{"from": {"emailAddress": {"name": user.display_name, "address": user.upn}}}),
-        folder_id="",
-        is_read=True,
-    )
-    service.store.record_send(user, stored, save, all_recipients)
+    stored = build_message(dict(message, **{"from": _mailbox_address(user)}), folder_id="", is_read=True)
+    with service.store.transaction():
+        service.transport.submit(user, stored, recipients_of(stored), saved=save)
+        if save:
+            sent_items = service.store.folder(user, "sentitems").id
+            service.store.insert_message(
+                user, dict(stored, parentFolderId=sent_items), visible=_sent_items_visible(service)
+            )
     return GraphResult(202, None, {})
 
 
-def _validated_message(message: dict[str, Any], user: User) -> dict[str, Any]:
-    """Check a sendMail message the way Exchange does; raises GraphError naming the problem."""
-    known = {name.lower(): name for name in MESSAGE_PROPERTIES | {"@odata.type"}}
+def _mailbox_address(user: User) -> dict[str, Any]:
+    return {"emailAddress": {"name": user.display_name, "address": user.upn}}
+
+
+def _sent_items_visible(service: GraphService) -> float:
+    """When a sent message's Sent Items copy shows: after the `sentItemsDelayMs` fault (0 by default)."""
+    return CLOCK.time() + service.faults.faults.sent_items_delay_ms / 1000
+
+
+def recipients_of(document: dict[str, Any]) -> list[str]:
+    """Every to, cc and bcc address of a message, lower case."""
+    return [
+        str(r["emailAddress"]["address"]).lower()
+        for key in ("toRecipients", "ccRecipients", "bccRecipients")
+        for r in document.get(key) or []
+    ]
+
+
+def _validated_message(message: dict[str, Any], user: User, *, draft: bool = False) -> dict[str, Any]:
+    """Check a sendMail message (or a new draft) the way Exchange does; raises GraphError naming the problem."""
+    known = {name.lower(): name for name in MESSAGE_PROPERTIES | {"@odata.type", EXTENDED}}
     fields: dict[str, Any] = {}
     for key, value in message.items():
         name = known.get(key.lower())
@@ -440,7 +510,7 @@ def _validated_message(message: dict[str, Any], user: User) -> dict[str, Any]:
             raise _type_error(key, "an array of recipients")
         recipients[key] = [_validated_recipient(value, key) for value in values]
     total = sum(len(recipients[k]) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
-    if total == 0:
+    if total == 0 and not draft:
         raise GraphError(
             400,
             "ErrorInvalidRecipients",
@@ -490,7 +560,34 @@ def _validated_message(message: dict[str, Any], user: User) -> dict[str, Any]:
         **recipients,
         "internetMessageHeaders": headers,
         "attachments": [_validated_attachment(a, i) for i, a in enumerate(attachments)],
+        EXTENDED: validated_extended_properties(fields.get(EXTENDED) or []),
     }
+
+
+def validated_extended_properties(value: Any) -> list[dict[str, str]]:
+    """`singleValueExtendedProperties`: a list of `{id, value}` with ids in one of Exchange's forms."""
+    if not isinstance(value, list):
+        raise _type_error(EXTENDED, "an array")
+    properties = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not isinstance(item.get("value"), str):
+            raise _type_error(EXTENDED, "objects with a string id and value")
+        try:
+            extended_property_key(item["id"])
+        except ValueError:
+            raise GraphError(
+                400, "ErrorInvalidExtendedPropertyValue", f"The extended property id '{item['id']}' is not valid."
+            ) from None
+        properties.append({"id": item["id"], "value": item["value"]})
+    return properties
+
+
+def merged_extended_properties(current: list[dict[str, str]], changes: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A PATCH adds properties and replaces those with the same id (compared as Exchange compares them)."""
+    merged = {extended_property_key(p["id"]): p for p in current}
+    for change in changes:
+        merged[extended_property_key(change["id"])] = change
+    return list(merged.values())
 
 
 def _validated_recipient(value: Any, field_name: str) -> dict[str, Any]:
@@ -554,10 +651,23 @@ def _list_messages(service: GraphService, call: GraphCall, user: User, folder_id
     where = compile_filter(filter_text, MESSAGE_COLUMNS) if filter_text is not None else None
     order, order_names = compile_orderby(order_text, MESSAGE_COLUMNS) if order_text else (["received DESC"], [])
     check_efficient(order_names, where.properties if where else [])
-    expand = _expand_attachments(call)
+    attachments, properties = parse_expand(call)
     documents, total = service.store.query_messages(user, folder_id, where, order, top + 1, skip, count)
     more = len(documents) > top
-    items = [_web_link(project(d, select, expand_attachments=expand), call, user) for d in documents[:top]]
+    items = [
+        _web_link(
+            project(
+                d,
+                select,
+                expand_attachments=attachments,
+                expand_properties=properties,
+                immutable=call.immutable,
+            ),
+            call,
+            user,
+        )
+        for d in documents[:top]
+    ]
     return _collection(call, _context(call, user, tail, select), items, top, skip, more, total)
 
 
@@ -569,13 +679,42 @@ def _web_link(item: dict[str, Any], call: GraphCall, user: User) -> dict[str, An
     return item
 
 
-def _expand_attachments(call: GraphCall) -> bool:
+_EXPAND_PROPERTIES = re.compile(r"^singleValueExtendedProperties\s*(?:\(\s*\$filter\s*=\s*(?P<filter>.*)\))?$", re.I)
+_PROPERTY_ID_EQ = re.compile(r"^\s*id\s+eq\s+'(?P<id>(?:[^']|'')*)'\s*$", re.IGNORECASE)
+
+
+def parse_expand(call: GraphCall) -> tuple[bool, list[str] | None]:
+    """`$expand`: attachments, and/or `singleValueExtendedProperties($filter=id eq '...' [or id eq '...'])`.
+
+    Returns whether attachments are expanded and the (compared-form) ids of the extended properties asked for.
+    """
     expand = call.option("$expand")
     if expand is None:
-        return False
-    if expand.strip().lower() != "attachments":
-        raise GraphError(400, "BadRequest", f"Could not find a navigation property named '{expand}'.")
-    return True
+        return False, None
+    attachments, properties = False, None
+    depth, start, items = 0, 0, []
+    for index, char in enumerate(expand + ","):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(expand[start:index].strip())
+            start = index + 1
+    for item in items:
+        match = _EXPAND_PROPERTIES.match(item)
+        if item.lower() == "attachments":
+            attachments = True
+        elif match and match["filter"]:
+            properties = []
+            for clause in re.split(r"\s+or\s+", match["filter"], flags=re.IGNORECASE):
+                found = _PROPERTY_ID_EQ.match(clause)
+                try:
+                    properties.append(extended_property_key(found["id"].replace("''", "'")) if found else "")
+                except ValueError:
+                    found = None
+                if not found:
+                    raise GraphError(400, "BadRequest", f"Invalid filter clause in $expand: '{match['filter']}'.")
+        else:
+            raise GraphError(400, "BadRequest", f"Could not find a navigation property named '{item}'.")
+    return attachments, properties
 
 
 def _message(service: GraphService, user: User, message_id: str) -> dict[str, Any]:
@@ -596,9 +735,12 @@ def get_message(service: GraphService, call: GraphCall, user: User, params: dict
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
     select_text = call.option("$select")
     select = parse_select(select_text, MESSAGE_PROPERTIES) if select_text is not None else None
-    answer = _web_link(project(document, select, expand_attachments=_expand_attachments(call)), call, user)
+    attachments, properties = parse_expand(call)
+    answer = project(
+        document, select, expand_attachments=attachments, expand_properties=properties, immutable=call.immutable
+    )
     context = _context(call, user, "/messages", select) + "/$entity"
-    return GraphResult(200, {"@odata.context": context, **answer})
+    return GraphResult(200, {"@odata.context": context, **_web_link(answer, call, user)})
 
 
 @_route("PATCH", "/users/{user}/messages/{message}", {"Mail.ReadWrite"})
@@ -623,13 +765,17 @@ def update_message(service: GraphService, call: GraphCall, user: User, params: d
             raise GraphError(
                 400, "ErrorInvalidPropertyUpdateSentMessage", f"'{name}' can be updated only on a draft message."
             )
-        document[name] = _patched_value(name, value)
+        if name == EXTENDED:
+            document[name] = merged_extended_properties(document.get(name) or [], validated_extended_properties(value))
+        else:
+            document[name] = _patched_value(name, value)
+    if "body" in document:
+        document["bodyPreview"] = preview(document["body"])
     document["lastModifiedDateTime"] = now()
     document["changeKey"] = uuid.uuid4().hex
     service.store.replace_message(user, document)
-    return GraphResult(
-        200, {"@odata.context": _context(call, user, "/messages", None) + "/$entity", **project(document, None)}
-    )
+    answer = project(document, None, immutable=call.immutable)
+    return GraphResult(200, {"@odata.context": _context(call, user, "/messages", None) + "/$entity", **answer})
 
 
 def _patched_value(name: str, value: Any) -> Any:
@@ -657,6 +803,20 @@ def _patched_value(name: str, value: Any) -> Any:
         if not isinstance(value, list):
             raise _type_error(name, "an array")
         return value
+    if name in {"toRecipients", "ccRecipients", "bccRecipients", "replyTo"}:
+        if not isinstance(value, list):
+            raise _type_error(name, "an array of recipients")
+        return [_validated_recipient(v, name) for v in value]
+    if name in {"from", "sender"}:
+        return _validated_recipient(value, name) if value is not None else None
+    if name == "subject":
+        if not isinstance(value, str):
+            raise _type_error(name, "a string")
+        return value
+    if name == "body":
+        if not isinstance(value, dict) or str(value.get("contentType", "text")).lower() not in {"text", "html"}:
+            raise _type_error(name, "an itemBody with contentType text or html")
+        return {"contentType": str(value.get("contentType", "text")).lower(), "content": str(value.get("content", ""))}
     return value
 
 
@@ -713,3 +873,6 @@ def get_folder(service: GraphService, call: GraphCall, user: User, params: dict[
     documents, _ = service.store.query_folders(user, folder_id=folder.id)
     context = _context(call, user, "/mailFolders", select) + "/$entity"
     return GraphResult(200, {"@odata.context": context, **_project_folder(documents[0], select)})
+
+
+from . import delta, drafts  # noqa: E402, F401  (their routes register with this dispatcher)

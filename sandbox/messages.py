@@ -8,9 +8,10 @@ import json
 import os
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
+from .clock import CLOCK
+from .extended import extended_property_key
 from .odata import format_datetime, parse_datetime
 
 MESSAGE_PROPERTIES = {
@@ -46,6 +47,13 @@ MESSAGE_PROPERTIES = {
     "internetMessageHeaders",
     "attachments",
 }
+# Stored with a message but not among its default properties: navigation properties and the immutable id
+HIDDEN_PROPERTIES = frozenset(
+    {"attachments", "internetMessageHeaders", "singleValueExtendedProperties", "multiValueExtendedProperties",
+     "immutableId"}
+)  # fmt: skip
+_NOT_DEFAULT = HIDDEN_PROPERTIES | {"id"}
+EXTENDED = "singleValueExtendedProperties"
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
@@ -56,8 +64,21 @@ def new_id() -> str:
     return "AAMkAG" + base64.urlsafe_b64encode(os.urandom(40)).decode()
 
 
+def new_immutable_id() -> str:
+    """An immutable id in the style of Exchange's (another prefix than the default ids)."""
+    return "AAkALg" + base64.urlsafe_b64encode(os.urandom(40)).decode()
+
+
+def message_size(document: dict[str, Any]) -> int:
+    """About the size Exchange measures a message by: body, headers and attachments as encoded (base64)."""
+    size = len(str((document.get("body") or {}).get("content", "")).encode()) + len(document.get("subject", ""))
+    for attachment in document.get("attachments") or []:
+        size += len(str(attachment.get("contentBytes") or "")) or int(attachment.get("size") or 0) * 4 // 3
+    return size
+
+
 def now() -> str:
-    return format_datetime(datetime.now(UTC))
+    return format_datetime(CLOCK.now())
 
 
 def preview(body: dict[str, Any]) -> str:
@@ -97,6 +118,7 @@ def build_message(
     attachments = list(source.get("attachments") or [])
     return {
         "id": new_id(),
+        "immutableId": new_immutable_id(),
         "createdDateTime": stamp,
         "lastModifiedDateTime": stamp,
         "changeKey": uuid.uuid4().hex,
@@ -126,6 +148,7 @@ def build_message(
         "flag": {"flagStatus": "notFlagged"},
         "internetMessageHeaders": list(source.get("internetMessageHeaders") or []),
         "attachments": attachments,
+        **({"singleValueExtendedProperties": list(extended)} if (extended := source.get(EXTENDED)) else {}),
     }
 
 
@@ -152,20 +175,46 @@ def columns_of(document: dict[str, Any]) -> dict[str, Any]:
         "flag_status": (document.get("flag") or {}).get("flagStatus", "notFlagged"),
         "inference": document.get("inferenceClassification", "focused"),
         "conversation_id": document.get("conversationId", ""),
+        "immutable_id": document.get("immutableId") or document["id"],
+        "ext_props": json.dumps(
+            [
+                {"id": extended_property_key(p["id"]), "value": p.get("value")}
+                for p in document.get("singleValueExtendedProperties") or []
+            ]
+        ),
     }
 
 
-def project(document: dict[str, Any], select: list[str] | None, *, expand_attachments: bool = False) -> dict[str, Any]:
-    """The message as Graph returns it: `@odata.etag`, id, then the selected (or default) properties."""
-    answer: dict[str, Any] = {"@odata.etag": f'W/"{document["changeKey"]}"', "id": document["id"]}
-    names = (
-        select if select is not None else [n for n in document if n not in {"attachments", "internetMessageHeaders"}]
-    )
-    for name in names:
-        if name == "attachments" and not expand_attachments:
-            continue
-        if name in document:
-            answer[name] = document[name]
+def project(
+    document: dict[str, Any],
+    select: list[str] | None,
+    *,
+    expand_attachments: bool = False,
+    expand_properties: list[str] | None = None,
+    immutable: bool = False,
+) -> dict[str, Any]:
+    """The message as Graph returns it: `@odata.etag`, id, then the selected (or default) properties.
+
+    `expand_properties` lists the (compared-form) ids of the extended properties to include; `immutable`
+    answers with the immutable id (`Prefer: IdType="ImmutableId"`).
+    """
+    message_id = document.get("immutableId", document["id"]) if immutable else document["id"]
+    answer: dict[str, Any] = {"@odata.etag": f'W/"{document["changeKey"]}"', "id": message_id}
+    if select is None:  # the default properties: one pass, this is the hot path of every listing
+        answer.update((k, v) for k, v in document.items() if k not in _NOT_DEFAULT)
+    else:
+        for name in select:
+            if name in document and name not in {"id", "attachments"}:
+                answer[name] = document[name]
     if expand_attachments:
-        answer["attachments"] = document.get("attachments", [])
+        answer["attachments"] = [
+            {k: v for k, v in a.items() if not k.startswith("_")} for a in document.get("attachments", [])
+        ]
+    if expand_properties is not None:
+        wanted = set(expand_properties)
+        found = [
+            p for p in document.get("singleValueExtendedProperties") or [] if extended_property_key(p["id"]) in wanted
+        ]
+        if found:
+            answer["singleValueExtendedProperties"] = found
     return answer

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .extended import extended_property_key
+
 
 class ODataError(ValueError):
     """A query option Graph would answer with 400; `code` is Graph's error code."""
@@ -28,7 +30,7 @@ class Column:
     """A filterable/sortable property: its SQL column and the kind of literal it compares with."""
 
     sql: str
-    kind: str  # "bool", "str", "datetime", "collection"
+    kind: str  # "bool", "str", "datetime", "number", "collection" (of strings), "properties" (extended)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class _Parser:
         self.params: list[Any] = []
         self.properties: list[str] = []
         self.lambda_variable: str | None = None
+        self.lambda_kind = ""
         self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
@@ -173,12 +176,12 @@ class _Parser:
         path = self.take()[1]
         collection, operator = path.rsplit("/", 1)
         column = self.column(collection)
-        if column.kind != "collection":
+        if column.kind not in {"collection", "properties"}:
             raise ODataError(f"Invalid filter clause: '{collection}' is not a collection.")
         self.take("(")
         variable = self.take()[1]
         self.take(":")
-        self.lambda_variable = variable
+        self.lambda_variable, self.lambda_kind = variable, column.kind
         body = self.expression()
         self.lambda_variable = None
         self.take(")")
@@ -188,7 +191,9 @@ class _Parser:
 
     def comparison(self) -> str:
         name = self.take()[1]
-        if self.lambda_variable is not None and name == self.lambda_variable:
+        if self.lambda_variable is not None and self.lambda_kind == "properties":
+            column = self._property_member(name)
+        elif self.lambda_variable is not None and name == self.lambda_variable:
             column = Column("value", "str")
         else:
             column = self.column(name)
@@ -198,11 +203,26 @@ class _Parser:
         if operator not in _COMPARISONS:
             raise ODataError(f"Invalid filter clause: unknown operator '{operator}'.")
         value = self.literal(column)
+        if column.kind == "propertyid":
+            try:
+                value = extended_property_key(str(value))
+            except ValueError:
+                raise ODataError(f"Invalid filter clause: '{value}' is not an extended property id.") from None
         if value is None:
             return f"{column.sql} IS {'NOT ' if operator == 'ne' else ''}NULL"
         self.params.append(value)
         collate = " COLLATE NOCASE" if column.kind == "str" else ""
         return f"{column.sql}{collate} {_COMPARISONS[operator]} ?"
+
+    def _property_member(self, name: str) -> Column:
+        """`ep/id` or `ep/value` inside `singleValueExtendedProperties/Any(ep: ...)`; compared case-sensitively
+        (an id in the form Exchange compares)."""
+        variable, _, member = name.partition("/")
+        if variable != self.lambda_variable or member.lower() not in {"id", "value"}:
+            raise ODataError(f"Invalid filter clause: '{name}' is not {self.lambda_variable}/id or /value.")
+        if member.lower() == "id":
+            return Column("json_extract(value, '$.id')", "propertyid")
+        return Column("json_extract(value, '$.value')", "exact")
 
     def column(self, name: str) -> Column:
         column = self.columns.get(name.lower())

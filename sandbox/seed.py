@@ -26,11 +26,22 @@ class Tenant(_Model):
     domain: str
 
 
+class ExchangeLimits(_Model):
+    """Exchange Online's sending limits for a mailbox; `null` lifts one limit, `enabled: false` all of them
+    (with the NDRs for unknown internal recipients)."""
+
+    enabled: bool = True
+    messages_per_minute: int | None = Field(30, alias="messagesPerMinute", ge=1)
+    recipients_per_day: int | None = Field(10_000, alias="recipientsPerDay", ge=1)
+    max_message_size_mb: float | None = Field(35, alias="maxMessageSizeMB", gt=0)
+
+
 class SeedUser(_Model):
     user_principal_name: str = Field(alias="userPrincipalName")
     display_name: str = Field("", alias="displayName")
     id: str | None = None
     messages: list[dict[str, Any]] = []
+    exchange: ExchangeLimits | None = None  # the fields it sets override the tenant's for this mailbox
 
     @field_validator("user_principal_name")
     @classmethod
@@ -76,6 +87,13 @@ class Seed(_Model):
     key_vault: SeedKeyVault = Field(default_factory=SeedKeyVault, alias="keyVault")
     identity_header: str = Field("sandbox-identity-header", alias="identityHeader")
     token_lifetime_seconds: int = Field(3599, alias="tokenLifetimeSeconds", ge=1, le=86400)
+    exchange: ExchangeLimits = Field(default_factory=ExchangeLimits)
+
+    def limits_of(self, user: SeedUser) -> ExchangeLimits:
+        """A mailbox's sending limits: the tenant's, with the user's own fields over them."""
+        if user.exchange is None:
+            return self.exchange
+        return self.exchange.model_copy(update=user.exchange.model_dump(include=user.exchange.model_fields_set))
 
 
 def parse_seed(raw: Any) -> Seed:

@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from .exchange import Transport
 from .faults import FaultState, RequestLog
 from .graph import GraphService
 from .store import Store
@@ -24,11 +25,13 @@ class Sandbox:
     log: RequestLog
     graph: GraphService
     seed: dict[str, Any]  # the seed the sandbox was started with; `POST /_sandbox/reset` restores it
+    transport: Transport
 
     @classmethod
     def create(cls, store: Store, seed: dict[str, Any]) -> Sandbox:
-        faults, log = FaultState(), RequestLog()
-        return cls(store, store.signing_key(), faults, log, GraphService(store, faults, log), seed)
+        faults, log, transport = FaultState(), RequestLog(), Transport(store)
+        graph = GraphService(store, faults, log, transport)
+        return cls(store, store.signing_key(), faults, log, graph, seed, transport)
 
 
 def base_url(request: Request) -> str:

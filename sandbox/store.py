@@ -10,13 +10,16 @@ import json
 import secrets
 import sqlite3
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .messages import build_message, columns_of, new_id, now, seeded_message
+from .clock import CLOCK, stamp
+from .messages import columns_of, new_id, now, seeded_message
 from .odata import SqlFilter
-from .seed import Seed
+from .seed import ExchangeLimits, Seed
 
 WELL_KNOWN_FOLDERS = (
     # (well-known name, display name, hidden)
@@ -31,16 +34,22 @@ WELL_KNOWN_FOLDERS = (
     ("recoverableitemsdeletions", "Quick Step Settings", True),
 )
 ROOT = "msgfolderroot"
+VISIBLE = "m.visible <= sandbox_now()"  # mail whose delivery time (sandbox clock) has come
 FOLDER_COLUMNS = {
     "displayname": "f.display_name",
     "parentfolderid": "f.parent_id",
     "ishidden": "f.is_hidden",
-    "totalitemcount": "(SELECT COUNT(*) FROM messages m WHERE m.mailbox = f.mailbox AND m.folder_id = f.id)",
+    "totalitemcount": "(SELECT COUNT(*) FROM messages m WHERE m.mailbox = f.mailbox AND m.folder_id = f.id "
+    f"AND {VISIBLE})",
     "unreaditemcount": "(SELECT COUNT(*) FROM messages m WHERE m.mailbox = f.mailbox AND m.folder_id = f.id "
-    "AND m.is_read = 0)",
+    f"AND m.is_read = 0 AND {VISIBLE})",
     "childfoldercount": "(SELECT COUNT(*) FROM folders c WHERE c.parent_id = f.id)",
 }
-
+SCHEMA_VERSION = "2"  # a data directory from another version is re-seeded, not migrated
+_TABLES = (
+    "users", "principals", "vault_secrets", "folders", "messages", "removals", "outbound", "blocks", "uploads",
+    "upload_chunks", "upload_usage",
+)  # fmt: skip
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -55,17 +64,33 @@ CREATE TABLE IF NOT EXISTS folders (
     well_known TEXT, is_hidden INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS folders_parent ON folders (mailbox, parent_id);
 CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, mailbox TEXT NOT NULL,
-    folder_id TEXT NOT NULL, received TEXT NOT NULL, sent TEXT NOT NULL, is_read INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, immutable_id TEXT NOT NULL UNIQUE,
+    mailbox TEXT NOT NULL, folder_id TEXT NOT NULL, visible REAL NOT NULL, changed INTEGER NOT NULL,
+    received TEXT NOT NULL, sent TEXT NOT NULL, is_read INTEGER NOT NULL,
     from_address TEXT NOT NULL, subject TEXT NOT NULL, importance TEXT NOT NULL,
     has_attachments INTEGER NOT NULL, categories TEXT NOT NULL, flag_status TEXT NOT NULL,
-    inference TEXT NOT NULL, conversation_id TEXT NOT NULL, doc TEXT NOT NULL);
+    inference TEXT NOT NULL, conversation_id TEXT NOT NULL, ext_props TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_folder ON messages (mailbox, folder_id, received);
 CREATE INDEX IF NOT EXISTS messages_mailbox ON messages (mailbox, received);
+CREATE INDEX IF NOT EXISTS messages_changes ON messages (mailbox, folder_id, changed);
+CREATE TABLE IF NOT EXISTS removals (
+    changed INTEGER PRIMARY KEY, mailbox TEXT NOT NULL, folder_id TEXT NOT NULL, id TEXT NOT NULL,
+    immutable_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS removals_folder ON removals (mailbox, folder_id, changed);
 CREATE TABLE IF NOT EXISTS outbound (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, sent TEXT NOT NULL, doc TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, sent TEXT NOT NULL, submitted REAL NOT NULL,
+    delivered REAL, counted INTEGER NOT NULL, ndr TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outbound_sender ON outbound (sender, submitted);
+CREATE TABLE IF NOT EXISTS blocks (mailbox TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY, mailbox TEXT NOT NULL, message TEXT NOT NULL, app TEXT NOT NULL, doc TEXT NOT NULL,
+    expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS upload_chunks (
+    upload TEXT NOT NULL, start INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (upload, start));
+CREATE TABLE IF NOT EXISTS upload_usage (app TEXT NOT NULL, mailbox TEXT NOT NULL, at REAL NOT NULL,
+    bytes INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS upload_usage_window ON upload_usage (app, mailbox, at);
 """
-_MESSAGE_COLUMNS = tuple(columns_of(build_message({}, folder_id="", is_read=False)))
 
 
 @dataclass(frozen=True)
@@ -93,9 +118,36 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.create_function("sandbox_now", 0, CLOCK.time)
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if self.meta("schema") != SCHEMA_VERSION:
+            for table in _TABLES:
+                self.db.execute(f"DROP TABLE IF EXISTS {table}")
+            self.db.execute("DELETE FROM meta WHERE key = 'seed'")
+            self.set_meta("schema", SCHEMA_VERSION)
         self.db.executescript(_SCHEMA)
+        CLOCK.offset = float(self.meta("clock_offset") or 0)
         self._users: dict[str, User] = {}
         self._roots: dict[str, Folder] = {}
+        self._limits: dict[str, ExchangeLimits] = {}
+        self._domain: str | None = None
+        self._change = self._last_change()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction; nested calls join the outer one."""
+        if self.db.in_transaction:
+            yield
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            yield
+
+    # -- clock ------------------------------------------------------------------------------------------
+    def advance_clock(self, seconds: float) -> None:
+        """Move the sandbox's time forward (never back), persisted across restarts."""
+        CLOCK.offset += seconds
+        self.set_meta("clock_offset", repr(CLOCK.offset))
 
     # -- meta and seed ------------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -118,11 +170,18 @@ class Store:
 
     def reset(self, seed: Seed, raw: dict[str, Any]) -> None:
         """Replace all state but the signing key with the seed's."""
-        with self.db:
-            self.db.execute("BEGIN")
-            for table in ("users", "principals", "vault_secrets", "folders", "messages", "outbound"):
+        CLOCK.offset = 0.0
+        with self.transaction():
+            for table in _TABLES:
                 self.db.execute(f"DELETE FROM {table}")
+            self.set_meta("clock_offset", "0")
             self.set_meta("seed", json.dumps(raw))
+            self.set_meta(
+                "exchange",
+                json.dumps(
+                    {user.user_principal_name: seed.limits_of(user).model_dump(by_alias=True) for user in seed.users}
+                ),
+            )
             self.set_meta("tenant", seed.tenant.model_dump_json())
             self.set_meta("identity_header", seed.identity_header)
             self.set_meta("token_lifetime", str(seed.token_lifetime_seconds))
@@ -146,12 +205,29 @@ class Store:
             self.set_meta("vault_readers", json.dumps(seed.key_vault.readers))
         self._users.clear()
         self._roots.clear()
+        self._limits.clear()
+        self._domain = None
         for user in seed.users:
             self.deliver_seeded(self.user(user.user_principal_name), user.messages)
 
     def tenant(self) -> dict[str, str]:
         tenant: dict[str, str] = json.loads(self.meta("tenant") or "{}")
         return tenant
+
+    def tenant_domain(self) -> str:
+        """The tenant's domain, lower case (cached: every send asks)."""
+        if self._domain is None:
+            self._domain = self.tenant().get("domain", "").lower()
+        return self._domain
+
+    def exchange_limits(self, user: User) -> ExchangeLimits:
+        """The mailbox's Exchange sending limits (the defaults for a mailbox the seed did not list)."""
+        cached = self._limits.get(user.upn)
+        if cached is None:
+            configured = json.loads(self.meta("exchange") or "{}").get(user.upn.lower())
+            cached = ExchangeLimits.model_validate(configured or {})
+            self._limits[user.upn] = cached
+        return cached
 
     def token_lifetime(self) -> int:
         return int(self.meta("token_lifetime") or 3599)
@@ -324,21 +400,39 @@ class Store:
         return current
 
     # -- messages -------------------------------------------------------------------------------------
-    def insert_message(self, user: User, document: dict[str, Any]) -> None:
+    def _last_change(self) -> int:
+        row = self.db.execute(
+            "SELECT MAX(c) FROM (SELECT MAX(changed) AS c FROM messages UNION ALL SELECT MAX(changed) FROM removals)"
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def _next_change(self) -> int:
+        """The next number of the mailbox change counter that delta tokens are watermarks of."""
+        self._change += 1
+        return self._change
+
+    def insert_message(self, user: User, document: dict[str, Any], visible: float | None = None) -> None:
+        """Store a message; it shows in its folder from `visible` (sandbox time; now by default)."""
         columns = columns_of(document)
-        names = ", ".join(("id", "mailbox", *columns, "doc"))
-        marks = ", ".join("?" * (len(columns) + 3))
+        names = ", ".join(("id", "mailbox", "visible", "changed", *columns, "doc"))
+        marks = ", ".join("?" * (len(columns) + 5))
         self.db.execute(
             f"INSERT INTO messages ({names}) VALUES ({marks})",
-            (document["id"], user.id, *columns.values(), json.dumps(document)),
+            (
+                document["id"],
+                user.id,
+                CLOCK.time() if visible is None else visible,
+                self._next_change(),
+                *columns.values(),
+                json.dumps(document),
+            ),
         )
 
     def deliver_seeded(self, user: User, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Deliver seeded inbound mail (each with an optional folder), in one transaction."""
         delivered = []
         folders: dict[str, Folder] = {}
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.transaction():
             for source in sources:
                 path = str(source.get("folder") or "inbox")
                 folder = folders.get(path.lower()) or self.folder_by_path(user, path)
@@ -349,19 +443,56 @@ class Store:
         return delivered
 
     def message(self, user: User, message_id: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT doc FROM messages WHERE id = ? AND mailbox = ?", (message_id, user.id)).fetchone()
+        """A message by its default or immutable id, once it is visible."""
+        row = self.db.execute(
+            "SELECT doc FROM messages m WHERE (id = ?1 OR immutable_id = ?1) AND mailbox = ?2 AND visible <= ?3",
+            (message_id, user.id, CLOCK.time()),
+        ).fetchone()
         if row is None:
             raise KeyError(message_id)
         document: dict[str, Any] = json.loads(row["doc"])
         return document
 
-    def replace_message(self, user: User, document: dict[str, Any]) -> None:
+    def replace_message(self, user: User, document: dict[str, Any], visible: float | None = None) -> None:
+        """Write a changed message back (its immutable id finds it); a new default id or folder moves it."""
         columns = columns_of(document)
-        assignments = ", ".join(f"{name} = ?" for name in (*columns, "doc"))
+        assignments = ", ".join(f"{name} = ?" for name in ("id", "changed", *columns, "doc"))
+        extra = ", visible = ?" if visible is not None else ""
         self.db.execute(
-            f"UPDATE messages SET {assignments} WHERE id = ? AND mailbox = ?",
-            (*columns.values(), json.dumps(document), document["id"], user.id),
+            f"UPDATE messages SET {assignments}{extra} WHERE immutable_id = ? AND mailbox = ?",
+            (
+                document["id"],
+                self._next_change(),
+                *columns.values(),
+                json.dumps(document),
+                *([visible] if visible is not None else []),
+                document["immutableId"],
+                user.id,
+            ),
         )
+
+    def _record_removal(self, user: User, document: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO removals VALUES (?, ?, ?, ?, ?)",
+            (self._next_change(), user.id, document["parentFolderId"], document["id"], document["immutableId"]),
+        )
+
+    def move_message(
+        self, user: User, document: dict[str, Any], folder_id: str, visible: float | None = None
+    ) -> dict[str, Any]:
+        """Move a message to another folder: Exchange gives it a new default id; the immutable id stays."""
+        with self.transaction():
+            self._record_removal(user, document)
+            moved = dict(document, id=new_id(), parentFolderId=folder_id, lastModifiedDateTime=now())
+            self.replace_message(user, moved, visible)
+        return moved
+
+    def delete_message(self, user: User, document: dict[str, Any]) -> None:
+        with self.transaction():
+            self._record_removal(user, document)
+            self.db.execute(
+                "DELETE FROM messages WHERE immutable_id = ? AND mailbox = ?", (document["immutableId"], user.id)
+            )
 
     def query_messages(
         self,
@@ -373,9 +504,9 @@ class Store:
         skip: int,
         count: bool,
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """A page of messages (and the total matching, when asked)."""
-        conditions = ["mailbox = ?"]
-        params: list[Any] = [user.id]
+        """A page of visible messages (and the total matching, when asked)."""
+        conditions = ["mailbox = ?", "visible <= ?"]
+        params: list[Any] = [user.id, CLOCK.time()]
         if folder_id is not None:
             conditions.append("folder_id = ?")
             params.append(folder_id)
@@ -386,54 +517,155 @@ class Store:
         tie_break = "seq DESC" if not order or order[0].endswith("DESC") else "seq ASC"
         ordering = ", ".join([*order, tie_break])
         rows = self.db.execute(
-            f"SELECT doc FROM messages WHERE {clause} ORDER BY {ordering} LIMIT ? OFFSET ?",
+            f"SELECT doc FROM messages m WHERE {clause} ORDER BY {ordering} LIMIT ? OFFSET ?",
             (*params, top, skip),
         ).fetchall()
         total = None
         if count:
-            total = self.db.execute(f"SELECT COUNT(*) FROM messages WHERE {clause}", params).fetchone()[0]
+            total = self.db.execute(f"SELECT COUNT(*) FROM messages m WHERE {clause}", params).fetchone()[0]
         return [json.loads(r["doc"]) for r in rows], total
 
     def mailbox_messages(self, user: User, folder_id: str | None = None) -> list[dict[str, Any]]:
-        """Every message of a mailbox (or folder), newest first: for the control API and web page."""
+        """Every visible message of a mailbox (or folder), newest first: for the control API and web page."""
         documents, _ = self.query_messages(user, folder_id, None, ["received DESC"], -1, 0, False)
         return documents
 
+    def message_count(self, user: User) -> int:
+        """Visible items over all folders of a mailbox."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM messages m WHERE mailbox = ? AND visible <= ?", (user.id, CLOCK.time())
+        ).fetchone()
+        return int(row[0])
+
+    # -- delta ----------------------------------------------------------------------------------------
+    def change_mark(self) -> int:
+        return self._change
+
+    def delta_messages(
+        self,
+        user: User,
+        folder_id: str,
+        window: tuple[int, int, float, float],
+        after: int,
+        limit: int,
+        received: tuple[str, str] | None = None,
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(change number, message) of a folder's messages created or changed in a delta round, oldest change
+        first: changed between the watermarks `since < changed <= upto`, or changed before but delivered
+        (become visible) between the round's times `since_time < visible <= upto_time`."""
+        since, upto, since_time, upto_time = window
+        condition, params = "", []
+        if received is not None:
+            condition, params = f" AND received {'>=' if received[0] == 'ge' else '>'} ?", [received[1]]
+        rows = self.db.execute(
+            "SELECT changed, doc FROM messages m WHERE mailbox = ? AND folder_id = ? AND visible <= ? AND changed > ? "
+            "AND ((changed > ? AND changed <= ?) OR (changed <= ? AND visible > ?))"
+            f"{condition} ORDER BY changed LIMIT ?",
+            (user.id, folder_id, upto_time, after, since, upto, since, since_time, *params, limit),
+        ).fetchall()
+        return [(int(r["changed"]), json.loads(r["doc"])) for r in rows]
+
+    def delta_removals(
+        self, user: User, folder_id: str, since: int, upto: int, after: int, limit: int
+    ) -> list[sqlite3.Row]:
+        """Messages deleted from or moved out of a folder between the watermarks: (changed, id, immutable_id)."""
+        return self.db.execute(
+            "SELECT changed, id, immutable_id FROM removals WHERE mailbox = ? AND folder_id = ? AND changed > ? "
+            "AND changed <= ? ORDER BY changed LIMIT ?",
+            (user.id, folder_id, max(since, after), upto, limit),
+        ).fetchall()
+
     # -- sending --------------------------------------------------------------------------------------
-    def record_send(self, sender: User, document: dict[str, Any], save_copy: bool, recipients: list[str]) -> list[str]:
-        """Store a sent mail: the Sent Items copy, inbox copies for sandbox users, the outbound log.
+    def record_outbound(
+        self,
+        sender: User,
+        record: dict[str, Any],
+        *,
+        submitted: float,
+        delivered: float | None,
+        counted: int,
+        ndr: str | None,
+    ) -> None:
+        """The transport's log of a submitted message (served by `GET /_sandbox/sent`)."""
+        self.db.execute(
+            "INSERT INTO outbound (sender, sent, submitted, delivered, counted, ndr, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sender.upn, stamp(submitted), submitted, delivered, counted, ndr, json.dumps(record)),
+        )
 
-        Returns the recipients outside the sandbox (recorded as sent, like a real external delivery).
-        """
-        external = []
-        with self.db:
-            self.db.execute("BEGIN")
-            if save_copy:
-                sent_copy = dict(document, parentFolderId=self.folder(sender, "sentitems").id, isRead=True)
-                self.insert_message(sender, sent_copy)
-            for address in dict.fromkeys(recipients):
-                try:
-                    recipient = self.user(address)
-                except KeyError:
-                    external.append(address)
-                    continue
-                inbox = self.folder(recipient, "inbox")
-                delivered = dict(document, id=new_id(), parentFolderId=inbox.id, isRead=False, bccRecipients=[])
-                self.insert_message(recipient, delivered)
-            record = {k: v for k, v in document.items() if k != "attachments"}
-            record["attachments"] = [
-                {k: v for k, v in a.items() if k != "contentBytes"} for a in document.get("attachments", [])
-            ]
-            record["externalRecipients"] = external
-            record["savedToSentItems"] = save_copy
-            self.db.execute(
-                "INSERT INTO outbound (sender, sent, doc) VALUES (?, ?, ?)", (sender.upn, now(), json.dumps(record))
-            )
-        return external
+    def sending_history(self, sender: User, since: float) -> list[sqlite3.Row]:
+        """What a mailbox submitted since a time: (submitted, delivered, counted), oldest first."""
+        return self.db.execute(
+            "SELECT submitted, delivered, counted FROM outbound WHERE sender = ? AND submitted > ? ORDER BY seq",
+            (sender.upn, since),
+        ).fetchall()
 
-    def outbound(self, since: int) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM outbound WHERE seq > ? ORDER BY seq", (since,)).fetchall()
-        return [{**json.loads(r["doc"]), "seq": r["seq"], "mailbox": r["sender"], "sent": r["sent"]} for r in rows]
+    def blocked_until(self, sender: User) -> float:
+        row = self.db.execute("SELECT until FROM blocks WHERE mailbox = ?", (sender.upn,)).fetchone()
+        return float(row["until"]) if row else 0.0
+
+    def block(self, sender: User, until: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?)", (sender.upn, until))
+
+    def outbound(self, since: int, sender: User | None = None) -> list[dict[str, Any]]:
+        condition, params = ("AND sender = ?", [sender.upn]) if sender else ("", [])
+        rows = self.db.execute(
+            f"SELECT * FROM outbound WHERE seq > ? {condition} ORDER BY seq", (since, *params)
+        ).fetchall()
+        return [
+            {
+                **json.loads(r["doc"]),
+                "seq": r["seq"],
+                "mailbox": r["sender"],
+                "sent": r["sent"],
+                "submittedAt": stamp(r["submitted"]),
+                "deliveredAt": stamp(r["delivered"]) if r["delivered"] is not None else None,
+            }
+            for r in rows
+        ]
+
+    # -- upload sessions ------------------------------------------------------------------------------
+    def create_upload(self, session_id: str, user: User, message_id: str, app: str, doc: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, user.id, message_id, app, json.dumps(doc), doc["expires"]),
+        )
+
+    def upload(self, session_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = self.db.execute("SELECT * FROM uploads WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise KeyError(session_id)
+        return row
+
+    def upload_received(self, session_id: str) -> int:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM upload_chunks WHERE upload = ?", (session_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def add_chunk(self, session_id: str, start: int, data: bytes, app: str, mailbox: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO upload_chunks VALUES (?, ?, ?)", (session_id, start, data))
+            self.db.execute("INSERT INTO upload_usage VALUES (?, ?, ?, ?)", (app, mailbox, CLOCK.time(), len(data)))
+
+    def uploaded_bytes(self, app: str, mailbox: str, since: float) -> tuple[int, float | None]:
+        """Bytes an app uploaded into a mailbox since a time, and when the oldest of them was."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(bytes), 0), MIN(at) FROM upload_usage WHERE app = ? AND mailbox = ? AND at > ?",
+            (app, mailbox, since),
+        ).fetchone()
+        return int(row[0]), row[1]
+
+    def upload_content(self, session_id: str) -> bytes:
+        rows = self.db.execute(
+            "SELECT data FROM upload_chunks WHERE upload = ? ORDER BY start", (session_id,)
+        ).fetchall()
+        return b"".join(r["data"] for r in rows)
+
+    def finish_upload(self, session_id: str) -> None:
+        """Forget a finished or cancelled session; its bytes stay counted against the upload rate."""
+        with self.transaction():
+            self.db.execute("DELETE FROM uploads WHERE id = ?", (session_id,))
+            self.db.execute("DELETE FROM upload_chunks WHERE upload = ?", (session_id,))
 
 
 def _folder(row: sqlite3.Row) -> Folder:

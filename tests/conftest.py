@@ -66,6 +66,7 @@ def test_seed(certificate: dict[str, Any]) -> dict[str, Any]:
         {"clientId": MI_GRAPH_ID, "roles": ["Mail.Send"], "mailboxScope": [SENDER]},
     ]
     seed["keyVault"]["secrets"]["other-secret"] = "other-value"
+    seed["exchange"] = {"enabled": False}  # tests that care about Exchange's sending limits turn them on
     return seed
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_http.middleware.options import RetryHandlerOption
 from msgraph.generated.models.email_address import EmailAddress
 from msgraph.generated.models.message import Message
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.recipient import Recipient
 from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
 
@@ -142,3 +146,99 @@ def test_bad_fault_settings_are_refused(sandbox: SandboxProcess) -> None:
     for body in ({"errorRate": 2}, {"latencyMs": -1}, {"throttle": {"concurrentPerMailbox": 0}}, {"bogus": 1}):
         answer = sandbox.control.put("/_sandbox/faults", json=body)
         assert answer.status_code == 400, body
+
+
+def _alice_mail(subject: str) -> dict[str, Any]:
+    return {"message": {"subject": subject, "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}]}}
+
+
+def test_ambiguous_send_mail_delivers_exactly_once_while_the_sdk_sees_a_failure(sandbox: SandboxProcess) -> None:
+    since = sandbox.last_seq()
+    sandbox.set_faults(ambiguousRate=1, randomSeed=3)
+    config = RequestConfiguration(options=[RetryHandlerOption(max_retries=0)])  # one attempt: no blind retry
+    body = SendMailPostRequestBody(
+        message=Message(
+            subject="Disk full", to_recipients=[Recipient(email_address=EmailAddress(address="alice@contoso.test"))]
+        )
+    )
+
+    async def send() -> None:
+        async with graph_client(sandbox) as graph:
+            await graph.users.by_user_id(SENDER).send_mail.post(body, config)
+
+    with pytest.raises((ODataError, httpx.TransportError)):
+        asyncio.run(send())
+    assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["Disk full"]
+    [entry] = [e for e in sandbox.requests(since) if e["path"].endswith("/sendMail")]
+    assert entry["ambiguous"] is True
+
+
+def test_ambiguous_answers_are_a_504_or_a_dropped_connection_half_each(sandbox: SandboxProcess) -> None:
+    headers = bearer(sandbox)
+    since = sandbox.last_seq()
+    sandbox.set_faults(ambiguousRate=1, randomSeed=11)
+    assert sandbox.control is not None
+    outcomes = []
+    for n in range(12):
+        try:
+            answer = sandbox.control.post(f"/v1.0/users/{SENDER}/sendMail", headers=headers, json=_alice_mail(f"m{n}"))
+        except httpx.TransportError:
+            outcomes.append("dropped")
+        else:
+            assert answer.status_code == 504
+            assert answer.json()["error"]["code"] == "GatewayTimeout"
+            outcomes.append("504")
+    assert 2 <= outcomes.count("dropped") <= 10 and 2 <= outcomes.count("504") <= 10
+    assert len(sandbox.mailbox("alice@contoso.test")) == 12  # every one was carried out
+    logged = [e for e in sandbox.requests(since) if e["path"].endswith("/sendMail")]
+    assert all(e["ambiguous"] for e in logged)
+    assert sum(1 for e in logged if e.get("dropped")) == outcomes.count("dropped")
+
+
+def test_ambiguous_faults_spare_reads(sandbox: SandboxProcess) -> None:
+    headers = bearer(sandbox)
+    sandbox.set_faults(ambiguousRate=1)
+    assert _get(sandbox, headers).status_code == 200
+    assert "ambiguous" not in sandbox.requests()[-1]
+
+
+def test_ambiguous_batch_sub_requests_are_carried_out_and_answered_504(sandbox: SandboxProcess) -> None:
+    headers = bearer(sandbox)
+    since = sandbox.last_seq()
+    sandbox.set_faults(ambiguousRate=1, randomSeed=5)
+    assert sandbox.control is not None
+    requests = [
+        {"id": str(n), "method": "POST", "url": f"/users/{SENDER}/sendMail", "body": _alice_mail(f"b{n}"),
+         "headers": {"Content-Type": "application/json"}}
+        for n in range(3)
+    ]  # fmt: skip
+    dropped = False
+    try:
+        answer = sandbox.control.post("/v1.0/$batch", headers=headers, json={"requests": requests})
+    except httpx.TransportError:
+        dropped = True  # one sub-request drew "connection dropped": the whole answer is lost
+    else:
+        assert sorted(r["status"] for r in answer.json()["responses"]) == [504, 504, 504]
+    assert len(sandbox.mailbox("alice@contoso.test")) == 3
+    [batch] = [e for e in sandbox.requests(since) if e["path"] == "/$batch"]
+    assert all(sub["ambiguous"] for sub in batch["requests"])
+    assert bool(batch.get("dropped")) is dropped
+
+
+def test_msgraph_retries_of_an_ambiguous_504_duplicate_the_mail(sandbox: SandboxProcess) -> None:
+    sandbox.set_faults(ambiguousRate=1, randomSeed=4)  # this seed draws three 504s in a row
+    config = RequestConfiguration(options=[RetryHandlerOption(delay=0, max_retries=2)])
+    body = SendMailPostRequestBody(
+        message=Message(
+            subject="Disk full", to_recipients=[Recipient(email_address=EmailAddress(address="alice@contoso.test"))]
+        )
+    )
+
+    async def send() -> None:
+        async with graph_client(sandbox) as graph:
+            await graph.users.by_user_id(SENDER).send_mail.post(body, config)
+
+    with pytest.raises(ODataError) as raised:
+        asyncio.run(send())
+    assert raised.value.response_status_code == 504
+    assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["Disk full"] * 3  # one per attempt
