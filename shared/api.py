@@ -21,7 +21,6 @@ from .alerts.auth import SecretSource, admit_source
 from .alerts.dispatch import ingest, preview, receipts
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
-from .alerts.routing import NotifyConfig
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
 from .errors import (
@@ -42,6 +41,7 @@ from .errors import (
 from .mail import ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
 from .routes import Route
+from .routing_file import NotifyConfig
 from .store import Store
 from .text import MAX_JSON_DEPTH, json_too_deep
 

@@ -19,13 +19,13 @@ import azure.functions as func
 from . import api, routes
 from .alerts.auth import SecretSource
 from .alerts.dispatch import flush, ingest_message
-from .alerts.routing import NotifyConfig, notify_config
 from .config import ConfigError, Settings, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
 from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
+from .routing_file import NotifyConfig, notify_config
 from .store import ALERTS_FLUSH, Store, store
 
 if TYPE_CHECKING:

@@ -233,17 +233,14 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     sender = (mail.sender or settings.mail_default_sender).lower()
     if not ADDRESS.match(sender):
         problems.append(Detail("from", "not an email address"))
-    elif sender not in settings.mail_allowed_senders:
+    elif not settings.may_send_as(sender):
         problems.append(Detail("from", f"{sender} is not an allowed sender (MAIL_ALLOWED_SENDERS)"))
     for group in ("to", "cc", "bcc", "reply_to"):
         for index, mailbox in enumerate(getattr(mail, group)):
             where = f"{'replyTo' if group == 'reply_to' else group}[{index}]"
             if len(mailbox.address) > 254 or not ADDRESS.match(mailbox.address):
                 problems.append(Detail(where, "not an email address"))
-            elif (
-                settings.mail_allowed_recipient_domains
-                and mailbox.address.rsplit("@", 1)[1].lower() not in settings.mail_allowed_recipient_domains
-            ):
+            elif not settings.may_mail(mailbox.address):
                 problems.append(Detail(where, "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)"))
             if mailbox.name is not None and (CONTROL.search(mailbox.name) or len(mailbox.name) > 255):
                 problems.append(Detail(f"{where}.name", "must be one line of at most 255 characters"))

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..errors import AppError, Forbidden, Unauthorized, Unavailable
+from ..routing_file import NotifyConfig, SourceAuth, parse_duration
 from .intake import apparent_sources, detect_source
-from .routing import NotifyConfig, SourceAuth, parse_duration
 
 REREAD_AFTER_SECONDS = 60
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")

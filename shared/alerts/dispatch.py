@@ -38,6 +38,7 @@ from ..config import Settings
 from ..errors import AppError, Conflict, InvalidMessage, Unavailable
 from ..mail import MailRequest
 from ..outbox import submit_mail
+from ..routing_file import NotifyConfig, Receiver
 from ..store import (
     ALERT_DIGEST_TABLE,
     ALERT_GROUPS_TABLE,
@@ -55,7 +56,6 @@ from .model import parse_stamp as _moment
 from .notify import alert_mail
 from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
 from .render import subject_of
-from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
 

@@ -26,13 +26,13 @@ from ..config import Settings
 from ..errors import InvalidMessage, Unavailable
 from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
+from ..routing_file import Receiver
 from ..store import ALERT_GROUPS_TABLE, ALERTS_FLUSH, NOTICE_CONTAINER, StatusChanged, Store
 from ..templating import one_line, render_mail
 from ..text import queue_json
 from .grouping import receiver_key
 from .model import parse_stamp, stamp
 from .render import fits
-from .routing import Receiver
 
 CAP_ROW = "cap"
 SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
