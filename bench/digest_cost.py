@@ -46,7 +46,7 @@ digests:
 RUN = """
 import asyncio, json, time
 from datetime import UTC, datetime
-from shared.alerts.routing import notify_config
+from shared.routing_file import notify_config
 from shared.config import settings
 from shared.digests.mailbox import _collect, run_mailbox_digest
 from shared.functions import shutdown

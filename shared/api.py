@@ -21,13 +21,27 @@ from .alerts.auth import SecretSource, admit_source
 from .alerts.dispatch import ingest, preview, receipts
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
-from .alerts.routing import NotifyConfig
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
-from .errors import AppError, Detail, invalid_request, not_found, payload_too_large, unsupported_media_type
+from .errors import (
+    AppError,
+    Conflict,
+    Detail,
+    Forbidden,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    UpstreamRefused,
+)
 from .mail import ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
 from .routes import Route
+from .routing_file import NotifyConfig
 from .store import Store
 from .text import MAX_JSON_DEPTH, json_too_deep
 
@@ -61,24 +75,41 @@ Handler = Callable[[ApiRequest], Awaitable[ApiAnswer]]
 
 
 RETRY_AFTER_SECONDS = 10  # what a 503 asks callers to wait
-# Errors of the Storage SDKs that mean "not reachable now" rather than "this request is wrong": no connection,
-# no answer, or a 5xx. The one table mapping foreign errors to an answer; everything else unforeseen is a 500.
-_UNAVAILABLE = AppError(503, "service_unavailable", "The app's storage cannot be reached now; try again shortly.")
+# The one table from error type to HTTP status (the nearest listed base class decides; an AppError not
+# listed here, such as a queue's InvalidMessage, would be a bug in the API: 500).
+STATUS: dict[type[AppError], int] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    UpstreamRefused: 502,
+    Unavailable: 503,
+}
+
+
+def status_of(error: AppError) -> int:
+    return next((STATUS[kind] for kind in type(error).__mro__ if kind in STATUS), 500)
 
 
 def _foreign(error: Exception) -> AppError | None:
+    """Errors of the Storage SDKs that mean "not reachable now" rather than "this request is wrong" (no
+    connection, no answer, a 5xx) as an AppError; None for anything else, which is a 500."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
-        return _UNAVAILABLE
-    if isinstance(error, HttpResponseError) and (error.status_code or 0) >= 500:
-        return _UNAVAILABLE
+    unreachable = isinstance(error, (ServiceRequestError, ServiceResponseError))
+    if unreachable or (isinstance(error, HttpResponseError) and (error.status_code or 0) >= 500):
+        return Unavailable("The app's storage cannot be reached now; try again shortly.")
     return None
 
 
 def _error_answer(error: AppError) -> ApiAnswer:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 503 else {}
-    return ApiAnswer(error.status, error.body(), headers)
+    status = status_of(error)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+    return ApiAnswer(status, error.body(), headers)
 
 
 async def answer(handler: Handler, request: ApiRequest) -> ApiAnswer:
@@ -126,7 +157,7 @@ def query_flags(request: ApiRequest, *known: str) -> dict[str, bool]:
         else:
             flags[name] = value.lower() == "true"
     if problems:
-        raise invalid_request(f"Query parameter {problems[0].field!r}: {problems[0].message}.", problems)
+        raise InvalidRequest(f"Query parameter {problems[0].field!r}: {problems[0].message}.", problems)
     return flags
 
 
@@ -134,18 +165,16 @@ def json_body(request: ApiRequest, limit: int = MAX_REQUEST_BYTES) -> Any:
     """The request's JSON body, after the media type and size checks."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise unsupported_media_type(f"Send the body as application/json, not {media_type or 'no media type'}.")
+        raise UnsupportedMediaType(f"Send the body as application/json, not {media_type or 'no media type'}.")
     if len(request.body) > limit:
-        raise payload_too_large(f"The body has {len(request.body)} bytes; at most {limit} are accepted.")
+        raise PayloadTooLarge(f"The body has {len(request.body)} bytes; at most {limit} are accepted.")
     if json_too_deep(request.body.decode("utf-8", "replace")):
         message = f"The body's JSON nests deeper than {MAX_JSON_DEPTH} levels."
-        raise AppError(400, "invalid_json", message, [Detail("body", "nested too deep")])
+        raise InvalidJson(message, [Detail("body", "nested too deep")])
     try:
         return json.loads(request.body)
     except ValueError as error:
-        raise AppError(
-            400, "invalid_json", f"The body is not valid JSON: {error}"[:300], [Detail("body", "not valid JSON")]
-        ) from None
+        raise InvalidJson(f"The body is not valid JSON: {error}"[:300], [Detail("body", "not valid JSON")]) from None
 
 
 async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> ApiAnswer:
@@ -154,12 +183,12 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
     mail = check_mail(parse_mail(json_body(request)), settings)
     key = request.headers.get("idempotency-key")
     if key is not None and not ID_PATTERN.match(key):
-        raise invalid_request(
+        raise InvalidRequest(
             "The Idempotency-Key header is not a valid id.",
             [Detail("Idempotency-Key", "1-64 letters, digits or . _ : -")],
         )
     if key is not None and mail.id is not None and key != mail.id:
-        raise invalid_request(
+        raise InvalidRequest(
             "The body's id and the Idempotency-Key header differ.",
             [Detail("id", "differs from the Idempotency-Key header")],
         )
@@ -183,7 +212,7 @@ async def post_alerts(
     dry_run = query_flags(request, "dryRun")["dryRun"]
     source = request.route.get("source") or None
     if source is not None and source not in SOURCES:
-        raise not_found(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
+        raise NotFound(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
     source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
     alerts = parse_alerts(payload, source)
@@ -211,10 +240,10 @@ async def run_digest(
     digest = next((d for d in config.digests if d.name == name), None)
     if digest is None:
         known = ", ".join(d.name for d in config.digests) or "none"
-        raise not_found(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
+        raise NotFound(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
     run = await run_mailbox_digest(digest, settings, graph(), store, datetime.now(UTC), dry_run=dry_run)
     if run.outcome == "failed" and run.error:
-        raise AppError(502, run.error["code"], f"Digest {name!r} failed: {run.error['message']}")
+        raise UpstreamRefused(f"Digest {name!r} failed: {run.error['message']}", code=run.error["code"])
     return ApiAnswer(200, run.answer())
 
 
@@ -225,18 +254,20 @@ def no_such_route(request: ApiRequest, table: tuple[Route, ...]) -> ApiAnswer:
     allowed = sorted({method for route in table if route.matches(path) for method in route.methods})
     if allowed:
         message = f"{request.method} is not allowed here; use {', '.join(allowed)}."
-        return ApiAnswer(405, AppError(405, "method_not_allowed", message).body(), {"Allow": ", ".join(allowed)})
-    return ApiAnswer(404, not_found("No such endpoint; the API is described at /api/openapi.json.").body())
+        answer = _error_answer(MethodNotAllowed(message))
+        answer.headers["Allow"] = ", ".join(allowed)
+        return answer
+    return _error_answer(NotFound("No such endpoint; the API is described at /api/openapi.json."))
 
 
 async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
     query_flags(request)
     mail_id = request.route.get("id", "")
     if not ID_PATTERN.match(mail_id):
-        raise invalid_request("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
+        raise InvalidRequest("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
     status = await store.get_status(mail_id)
     if status is None:
-        raise not_found(f"No mail with id {mail_id!r}.")
+        raise NotFound(f"No mail with id {mail_id!r}.")
     return ApiAnswer(200, status.answer())
 
 

@@ -65,6 +65,15 @@ class Settings:
     send_lease_seconds: int
     library_log_level: str
 
+    def may_send_as(self, address: str) -> bool:
+        """The sending policy: MAIL_ALLOWED_SENDERS (the default sender always included)."""
+        return address.lower() in self.mail_allowed_senders
+
+    def may_mail(self, address: str) -> bool:
+        """The recipient policy: MAIL_ALLOWED_RECIPIENT_DOMAINS, where empty allows every domain."""
+        domains = self.mail_allowed_recipient_domains
+        return not domains or address.rsplit("@", 1)[-1].lower() in domains
+
     @property
     def graph_host(self) -> str:
         return urlsplit(self.graph_base_url).hostname or ""

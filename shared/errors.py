@@ -1,11 +1,12 @@
-"""Errors with a code and a message fit for an API answer, raised where the problem is found.
-
-`shared.api` turns them into HTTP answers in one place; the queue path records them in the mail's status.
+"""Errors as types, raised where the problem is found: what went wrong is the type, the code and message are
+fit for the caller. `shared.api` turns them into HTTP answers in one table; the queue adapters poison
+`InvalidMessage`s; Graph's own failures are `GraphError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -16,12 +17,19 @@ class Detail:
     message: str
 
 
-@dataclass
 class AppError(Exception):
-    status: int
-    code: str
-    message: str
-    details: list[Detail] = field(default_factory=list)
+    """An error whose code and message are fit to show the caller (no secret, no internals), with the field
+    of each problem. It names no HTTP status: `shared.api` maps error types to statuses in one table, and the
+    queue adapters turn `InvalidMessage` into a poisoned message."""
+
+    code = "error"
+
+    def __init__(self, message: str, details: Sequence[Detail] = (), *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+        if code is not None:
+            self.code = code
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -36,37 +44,65 @@ class AppError(Exception):
         }
 
 
-def invalid_request(message: str, details: list[Detail] | None = None) -> AppError:
-    return AppError(400, "invalid_request", message, details or [])
+class InvalidRequest(AppError):
+    """The request (or a mail, wherever it came from) breaks a rule; `details` name the fields."""
+
+    code = "invalid_request"
 
 
-def payload_too_large(message: str) -> AppError:
-    return AppError(413, "payload_too_large", message)
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
 
 
-def unsupported_media_type(message: str) -> AppError:
-    return AppError(415, "unsupported_media_type", message)
+class PayloadTooLarge(AppError):
+    code = "payload_too_large"
 
 
-def unauthorized(message: str) -> AppError:
-    return AppError(401, "unauthorized", message)
+class UnsupportedMediaType(AppError):
+    code = "unsupported_media_type"
 
 
-def not_found(message: str) -> AppError:
-    return AppError(404, "not_found", message)
+class Unauthorized(AppError):
+    """The caller's credentials (a source's bearer token or signature) are missing or wrong."""
+
+    code = "unauthorized"
 
 
-def conflict(message: str) -> AppError:
-    return AppError(409, "conflict", message)
+class Forbidden(AppError):
+    """The caller may not do this at all, whatever it presents."""
+
+    code = "forbidden"
 
 
-def unavailable(message: str) -> AppError:
-    return AppError(503, "service_unavailable", message)
+class NotFound(AppError):
+    code = "not_found"
 
 
-class InvalidMessage(Exception):
+class MethodNotAllowed(AppError):
+    code = "method_not_allowed"
+
+
+class Conflict(AppError):
+    """The request collides with what exists (an id used for another mail)."""
+
+    code = "conflict"
+
+
+class Unavailable(AppError):
+    """Something the app depends on cannot be reached now; the caller may try again."""
+
+    code = "service_unavailable"
+
+
+class UpstreamRefused(AppError):
+    """A service the app calls (Graph) refused the operation; the code is that service's."""
+
+
+class InvalidMessage(AppError):
     """A queue message that can never be processed (not JSON, a bad id, a claim check naming no blob): it goes
     to the poison queue at once, with this reason recorded."""
+
+    code = "invalid_message"
 
 
 @dataclass

@@ -19,12 +19,13 @@ import azure.functions as func
 from . import api, routes
 from .alerts.auth import SecretSource
 from .alerts.dispatch import flush, ingest_message
-from .alerts.routing import NotifyConfig, notify_config
 from .config import ConfigError, Settings, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
+from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
+from .routing_file import NotifyConfig, notify_config
 from .store import ALERTS_FLUSH, Store, store
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     text = message.get_body().decode("utf-8", "replace")
     try:
         done = await flush(text, notify_config(config), config, store(config.storage))
-    except ValueError as error:  # not a flush message: nothing can ever come of it
+    except InvalidMessage as error:  # not a flush message: nothing can ever come of it
         await store(config.storage).poison(ALERTS_FLUSH, text)
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return

@@ -174,12 +174,6 @@ class GraphClient:
                 next_url = page.get("@odata.nextLink")
         return folders
 
-    async def update_message(self, mailbox: str, message_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """PATCH a message (categories, isRead, flag, importance); returns the updated message."""
-        info = self._request("PATCH", self._url(f"/users/{mailbox}/messages/{message_id}"), changes)
-        result: dict[str, Any] = await self._send(mailbox, info)
-        return result
-
     async def batch_update(self, mailbox: str, updates: dict[str, dict[str, Any]]) -> dict[str, GraphError | None]:
         """PATCH up to 20 messages in one JSON batch; per message id, None on success or the GraphError."""
         if len(updates) > BATCH_LIMIT:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import Settings
-from .errors import AppError, Detail, invalid_request
+from .errors import AppError, Detail, InvalidRequest
 from .text import ADDRESS, CONTROL
 
 MAX_RECIPIENTS = 500  # Graph's limit per message
@@ -96,13 +96,13 @@ def _from_validation_error(error: ValidationError, prefix: str = "") -> AppError
     for item in error.errors():
         location = tuple(p for p in item["loc"] if p not in {"str", "function-after[_addresses_as_objects()]"})
         details.append(Detail(prefix + _field(location) or "body", item["msg"]))
-    return invalid_request(f"The mail is not valid: {details[0].field}: {details[0].message}", details)
+    return InvalidRequest(f"The mail is not valid: {details[0].field}: {details[0].message}", details)
 
 
 def parse_mail(body: Any) -> MailRequest:
     """Accept the app's schema or a raw Graph sendMail body (`{"message": {...}, "saveToSentItems"}`)."""
     if not isinstance(body, dict):
-        raise invalid_request("The body must be a JSON object.", [Detail("body", "not an object")])
+        raise InvalidRequest("The body must be a JSON object.", [Detail("body", "not an object")])
     lowered = {key.lower(): key for key in body}
     if "message" in lowered:
         return _from_graph(body, lowered)
@@ -131,12 +131,12 @@ def _graph_mailboxes(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise invalid_request(f"{where} must be an array of recipients.", [Detail(where, "not an array")])
+        raise InvalidRequest(f"{where} must be an array of recipients.", [Detail(where, "not an array")])
     result = []
     for index, item in enumerate(value):
         address = item.get("emailAddress") if isinstance(item, dict) else None
         if not isinstance(address, dict):
-            raise invalid_request(
+            raise InvalidRequest(
                 f'{where}[{index}] must be {{"emailAddress": {{"address": ...}}}}.',
                 [Detail(f"{where}[{index}]", "not a Graph recipient")],
             )
@@ -149,15 +149,15 @@ def _from_graph(body: dict[str, Any], lowered: dict[str, str]) -> MailRequest:
     extra = set(lowered) - {"message", "savetosentitems", "id"}
     if extra:
         name = lowered[sorted(extra)[0]]
-        raise invalid_request(f"Unknown property '{name}'.", [Detail(name, "unknown property")])
+        raise InvalidRequest(f"Unknown property '{name}'.", [Detail(name, "unknown property")])
     message = body[lowered["message"]]
     if not isinstance(message, dict):
-        raise invalid_request("message must be an object.", [Detail("message", "not an object")])
+        raise InvalidRequest("message must be an object.", [Detail("message", "not an object")])
     fields = {key.lower(): value for key, value in message.items()}
     unknown = set(fields) - _GRAPH_MESSAGE_FIELDS
     if unknown:
         name = sorted(unknown)[0]
-        raise invalid_request(f"message.{name} is not supported.", [Detail(f"message.{name}", "not supported")])
+        raise InvalidRequest(f"message.{name} is not supported.", [Detail(f"message.{name}", "not supported")])
     mail: dict[str, Any] = {
         "subject": fields.get("subject", ""),
         "to": _graph_mailboxes(fields.get("torecipients"), "message.toRecipients"),
@@ -177,24 +177,24 @@ def _from_graph(body: dict[str, Any], lowered: dict[str, str]) -> MailRequest:
     item_body = fields.get("body")
     if item_body is not None:
         if not isinstance(item_body, dict):
-            raise invalid_request("message.body must be an itemBody.", [Detail("message.body", "not an object")])
+            raise InvalidRequest("message.body must be an itemBody.", [Detail("message.body", "not an object")])
         kind = str(item_body.get("contentType", "text")).lower()
         if kind not in {"text", "html"}:
-            raise invalid_request(
+            raise InvalidRequest(
                 "message.body.contentType must be text or html.",
                 [Detail("message.body.contentType", "must be text or html")],
             )
         mail[kind] = item_body.get("content", "")
     headers = fields.get("internetmessageheaders") or []
     if not isinstance(headers, list) or not all(isinstance(h, dict) for h in headers):
-        raise invalid_request(
+        raise InvalidRequest(
             "message.internetMessageHeaders must be name/value pairs.",
             [Detail("message.internetMessageHeaders", "not name/value pairs")],
         )
     mail["headers"] = {h.get("name"): h.get("value") for h in headers}
     attachments = fields.get("attachments") or []
     if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
-        raise invalid_request(
+        raise InvalidRequest(
             "message.attachments must be an array of file attachments.",
             [Detail("message.attachments", "not an array of objects")],
         )
@@ -202,7 +202,7 @@ def _from_graph(body: dict[str, Any], lowered: dict[str, str]) -> MailRequest:
     for index, attachment in enumerate(attachments):
         kind = str(attachment.get("@odata.type", "#microsoft.graph.fileAttachment")).lower()
         if kind != "#microsoft.graph.fileattachment":
-            raise invalid_request(
+            raise InvalidRequest(
                 "Only file attachments are supported.",
                 [Detail(f"message.attachments[{index}]", "not a fileAttachment")],
             )
@@ -233,17 +233,14 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     sender = (mail.sender or settings.mail_default_sender).lower()
     if not ADDRESS.match(sender):
         problems.append(Detail("from", "not an email address"))
-    elif sender not in settings.mail_allowed_senders:
+    elif not settings.may_send_as(sender):
         problems.append(Detail("from", f"{sender} is not an allowed sender (MAIL_ALLOWED_SENDERS)"))
     for group in ("to", "cc", "bcc", "reply_to"):
         for index, mailbox in enumerate(getattr(mail, group)):
             where = f"{'replyTo' if group == 'reply_to' else group}[{index}]"
             if len(mailbox.address) > 254 or not ADDRESS.match(mailbox.address):
                 problems.append(Detail(where, "not an email address"))
-            elif (
-                settings.mail_allowed_recipient_domains
-                and mailbox.address.rsplit("@", 1)[1].lower() not in settings.mail_allowed_recipient_domains
-            ):
+            elif not settings.may_mail(mailbox.address):
                 problems.append(Detail(where, "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)"))
             if mailbox.name is not None and (CONTROL.search(mailbox.name) or len(mailbox.name) > 255):
                 problems.append(Detail(f"{where}.name", "must be one line of at most 255 characters"))
@@ -272,7 +269,7 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     if mail.template is not None:
         problems.append(Detail("template", f"no template named {mail.template!r} is configured"))
     if problems:
-        raise invalid_request(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
+        raise InvalidRequest(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
     return mail.model_copy(update={"sender": sender})
 
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import audit
 from .config import Settings
-from .errors import AppError, GraphError, InvalidMessage, conflict, unavailable
+from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
 from .store import OUTBOX, MailStatus, StatusChanged, Store
-from .text import json_too_deep
+from .text import queue_json
 
 if TYPE_CHECKING:
     from .graph import GraphClient
@@ -71,19 +71,19 @@ async def submit_mail(store: Store, mail: MailRequest) -> bool:
         log.error("enqueue of mail %s failed: %s", mail.id, type(enqueued).__name__)
         if isinstance(created, MailStatus):
             await store.delete_status(mail.id)
-        raise unavailable("The mail could not be queued; nothing was accepted. Try again.")
+        raise Unavailable("The mail could not be queued; nothing was accepted. Try again.")
     if isinstance(created, BaseException):
         log.error("status row of mail %s failed: %s", mail.id, type(created).__name__)
         await store.withdraw(enqueued)
-        raise unavailable("The mail could not be recorded; nothing was accepted. Try again.")
+        raise Unavailable("The mail could not be recorded; nothing was accepted. Try again.")
     if created is not None:
         return False
     existing = await store.get_status(mail.id)
     if existing is None or existing.payload_hash != fingerprint:
         await store.withdraw(enqueued)
         if existing is None:
-            raise unavailable("The mail's status changed while it was read; try again.")
-        raise conflict(f"The id {mail.id!r} was already used for a different mail.")
+            raise Unavailable("The mail's status changed while it was read; try again.")
+        raise Conflict(f"The id {mail.id!r} was already used for a different mail.")
     return True
 
 
@@ -118,14 +118,10 @@ class Sender:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
         await self._share_mailboxes()
         fallback_id = f"q-{message_id}"  # a mail an outside producer enqueued without an id
-        if json_too_deep(text):
-            return await self._poison(text, fallback_id, "invalid_message", "not a mail: JSON nested too deep")
         try:
-            envelope = json.loads(text)
-            if not isinstance(envelope, dict):
-                raise ValueError("the message is not a JSON object")
-        except (ValueError, UnicodeDecodeError) as error:
-            return await self._poison(text, fallback_id, "invalid_message", f"not a mail: {error}")
+            envelope = queue_json(text, "a mail")
+        except InvalidMessage as error:
+            return await self._poison(text, fallback_id, error.code, error.message)
         given = envelope.get("id")
         if given is not None and (not isinstance(given, str) or not ID_PATTERN.match(given)):
             reason = f"id {str(given)[:80]!r} is not a valid mail id (1-64 letters, digits or . _ : -)"

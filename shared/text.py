@@ -3,7 +3,11 @@ character. One definition each, used by settings, the mail model, routing and te
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+
+from .errors import InvalidMessage
 
 # Patterns end in \Z, not $: `$` also matches before a trailing newline, which would let "a@b.test\n" through.
 ADDRESS = re.compile(
@@ -35,3 +39,16 @@ def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
         if depth > limit:
             return True
     return False
+
+
+def queue_json(text: str, what: str) -> dict[str, Any]:
+    """A queue message's JSON object; InvalidMessage (poisoned at once) when it is not one."""
+    if json_too_deep(text):
+        raise InvalidMessage(f"not {what}: JSON nested too deep")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise InvalidMessage(f"not {what}: {error}"[:300]) from None
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"not {what}: not a JSON object")
+    return value

@@ -151,3 +151,10 @@ def test_the_store_signs_in_to_identity_based_storage_with_the_managed_identity(
     assert queue_url == "https://stnotifier01.queue.core.windows.net/mail-outbox"
     assert table_url.startswith("https://stnotifier01.table.core.windows.net")
     assert blob == "https://stnotifier01.blob.core.windows.net/:ManagedIdentityCredential"
+
+
+def test_the_sending_and_recipient_policy_is_one_rule_of_the_settings() -> None:
+    settings = load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": "contoso.test", "MAIL_ALLOWED_SENDERS": ""})
+    assert settings.may_send_as("Notifications@contoso.test") and not settings.may_send_as("ceo@contoso.test")
+    assert settings.may_mail("a@Contoso.test") and not settings.may_mail("a@evil.test")
+    assert load_settings(BASE).may_mail("anyone@anywhere.test")

@@ -23,8 +23,8 @@ MINIMAL_SETTINGS = {"GRAPH_AUTH_MODE": "managed_identity", "MAIL_DEFAULT_SENDER"
 def triggers(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, dict[str, Any]]]:
     """Each function's trigger binding, from the function JSON the host reads (`get_functions()` on a fresh
     copy of the app: the SDK lets each app object be indexed once)."""
-    from shared.alerts.routing import notify_config
     from shared.config import settings
+    from shared.routing_file import notify_config
 
     for name, value in MINIMAL_SETTINGS.items():
         monkeypatch.setenv(name, value)

@@ -53,20 +53,23 @@ def test_list_folders_walks_children_with_their_paths(app_env: dict[str, str], s
     assert not any(f["isHidden"] for f in folders)
 
 
-def test_update_and_batch_update_messages(app_env: dict[str, str], sandbox: SandboxProcess) -> None:
+def test_batch_update_patches_each_message_and_answers_per_message(
+    app_env: dict[str, str], sandbox: SandboxProcess
+) -> None:
     sandbox.deliver(SUPPORT, [{"subject": f"b{n}"} for n in range(21)])
     ids = [m["id"] for m in sandbox.mailbox(SUPPORT) if m["subject"].startswith("b")]
 
     async def scenario(client: GraphClient) -> dict[str, Any]:
-        updated = await client.update_message(SUPPORT, ids[0], {"isRead": True})
+        read = await client.batch_update(SUPPORT, {ids[0]: {"isRead": True}})
         batch = {i: {"categories": ["Digested"]} for i in ids[1:20]} | {"AAMkAGgone=": {"categories": ["Digested"]}}
         outcome = await client.batch_update(SUPPORT, batch)
         with pytest.raises(ValueError):
             await client.batch_update(SUPPORT, {i: {} for i in ids})
-        return {"updated": updated, "outcome": outcome}
+        return {"read": read, "outcome": outcome}
 
     result = _with_client(app_env, scenario)
-    assert result["updated"]["isRead"] is True
+    assert result["read"] == {ids[0]: None}
+    assert next(m for m in sandbox.mailbox(SUPPORT) if m["id"] == ids[0])["isRead"] is True
     outcome = result["outcome"]
     assert [outcome[i] for i in ids[1:20]] == [None] * 19
     missing = outcome["AAMkAGgone="]
@@ -79,9 +82,9 @@ def test_graph_errors_carry_status_code_and_retry_after(app_env: dict[str, str],
     sandbox.set_faults(throttle={"requestsPerWindow": 1, "windowSeconds": 60})
 
     async def scenario(client: GraphClient) -> GraphError:
-        await client.update_message(SUPPORT, sandbox.mailbox(SUPPORT)[0]["id"], {"isRead": True})
+        [m async for m in client.list_messages(SUPPORT, top=1000)]  # one page: one request
         with pytest.raises(GraphError) as raised:
-            await client.update_message(SUPPORT, sandbox.mailbox(SUPPORT)[0]["id"], {"isRead": True})
+            [m async for m in client.list_messages(SUPPORT, top=1000)]
         return raised.value
 
     error = _with_client(app_env, scenario)

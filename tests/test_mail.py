@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.api import status_of
 from shared.config import load_settings
 from shared.errors import AppError
 from shared.mail import check_mail, graph_send_body, parse_mail, payload_hash
@@ -81,7 +82,7 @@ def test_every_problem_is_reported_with_its_field() -> None:
         )
     fields = [d.field for d in raised.value.details]
     assert fields == ["from", "to[0]", "cc[0]", "subject", "text"]
-    assert raised.value.status == 400
+    assert status_of(raised.value) == 400
 
 
 def test_the_payload_hash_ignores_key_order() -> None:

@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from ..errors import AppError, unauthorized, unavailable
+from ..errors import AppError, Forbidden, Unauthorized, Unavailable
+from ..routing_file import NotifyConfig, SourceAuth, parse_duration
 from .intake import apparent_sources, detect_source
-from .routing import NotifyConfig, SourceAuth, parse_duration
 
 REREAD_AFTER_SECONDS = 60
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
@@ -41,9 +41,9 @@ def _signature_base(auth: SourceAuth, headers: Mapping[str, str], body: bytes, n
         return body
     stamp = headers.get(auth.timestamp_header.lower(), "").strip()
     if not _UNIX_SECONDS.fullmatch(stamp):  # ASCII digits only: `²` is a digit to isdigit(), not to int()
-        raise unauthorized(f"The request needs a {auth.timestamp_header} header with a Unix timestamp.")
+        raise Unauthorized(f"The request needs a {auth.timestamp_header} header with a Unix timestamp.")
     if abs(now - int(stamp)) > parse_duration(auth.replay_window):
-        raise unauthorized("The request's timestamp is outside the replay window.")
+        raise Unauthorized("The request's timestamp is outside the replay window.")
     return stamp.encode() + b":" + body
 
 
@@ -51,11 +51,11 @@ def _presented(auth: SourceAuth, headers: Mapping[str, str]) -> str:
     if auth.bearer_secret:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("The request needs an Authorization: Bearer header.")
+            raise Unauthorized("The request needs an Authorization: Bearer header.")
         return token.strip()
     signature = headers.get(auth.hmac_header.lower(), "").strip().lower()
     if not signature:
-        raise unauthorized(f"The request needs a {auth.hmac_header} header.")
+        raise Unauthorized(f"The request needs a {auth.hmac_header} header.")
     return signature
 
 
@@ -92,8 +92,8 @@ async def authenticate(
         # the log says which secret and why; the caller only learns that it is our side that fails
         reason = str(error) if type(error).__module__.startswith("shared.") else type(error).__name__
         log.error("alert source %s cannot be authenticated: %s", source, reason[:300])
-        raise unavailable(f"The {source} source cannot be authenticated now; try again later.") from None
-    raise unauthorized(f"The {source} request's credentials are not valid.")
+        raise Unavailable(f"The {source} source cannot be authenticated now; try again later.") from None
+    raise Unauthorized(f"The {source} request's credentials are not valid.")
 
 
 async def admit_source(
@@ -113,10 +113,8 @@ async def admit_source(
     if config.require_source_auth:
         open_sources = [name for name in owed if config.source_auth(name) is None]
         if open_sources:
-            raise AppError(
-                403,
-                "forbidden",
-                f"The routing file requires source authentication, and gives none for {', '.join(open_sources)}.",
+            raise Forbidden(
+                f"The routing file requires source authentication, and gives none for {', '.join(open_sources)}."
             )
     for name in owed:
         await authenticate(name, config.source_auth(name), headers, body, secrets, now)

@@ -23,6 +23,7 @@ Concurrent instances are kept apart by ETags on the group row; every write can b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,9 +35,10 @@ from typing import Any
 
 from ..audit import audit
 from ..config import Settings
-from ..errors import AppError, unavailable
+from ..errors import AppError, Conflict, InvalidMessage, Unavailable
 from ..mail import MailRequest
 from ..outbox import submit_mail
+from ..routing_file import NotifyConfig, Receiver
 from ..store import (
     ALERT_DIGEST_TABLE,
     ALERT_GROUPS_TABLE,
@@ -46,7 +48,7 @@ from ..store import (
     StatusChanged,
     Store,
 )
-from ..text import json_too_deep
+from ..text import json_too_deep, queue_json
 from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
 from .model import Alert, AlertGroup, stamp
@@ -54,7 +56,6 @@ from .model import parse_stamp as _moment
 from .notify import alert_mail
 from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
 from .render import subject_of
-from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
 
@@ -210,12 +211,9 @@ async def pass_through(
         held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), stamp(now))
         await hold_back(store, receiver, mail_id, held, now)
         return None
-    try:
+    # a Conflict is the same notification within the window, rendered at another second: the source's retry
+    with contextlib.suppress(Conflict):
         await submit_mail(store, alert_mail(group, receiver, settings, mail_id, now))
-    except AppError as error:
-        if error.status != 409:
-            raise
-        # the same notification within the window, rendered at another second: the source's retry
     return mail_id
 
 
@@ -253,7 +251,7 @@ async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], s
             return
         except StatusChanged:
             continue
-    raise unavailable(f"Alert group {key} is busy; try again.")
+    raise Unavailable(f"Alert group {key} is busy; try again.")
 
 
 async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> None:
@@ -273,12 +271,15 @@ class Flush:
 
 
 def parse_flush_message(text: str) -> tuple[str, str]:
-    """(group key, due) of an `alerts-flush` message; ValueError when it is not one."""
-    message = json.loads(text)
-    if not isinstance(message, dict) or not isinstance(message.get("group"), str):
-        raise ValueError("not an alerts-flush message")
+    """(group key, due) of an `alerts-flush` message; InvalidMessage when it is not one."""
+    message = queue_json(text, "an alerts-flush message")
     due = str(message.get("due", ""))
-    _moment(due)
+    try:
+        _moment(due)
+    except ValueError:
+        raise InvalidMessage(f"not an alerts-flush message: due {due[:40]!r} is not a time") from None
+    if not isinstance(message.get("group"), str):
+        raise InvalidMessage("not an alerts-flush message: no group")
     return message["group"], due
 
 

@@ -13,8 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..routing_file import NotifyConfig, Receiver
 from .model import Alert, AlertGroup, Notification
-from .routing import NotifyConfig, Receiver, route_matches
+from .routing import route_matches
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # Table keys refuse slashes, #, ? and control characters
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import AppError, Detail, invalid_request
+from ..errors import AppError, Detail, InvalidRequest, NotFound
 from .model import Alert, Notification, fingerprint_of, normalise_severity
 
 SOURCES = ("alertmanager", "grafana", "azuremonitor", "generic")
@@ -35,7 +35,7 @@ _NEVER = "0001-01-01T00:00:00Z"  # Alertmanager's and Grafana's "no end yet"
 
 
 def _fail(source: str, where: str, reason: str) -> AppError:
-    return invalid_request(f"{source}: {where}: {reason}", [Detail(where, reason)])
+    return InvalidRequest(f"{source}: {where}: {reason}", [Detail(where, reason)])
 
 
 def _time(value: Any, source: str, where: str) -> datetime | None:
@@ -520,7 +520,7 @@ def detect_source(body: Any) -> str:
             return "generic"
     if isinstance(body, list) and body and all(isinstance(i, dict) and ("name" in i or "alertname" in i) for i in body):
         return "generic"
-    raise invalid_request(
+    raise InvalidRequest(
         "The payload is not an alert from Alertmanager, Grafana, Azure Monitor (common alert "
         "schema) or the generic format; name the source in the URL if it is one of them.",
         [Detail("body", "unknown alert format")],
@@ -531,7 +531,7 @@ def parse_alerts(body: Any, source: str | None = None) -> list[Alert]:
     """Alerts from a payload, of the named source or the detected one."""
     chosen = source or detect_source(body)
     if chosen not in PARSERS:
-        raise AppError(404, "not_found", f"Unknown alert source {chosen!r}; one of {', '.join(SOURCES)}.")
+        raise NotFound(f"Unknown alert source {chosen!r}; one of {', '.join(SOURCES)}.")
     if chosen != "generic" and not isinstance(body, dict):
         raise _fail(chosen, "body", "must be a JSON object")
     return PARSERS[chosen](body)

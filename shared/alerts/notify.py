@@ -10,9 +10,9 @@ from datetime import datetime
 
 from ..config import Settings
 from ..mail import MailRequest, compose_mail
+from ..routing_file import Receiver
 from .model import AlertGroup
 from .render import render_group
-from .routing import Receiver
 
 GROUP_HEADER = "x-notifier-alert-group"
 

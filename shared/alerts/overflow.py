@@ -23,15 +23,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
-from ..errors import unavailable
+from ..errors import InvalidMessage, Unavailable
 from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
+from ..routing_file import Receiver
 from ..store import ALERT_GROUPS_TABLE, ALERTS_FLUSH, NOTICE_CONTAINER, StatusChanged, Store
 from ..templating import one_line, render_mail
+from ..text import queue_json
 from .grouping import receiver_key
 from .model import parse_stamp, stamp
 from .render import fits
-from .routing import Receiver
 
 CAP_ROW = "cap"
 SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
@@ -91,7 +92,7 @@ async def take_slot(store: Store, receiver: Receiver, at: datetime) -> bool:
             return True
         except StatusChanged:
             continue
-    raise unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
+    raise Unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
 
 
 async def hold_back(store: Store, receiver: Receiver, notice_id: str, held: HeldBack, now: datetime) -> None:
@@ -139,7 +140,7 @@ async def schedule_summary(store: Store, receiver: Receiver, due: datetime, now:
             return
         except StatusChanged:
             continue
-    raise unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
+    raise Unavailable(f"The mail cap of receiver {receiver.name} is busy; try again.")
 
 
 def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, mail_id: str) -> MailRequest:
@@ -169,13 +170,16 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
 
 def parse_summary_message(text: str) -> tuple[str, str] | None:
     """(receiver, due) of a summary message on `alerts-flush`; None when the message is a group's flush."""
-    message = json.loads(text)
-    if not isinstance(message, dict) or "summary" not in message:
+    message = queue_json(text, "an alerts-flush message")
+    if "summary" not in message:
         return None
-    if not isinstance(message["summary"], str):
-        raise ValueError("not an alerts-flush summary message")
     due = str(message.get("due", ""))
-    parse_stamp(due)
+    try:
+        parse_stamp(due)
+    except ValueError:
+        raise InvalidMessage(f"not an alerts-flush summary: due {due[:40]!r} is not a time") from None
+    if not isinstance(message["summary"], str):
+        raise InvalidMessage("not an alerts-flush summary: no receiver")
     return message["summary"], due
 
 

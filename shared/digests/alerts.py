@@ -19,10 +19,10 @@ from typing import Any
 from ..alerts.grouping import receiver_key
 from ..alerts.model import Alert
 from ..alerts.render import fits, for_display
-from ..alerts.routing import NotifyConfig, Receiver
 from ..config import Settings
 from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
+from ..routing_file import NotifyConfig, Receiver
 from ..store import ALERT_DIGEST_TABLE, DIGEST_RUN_CONTAINER, StatusChanged, Store
 from ..templating import RenderedMail
 from .render import AlertDigestLine, alert_digest_lines, render_alert_digest

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..alerts.routing import MailboxDigest
 from ..audit import audit
 from ..config import Settings
 from ..errors import GraphError
 from ..mail import MailRequest, compose_mail
 from ..outbox import submit_mail
+from ..routing_file import MailboxDigest
 from ..store import DIGEST_RUN_CONTAINER, DIGEST_STATUS_TABLE, Store
 from .render import DigestItem, FolderCount, render_mailbox_digest
 

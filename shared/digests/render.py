@@ -13,7 +13,7 @@ from ..alerts.render import SEVERITY_COLOURS
 from ..templating import RenderedMail, one_line, render_mail
 
 if TYPE_CHECKING:
-    from ..alerts.routing import MailboxDigest
+    from ..routing_file import MailboxDigest
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def alerts_app(
 ) -> Iterator[Any]:
     """`function_app` with the test routing file and its source secrets in the vault (`app_env` has emptied
     the queues and the alert tables)."""
-    from shared.alerts.routing import notify_config
+    from shared.routing_file import notify_config
 
     routing = tmp_path / "notify.yaml"
     routing.write_text(ROUTING)

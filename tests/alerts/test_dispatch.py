@@ -17,8 +17,8 @@ from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import GROUP_ROW, Flush, flush, ingest
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
-from shared.alerts.routing import notify_config
 from shared.config import settings
+from shared.routing_file import notify_config
 from shared.store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, Store, store
 
 from ..helpers import drain_queue, run

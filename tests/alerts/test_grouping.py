@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.alerts import NotifyConfig, load_notify_config, parse_alerts
+from shared.alerts import parse_alerts
 from shared.alerts.grouping import group_alerts, group_key
+from shared.routing_file import NotifyConfig, load_notify_config
 
 CONFIG = """
 receivers:

@@ -21,6 +21,7 @@ from shared.alerts.intake import (
     MAX_LINKS,
     MAX_STORED,
 )
+from shared.api import status_of
 from shared.errors import AppError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -164,7 +165,7 @@ def test_long_annotations_are_cut_not_refused() -> None:
 def test_malformed_payloads_are_refused_with_the_place_named(body: Any, source: str | None, field: str) -> None:
     with pytest.raises(AppError) as raised:
         parse_alerts(body, source)
-    assert raised.value.status == 400
+    assert status_of(raised.value) == 400
     assert raised.value.details[0].field == field
 
 
@@ -173,7 +174,7 @@ def test_too_many_alerts_and_unknown_sources_are_refused() -> None:
         parse_alerts([{"name": "a"}] * (MAX_ALERTS + 1))
     with pytest.raises(AppError) as raised:
         parse_alerts({"name": "a"}, "nagios")
-    assert raised.value.status == 404
+    assert status_of(raised.value) == 404
 
 
 def _am(*alerts: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def test_issue11_2_labels_beyond_their_bounds_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(AppError) as raised:
         parse_alerts(_am({"labels": {"alertname": "A", **labels}}))
-    assert raised.value.status == 400
+    assert status_of(raised.value) == 400
     assert raised.value.details[0].field.startswith(field) and reason in raised.value.details[0].message
 
 
@@ -239,7 +240,7 @@ def test_issue11_2_non_ascii_texts_are_cut_to_fit_as_stored_too() -> None:
 def test_issue12_6_the_generic_format_refuses_unknown_fields(body: Any, field: str) -> None:
     with pytest.raises(AppError) as raised:
         parse_alerts(body, "generic")
-    assert raised.value.status == 400
+    assert status_of(raised.value) == 400
     assert raised.value.details[0].field == field and "unknown field" in raised.value.details[0].message
 
 

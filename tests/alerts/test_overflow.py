@@ -13,8 +13,8 @@ from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.alerts.dispatch import GROUP_ROW, Flush, flush
 from shared.alerts.overflow import CAP_ROW, cap_partition
-from shared.alerts.routing import notify_config
 from shared.config import settings
+from shared.routing_file import notify_config
 from shared.store import ALERT_GROUPS_TABLE, store
 
 from ..helpers import drain_queue, http, run, user_function

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.alerts import load_notify_config, parse_alerts, route_alert
-from shared.alerts.routing import NotifyConfig, parse_duration, parse_matcher
+from shared.alerts import parse_alerts, route_alert
 from shared.config import ConfigError
+from shared.routing_file import NotifyConfig, load_notify_config, parse_duration, parse_matcher
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -131,8 +131,8 @@ def test_a_missing_config_file_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_receivers_and_digests_must_be_able_to_send_under_the_mail_settings(tmp_path: Path) -> None:
-    from shared.alerts.routing import notify_config
     from shared.config import load_settings
+    from shared.routing_file import notify_config
 
     path = tmp_path / "notify.yaml"
     env = {
@@ -148,3 +148,26 @@ def test_receivers_and_digests_must_be_able_to_send_under_the_mail_settings(tmp_
     path.write_text(TREE + "sources:\n  grafana: {hmac_secret: g}\n")
     with pytest.raises(ConfigError, match="KEY_VAULT_URL"):
         notify_config(load_settings(env))
+
+
+def test_a_digest_that_mails_outside_the_allowed_domains_stops_the_app_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routing file is held to the same recipient policy as every mail, digests included."""
+    from shared.config import ConfigError, load_settings
+    from shared.routing_file import notify_config
+
+    path = tmp_path / "notify.yaml"
+    path.write_text(
+        TREE + "digests:\n  - {name: d, mailbox: support@contoso.test, folders: [Inbox], to: [x@evil.test]}\n"
+    )
+    settings = load_settings(
+        {
+            "GRAPH_AUTH_MODE": "managed_identity",
+            "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
+            "MAIL_ALLOWED_RECIPIENT_DOMAINS": "contoso.test",
+            "NOTIFY_CONFIG": str(path),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"digest 'd' mails x@evil\.test, outside MAIL_ALLOWED_RECIPIENT_DOMAINS"):
+        notify_config(settings)

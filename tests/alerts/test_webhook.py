@@ -276,7 +276,7 @@ def test_issue11_1_a_grafana_payload_reshaped_to_look_like_alertmanager_still_ne
 
 def _regrouping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The test routing file with `regroup: true` on oncall: the app groups every source's alerts."""
-    from shared.alerts.routing import notify_config
+    from shared.routing_file import notify_config
 
     from .conftest import ROUTING
 
@@ -292,8 +292,8 @@ def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.alerts.dispatch import GROUP_ROW, flush
-    from shared.alerts.routing import notify_config
     from shared.config import settings
+    from shared.routing_file import notify_config
     from shared.store import ALERT_GROUPS_TABLE, store
 
     _regrouping(tmp_path, monkeypatch)  # alert state is the app's to keep only when it groups
@@ -338,7 +338,7 @@ def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
 def test_issue11_1_require_source_auth_refuses_every_source_without_authentication(
     alerts_app: Any, azurite: AzuriteProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.alerts.routing import notify_config
+    from shared.routing_file import notify_config
 
     from .conftest import ROUTING
 
@@ -402,8 +402,8 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
 
     from shared.alerts.dispatch import GROUP_ROW, flush, ingest
     from shared.alerts.intake import parse_alerts
-    from shared.alerts.routing import notify_config
     from shared.config import settings
+    from shared.routing_file import notify_config
     from shared.store import ALERT_GROUPS_TABLE, store
 
     payload = [{"name": "First", "severity": "critical"}, {"name": "Second", "severity": "critical"}]

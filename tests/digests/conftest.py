@@ -37,7 +37,7 @@ digests:
 @pytest.fixture
 def digest_app(app_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """`function_app` with the test routing file (queues and alert tables emptied by `app_env`)."""
-    from shared.alerts.routing import notify_config
+    from shared.routing_file import notify_config
 
     routing = tmp_path / "notify.yaml"
     routing.write_text(ROUTING)

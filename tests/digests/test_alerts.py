@@ -16,9 +16,9 @@ from shared.alerts.dispatch import ingest
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.alerts.render import MAIL_BUDGET
-from shared.alerts.routing import notify_config
 from shared.config import settings
 from shared.digests.alerts import AlertDigestRun, run_alert_digests
+from shared.routing_file import notify_config
 from shared.store import ALERT_DIGEST_TABLE, StatusChanged, Store, store
 
 from ..helpers import drain_queue, run, user_function

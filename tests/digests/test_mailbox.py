@@ -164,9 +164,9 @@ class _DiesWhileTagging:
 def test_a_run_that_died_between_the_mail_and_the_tagging_is_finished_without_a_second_digest(
     digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
 ) -> None:
-    from shared.alerts.routing import notify_config
     from shared.digests.mailbox import run_mailbox_digest
     from shared.graph import graph_client
+    from shared.routing_file import notify_config
 
     async def dying_run() -> None:
         config = settings()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from shared.alerts.intake import parse_alerts
-from shared.alerts.routing import MailboxDigest
 from shared.digests.render import (
     DigestItem,
     FolderCount,
@@ -13,6 +12,7 @@ from shared.digests.render import (
     render_alert_digest,
     render_mailbox_digest,
 )
+from shared.routing_file import MailboxDigest
 
 NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 DIGEST = MailboxDigest(name="support-unread", mailbox="support@contoso.test", to=["alice@contoso.test"])
