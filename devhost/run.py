@@ -54,15 +54,26 @@ Ctrl-C (or SIGTERM) stops everything.
 RUN READY"""
 
 
+_devhost: subprocess.Popen[str] | None = None  # once it runs, a signal asks it to stop instead of interrupting
+
+
 def _stop_on_signal(signum: int, frame: object) -> None:
     """SIGTERM (an IDE's stop button, `timeout`, `docker stop`, make passing it on) stops everything as
-    Ctrl-C does; a repeated signal while stopping is ignored, so the clean-up itself is not cut short."""
+    Ctrl-C does; a repeated signal while stopping is ignored, so the clean-up itself is not cut short.
+
+    Once the devhost runs, the signal only asks it to stop: its output then ends, and the clean-up runs in
+    order from there. Raising here instead could land anywhere, even in the clean-up after the devhost had
+    already stopped on the same signal (sent to the whole process group), and cut it short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    if _devhost is None:
+        raise KeyboardInterrupt  # still starting: unwind what has started
+    if _devhost.poll() is None:
+        _devhost.send_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _devhost
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     parser = argparse.ArgumentParser(prog="python -m devhost.run", description=__doc__)
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox = stack.enter_context(SandboxProcess(ROOT / ".sandbox", port=args.sandbox_port))
         # the real processes' addresses win over local.settings.json's defaults
         env = {**os.environ, **sandbox.env, "AzureWebJobsStorage": azurite.connection_string}
-        devhost = subprocess.Popen(
+        devhost = _devhost = subprocess.Popen(
             [sys.executable, "-m", "devhost", "--port", str(args.http_port)],
             cwd=ROOT,
             env=env,
@@ -111,11 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("make run: the devhost did not start; see its output above", file=sys.stderr)
             return 1
-        try:
-            for line in devhost.stdout:
-                print(line, end="", flush=True)
-        except KeyboardInterrupt:
-            pass
+        for line in devhost.stdout:  # ends when the devhost stops (a signal asks it to)
+            print(line, end="", flush=True)
         print("make run: stopping the devhost, the sandbox and Azurite ...", flush=True)
     print("make run: stopped.")
     return 0
