@@ -32,26 +32,8 @@ SESSION_VARIABLES = (
 
 
 def test_make_run_reaches_its_banner_whose_curls_send_a_mail_and_an_alert_and_sigint_stops_everything() -> None:
-    http, sandbox, blob, queue, table = (free_port() for _ in range(5))
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARIABLES}  # as a developer's shell would be
-    run = subprocess.Popen(
-        ["make", "run", f"RUN_ARGS=--http-port {http} --sandbox-port {sandbox} --azurite-ports {blob},{queue},{table}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
+    run, (http, sandbox, *_), output = _start_make_run()
     try:
-        assert run.stdout is not None
-        deadline = time.monotonic() + 300
-        for line in run.stdout:
-            output.append(line)
-            if line.strip() == "RUN READY" or time.monotonic() > deadline:
-                break
-        assert output and output[-1].strip() == "RUN READY", "".join(output)
         curl = next(line.strip() for line in output if line.strip().startswith("curl -s -X POST"))
         answer = json.loads(
             subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30, check=True).stdout
@@ -103,7 +85,7 @@ def _start_make_run() -> tuple[subprocess.Popen[str], list[int], list[str]]:
     """`make run` on free ports, in its own process group, read up to its banner."""
     ports = [free_port() for _ in range(5)]
     http, sandbox, blob, queue, table = ports
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_VARIABLES}  # as a developer's shell would be
     run = subprocess.Popen(
         ["make", "run", f"RUN_ARGS=--http-port {http} --sandbox-port {sandbox} --azurite-ports {blob},{queue},{table}"],
         cwd=ROOT,
