@@ -210,7 +210,9 @@ def due(schedule: Schedule, last_run: datetime | None, now: datetime, grace: tim
     newest = latest(schedule, now)
     if newest <= since:
         return Due(None, False, 0, f"not due; next {_show(upcoming, schedule)}", upcoming)
-    missed = sum(1 for _ in itertools.islice(occurrences(schedule, since, newest - _TICK), MAX_COUNTED))
+    # a digest never run has missed nothing: the grace only lets it catch the occurrence it was added after
+    earlier_ones = occurrences(schedule, since, newest - _TICK) if last_run is not None else iter(())
+    missed = sum(1 for _ in itertools.islice(earlier_ones, MAX_COUNTED))
     earlier = "" if not missed else f"; {_count(missed)} earlier occurrence(s) since {_show(since, schedule)}"
     late = now - newest
     if late > grace:

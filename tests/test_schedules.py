@@ -32,8 +32,8 @@ from shared.schedules import (
 HOUR = timedelta(hours=1)
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def schedule(cron: str, zone: str | None = None) -> Schedule:
@@ -247,6 +247,9 @@ def test_a_digest_never_run_counts_only_the_occurrence_within_the_grace() -> Non
     assert due(berlin, None, utc(2026, 11, 24, 6, 30), HOUR).run  # added at 07:30: today's 07:00 runs
     late = due(berlin, None, utc(2026, 11, 24, 8), HOUR)  # added at 09:00: nothing is due, nothing was missed
     assert (late.occurrence, late.run, late.missed) == (None, False, 0)
+    quarter_hourly = due(schedule("*/15 * * * *", "Europe/Berlin"), None, utc(2026, 11, 24, 6, 40), HOUR)
+    assert (quarter_hourly.occurrence, quarter_hourly.missed) == (utc(2026, 11, 24, 6, 30), 0)
+    assert quarter_hourly.reason == "due 2026-11-24T07:30:00+01:00 Europe/Berlin"
 
 
 def test_nothing_is_due_between_occurrences() -> None:
