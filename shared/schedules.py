@@ -242,7 +242,8 @@ def _aware(value: datetime, name: str) -> datetime:
 #   RowKey        occurrence_key(occurrence) e.g. "2026-03-29T05:00:00Z" (UTC; sorts in time order)
 #   run           true: claimed to run; false: skipped
 #   reason        Due.reason
-#   claimedAt     when, instance     which instance (for the operator)
+#   claimedAt     when it was claimed
+#   instance      which instance claimed it (for the operator)
 # `last_run` for `due` is the newest RowKey of the digest's partition (`last_claimed`); rows older than a few
 # days can be deleted.
 Claim = Callable[[str, Due], Awaitable[bool]]
