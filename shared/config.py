@@ -118,7 +118,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     text = _text(env, name, str(default))
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:  # isdigit() also takes `²`
         raise ConfigError(f"setting {name} must be a whole number from {low} to {high}, not {text!r}")
     return int(text)
 
@@ -137,7 +137,7 @@ _CRON_FIELDS = (
     ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
-_CRON_ITEM = re.compile(r"^(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?\Z")
+_CRON_ITEM = re.compile(r"^(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?\Z", re.ASCII)  # int() takes other digits too
 
 
 def ncrontab_problem(expression: str) -> str | None:
@@ -154,7 +154,8 @@ def ncrontab_problem(expression: str) -> str | None:
             for value in (match.group(2), match.group(3)):
                 if value is None:
                     continue
-                number = names.index(value) + low if value in names else (int(value) if value.isdigit() else None)
+                digits = re.fullmatch(r"[0-9]{1,2}", value)
+                number = names.index(value) + low if value in names else (int(value) if digits else None)
                 if number is None or not low <= number <= high:
                     return f"the {what} field {text!r} is outside {low}-{high}"
             if match.group(4) is not None and int(match.group(4)) == 0:

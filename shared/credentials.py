@@ -124,11 +124,6 @@ class KeyVaultGraphCredential:
         """The Graph credential from Key Vault."""
         return await self._secrets.get(self._settings.graph_credential_secret_name, refresh=True)
 
-    async def reload(self) -> None:
-        """Read the credential from Key Vault now and use it from here on (the health check: one read proves
-        the vault is readable and hands the token check a credential built from what is there now)."""
-        await self._credential(refresh=True)
-
     def _build(self, value: str) -> ClientSecretCredential | CertificateCredential:
         settings = self._settings
         common: dict[str, Any] = {"authority": settings.azure_authority_host}

@@ -207,10 +207,11 @@ class GraphClient:
         return outcome
 
     async def read_credential(self) -> None:
-        """Read the Graph credential from Key Vault again (the health check)."""
-        reload = getattr(self._credential, "reload", None)
-        if reload is not None:
-            await reload()
+        """Read the Graph credential from Key Vault (the health check); the value is dropped at once, and the
+        credential in use is left alone (replacing it would close it under a send that is using it)."""
+        read = getattr(self._credential, "read_secret", None)
+        if read is not None:
+            await read()
 
     async def token_check(self) -> None:
         """Get a Graph token (the health check): proves the credential chain end to end."""

@@ -158,3 +158,17 @@ def test_the_sending_and_recipient_policy_is_one_rule_of_the_settings() -> None:
     assert settings.may_send_as("Notifications@contoso.test") and not settings.may_send_as("ceo@contoso.test")
     assert settings.may_mail("a@Contoso.test") and not settings.may_mail("a@evil.test")
     assert load_settings(BASE).may_mail("anyone@anywhere.test")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAIL_SEND_LEASE_SECONDS", "²"),
+        ("MAIL_SEND_LEASE_SECONDS", "١٢٠"),  # Arabic-Indic digits: int() reads them, a setting must not
+        ("ALERT_DIGEST_SCHEDULE", "0 ² * * * *"),
+        ("MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5/²"),
+    ],
+)
+def test_a_number_that_is_not_ascii_digits_is_refused_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({**BASE, name: value})

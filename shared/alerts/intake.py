@@ -311,6 +311,7 @@ def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
     if search:
         links["dashboard"] = search
     links.update({name: url for name, url in custom_links.items() if name not in links})
+    links = web_links(links)  # the portal and search links too: http(s) only, at most MAX_URL characters
     alert = Alert(
         source=source,
         name=rule,

@@ -273,3 +273,12 @@ def test_issue12_6_malformed_link_lists_are_refused_naming_the_entry(links: Any,
     with pytest.raises(AppError) as raised:
         parse_alerts({"name": "A", "links": links})
     assert raised.value.details[0].field == field
+
+
+def test_azure_monitors_portal_and_search_links_are_held_to_the_link_rules_like_any_other() -> None:
+    """A 17,000-character search link must not make the whole alert too big to store (issue 11, item 2)."""
+    body = _fixture("azuremonitor_log")
+    text = json.dumps(body).replace("https://portal.azure.com#@contoso/blade/logs/q1", "https://x.test/" + "q" * 17000)
+    [alert] = parse_alerts(json.loads(text))
+    assert "dashboard" not in alert.links
+    assert alert.links["source"].startswith("https://portal.azure.com/")
