@@ -5,7 +5,7 @@
 from .intake import detect_source, parse_alerts
 from .model import Alert, AlertGroup
 from .render import RenderedMail, render_group
-from .routing import route_alert
+from .routing import route_matches
 
 __all__ = [
     "Alert",
@@ -14,5 +14,5 @@ __all__ = [
     "detect_source",
     "parse_alerts",
     "render_group",
-    "route_alert",
+    "route_matches",
 ]

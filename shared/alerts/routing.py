@@ -1,4 +1,4 @@
-"""Routing: `route_alert` walks the routing file's route tree (`shared.routing_file`) the way Alertmanager does.
+"""Routing: `route_matches` walks the routing file's route tree (`shared.routing_file`) the way Alertmanager does.
 
 A route matches when all its matchers do (`=`, `!=`, `=~`, `!~` on labels; a missing label is ""; regexes are
 anchored). Children are tried in order; the first that matches is descended into, and its siblings are
@@ -32,8 +32,3 @@ def route_matches(alert: Alert, config: NotifyConfig) -> list[tuple[Receiver, st
 
     walk(config.route, config.route.receiver or "", "route")
     return [(config.receiver(name), path) for name, path in found.items()]
-
-
-def route_alert(alert: Alert, config: NotifyConfig) -> list[Receiver]:
-    """The receivers an alert goes to (at least the root's), in tree order, each once."""
-    return [receiver for receiver, _ in route_matches(alert, config)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.alerts import parse_alerts, route_alert
+from shared.alerts import parse_alerts, route_matches
 from shared.config import ConfigError
 from shared.routing_file import NotifyConfig, load_notify_config, parse_duration, parse_matcher
 
@@ -45,7 +45,7 @@ def _route(config: NotifyConfig, **labels: str) -> list[str]:
     [alert] = parse_alerts(
         {"name": labels.pop("alertname", "Disk"), "labels": labels, "severity": labels.get("severity", "warning")}
     )
-    return [r.name for r in route_alert(alert, config)]
+    return [r.name for r, _ in route_matches(alert, config)]
 
 
 def test_first_matching_child_wins_and_continue_lets_siblings_match_too(config: NotifyConfig) -> None:
