@@ -234,7 +234,7 @@ async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
     mail_id = request.route.get("id", "")
     if not ID_PATTERN.match(mail_id):
         raise invalid_request("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
-    status = await store.get_status(mail_id)
+    status = await store.statuses.get(mail_id)
     if status is None:
         raise not_found(f"No mail with id {mail_id!r}.")
     return ApiAnswer(200, status.answer())

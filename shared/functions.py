@@ -25,7 +25,7 @@ from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
-from .store import ALERTS_FLUSH, Store, store
+from .store import Store, store
 
 if TYPE_CHECKING:
     from .graph import GraphClient
@@ -205,7 +205,7 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     try:
         done = await flush(text, notify_config(config), config, store(config.storage))
     except ValueError as error:  # not a flush message: nothing can ever come of it
-        await store(config.storage).poison(ALERTS_FLUSH, text)
+        await store(config.storage).alert_queues.poison_flush(text)
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))

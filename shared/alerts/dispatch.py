@@ -30,6 +30,7 @@ import math
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from ..audit import audit
@@ -37,28 +38,22 @@ from ..config import Settings
 from ..errors import AppError, unavailable
 from ..mail import MailRequest
 from ..outbox import submit_mail
-from ..store import (
-    ALERT_DIGEST_TABLE,
-    ALERT_GROUPS_TABLE,
-    ALERTS_FLUSH,
-    ALERTS_INBOX,
-    NOTICE_CONTAINER,
-    StatusChanged,
-    Store,
-)
+from ..store import StatusChanged, Store
+from ..store.alert_digest import BufferedAlert
+from ..store.alert_groups import AlertRow, GroupRow
+from ..store.mail_caps import HeldBack
 from ..text import json_too_deep
 from .grouping import group_alerts, receiver_key
 from .intake import parse_alerts
 from .model import Alert, AlertGroup, stamp
 from .model import parse_stamp as _moment
 from .notify import alert_mail
-from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
+from .overflow import held_back, hold_back, parse_summary_message, send_summary, take_slot
 from .render import subject_of
 from .routing import NotifyConfig, Receiver
 
 log = logging.getLogger("notifier.alerts")
 
-GROUP_ROW = "group"
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
 
@@ -151,35 +146,15 @@ async def ingest(
     immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is None]
     passing = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is not None]
     digest = [g for g in groups if config.receiver(g.receiver).mode == "digest"]
-    seen = stamp(now)
-    await store.merge_rows(
-        ALERT_GROUPS_TABLE,
-        [
-            {
-                "PartitionKey": g.key,
-                "RowKey": alert_row_key(a),
-                "alert": stored_alert(a),
-                "status": a.status,
-                "updated": seen,
-            }
-            for g in immediate
-            for a in g.alerts
-        ],
+    await store.groups.write_alerts(
+        [AlertRow(g.key, alert_row_key(a), stored_alert(a), a.status, now) for g in immediate for a in g.alerts]
     )
-    await store.merge_rows(
-        ALERT_DIGEST_TABLE,
+    await store.digest_buffer.keep(
         [
-            {
-                "PartitionKey": receiver_key(g.receiver),
-                "RowKey": alert_row_key(a),
-                "receiver": g.receiver,
-                "alert": stored_alert(a),
-                "status": a.status,
-                "lastSeen": seen,
-            }
+            BufferedAlert(receiver_key(g.receiver), alert_row_key(a), g.receiver, stored_alert(a), a.status, now)
             for g in digest
             for a in g.alerts
-        ],
+        ]
     )
     for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
         await schedule_flush(group.key, config.receiver(group.receiver), group.labels, store, now)
@@ -207,7 +182,7 @@ async def pass_through(
     content = json.dumps([group.key, group.status, [a.as_dict() for a in group.alerts], window], sort_keys=True)
     mail_id = f"alert-{hashlib.sha256(content.encode()).hexdigest()[:40]}"
     if not await take_slot(store, receiver, now):
-        held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), stamp(now))
+        held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), now.replace(microsecond=0))
         await hold_back(store, receiver, mail_id, held, now)
         return None
     try:
@@ -224,32 +199,22 @@ async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], s
     `group_interval` tick. The message is sent before the row names it: a crash in between leaves a
     message that does nothing, never a group that waits for a message that was not sent."""
     for _ in range(_ATTEMPTS):
-        row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-        if row is not None and row.get("scheduled_for") and _moment(row["scheduled_for"]) > now - STALE_AFTER:
+        row = await store.groups.get(key)
+        if row is not None and row.scheduled_for is not None and row.scheduled_for > now - STALE_AFTER:
             return  # a flush is pending; it will see the alerts just written
-        if row is None or not row.get("last_flush") or not row.get("scheduled_for"):
+        if row is None or row.last_flush is None or row.scheduled_for is None:
             due = _whole_second_after(now + timedelta(seconds=receiver.seconds("group_wait")))
         else:
-            tick = _moment(row["last_flush"]) + timedelta(seconds=receiver.seconds("group_interval"))
+            tick = row.last_flush + timedelta(seconds=receiver.seconds("group_interval"))
             due = max(_whole_second_after(now), tick)
         await send_flush(store, key, due, now)
         if row is None:
-            created = {
-                "PartitionKey": key,
-                "RowKey": GROUP_ROW,
-                "receiver": receiver.name,
-                "labels": json.dumps(labels),
-                "scheduled_for": stamp(due),
-                "last_flush": "",
-                "last_notice": "",
-                "seq": 0,
-                "epoch": uuid.uuid4().hex[:12],  # mail ids stay unique if a group's rows are ever lost
-            }
-            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+            if await store.groups.insert(GroupRow(key, receiver.name, labels, due, epoch=uuid.uuid4().hex[:12])):
                 return
             continue
         try:
-            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "scheduled_for": stamp(due)}, row["etag"])
+            row.scheduled_for = due
+            await store.groups.replace(row)
             return
         except StatusChanged:
             continue
@@ -258,28 +223,36 @@ async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], s
 
 async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> None:
     delay = max(0, math.ceil((due - now).total_seconds()))
-    await store.send_message(ALERTS_FLUSH, json.dumps({"group": key, "due": stamp(due)}), delay)
+    await store.alert_queues.send_flush({"group": key, "due": stamp(due)}, delay)
+
+
+class FlushOutcome(StrEnum):
+    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
+    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
+
+    STALE = "stale"
+    QUIET = "quiet"
+    NOTIFIED = "notified"
+    HELD_BACK = "held_back"
+    DROPPED = "dropped"
 
 
 @dataclass(frozen=True)
 class Flush:
-    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
-    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
+    """What a flush did, to which group (or `summary:<receiver>`), with which mail and how many alerts."""
 
     group: str
-    outcome: str
+    outcome: FlushOutcome
     mail_id: str | None = None
     alerts: int = 0
 
 
-def parse_flush_message(text: str) -> tuple[str, str]:
+def parse_flush_message(text: str) -> tuple[str, datetime]:
     """(group key, due) of an `alerts-flush` message; ValueError when it is not one."""
     message = json.loads(text)
     if not isinstance(message, dict) or not isinstance(message.get("group"), str):
         raise ValueError("not an alerts-flush message")
-    due = str(message.get("due", ""))
-    _moment(due)
-    return message["group"], due
+    return message["group"], _moment(str(message.get("due", "")))
 
 
 async def flush(text: str, config: NotifyConfig, settings: Settings, store: Store) -> Flush:
@@ -289,86 +262,78 @@ async def flush(text: str, config: NotifyConfig, settings: Settings, store: Stor
     if summary is not None:
         receiver = next((r for r in config.receivers if r.name == summary[0]), None)
         if receiver is None:
-            return Flush(f"summary:{summary[0]}", "dropped")
+            return Flush(f"summary:{summary[0]}", FlushOutcome.DROPPED)
         outcome, mail_id, listed = await send_summary(receiver, summary[1], settings, store)
-        return Flush(f"summary:{receiver.name}", outcome, mail_id, listed)
-    key, due = parse_flush_message(text)
-    row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-    if row is None or row.get("scheduled_for") != due:
-        return Flush(key, "stale")
-    at = _moment(due)
-    rows = [r for r in await store.partition_rows(ALERT_GROUPS_TABLE, key) if r["RowKey"] != GROUP_ROW]
-    receiver = next((r for r in config.receivers if r.name == row["receiver"]), None)
+        return Flush(f"summary:{receiver.name}", FlushOutcome(outcome), mail_id, listed)
+    key, at = parse_flush_message(text)
+    row = await store.groups.get(key)
+    if row is None or row.scheduled_for != at:
+        return Flush(key, FlushOutcome.STALE)
+    rows = await store.groups.alerts(key)
+    receiver = next((r for r in config.receivers if r.name == row.receiver), None)
     if receiver is None or receiver.mode != "immediate":
         for stale in rows:
-            await store.delete_row(ALERT_GROUPS_TABLE, key, stale["RowKey"])
-        await store.delete_row(ALERT_GROUPS_TABLE, key, GROUP_ROW, row["etag"])
-        return Flush(key, "dropped")
+            await store.groups.delete_alert(stale, if_unchanged=False)
+        await store.groups.delete(row)
+        return Flush(key, FlushOutcome.DROPPED)
 
     members = [(r, _alert_at(r, at)) for r in rows]  # each stored alert as it stands at the due time
-    seq = int(row.get("seq", 0)) + 1
-    notice_id = f"{row.get('epoch', '')}-{seq}"
+    seq = row.seq + 1
+    notice_id = f"{row.epoch}-{seq}"
     notice_name = f"{key}/{notice_id}.json"
     # a notice already stored is one a flush that died had decided on: finish that one, do not decide again
-    notice = await store.get_record(NOTICE_CONTAINER, notice_name)
+    notice = await store.notices.get(notice_name)
     if notice is None:
-        notice = _decide(key, row, members, receiver, settings, at, notice_id)
+        notice = _decide(row, members, receiver, settings, at, notice_id)
         if notice is not None:
             notice["held_back"] = not await take_slot(store, receiver, at)  # over the receiver's mail cap
-            notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
+            notice = await store.notices.put(notice_name, notice)
     announced: dict[str, str] = {}
     if notice is not None:
         if notice.get("held_back"):
-            await hold_back(store, receiver, notice_id, held_back(key, notice, due), datetime.now(UTC))
+            await hold_back(store, receiver, notice_id, held_back(key, notice, at), datetime.now(UTC))
         else:
             await submit_mail(store, MailRequest.model_validate(notice["mail"]))
         announced = notice["alerts"]
-        await store.merge_rows(
-            ALERT_GROUPS_TABLE,
-            [
-                {"PartitionKey": key, "RowKey": row_key, "notified": status}
-                for row_key, status in announced.items()
-                if status == "firing"
-            ],
+        await store.groups.mark_notified(
+            key, {row_key: status for row_key, status in announced.items() if status == "firing"}
         )
-    remaining = await _forget_resolved(store, key, members, receiver, announced)
+    remaining = await _forget_resolved(store, members, receiver, announced)
 
-    updated = {**row, "last_flush": due}
+    row.last_flush = at
     if notice is not None:
-        updated.update(seq=seq, last_notice=due)
+        row.seq, row.last_notice = seq, at
     if remaining:
         following = at + timedelta(seconds=receiver.seconds("group_interval"))
         await send_flush(store, key, following, datetime.now(UTC))
-        updated["scheduled_for"] = stamp(following)
+        row.scheduled_for = following
     else:
-        updated["scheduled_for"] = ""
+        row.scheduled_for = None
     try:
-        await store.replace_row(ALERT_GROUPS_TABLE, updated, row["etag"])
+        await store.groups.replace(row)
     except StatusChanged:
-        return Flush(key, "stale")  # another instance finished this flush first
+        return Flush(key, FlushOutcome.STALE)  # another instance finished this flush first
     if notice is not None:
-        await store.delete_record(NOTICE_CONTAINER, notice_name)
-    if not remaining and any(r["RowKey"] != GROUP_ROW for r in await store.partition_rows(ALERT_GROUPS_TABLE, key)):
+        await store.notices.delete(notice_name)
+    if not remaining and await store.groups.alerts(key):
         # alerts written while this flush ran saw it pending and left the scheduling to it
-        labels = json.loads(row.get("labels") or "{}")
-        await schedule_flush(key, receiver, labels, store, datetime.now(UTC))
+        await schedule_flush(key, receiver, row.labels, store, datetime.now(UTC))
     if notice is None:
-        return Flush(key, "quiet")
+        return Flush(key, FlushOutcome.QUIET)
     if notice.get("held_back"):
-        return Flush(key, "held_back", None, len(announced))
-    return Flush(key, "notified", notice["mail"]["id"], len(announced))
+        return Flush(key, FlushOutcome.HELD_BACK, None, len(announced))
+    return Flush(key, FlushOutcome.NOTIFIED, notice["mail"]["id"], len(announced))
 
 
-def _alert_at(alert_row: dict[str, Any], at: datetime) -> Alert:
+def _alert_at(alert_row: AlertRow, at: datetime) -> Alert:
     """A stored alert, its status as of `at` (an `endsAt` that has passed makes it resolved)."""
-    alert = Alert.from_dict(json.loads(alert_row["alert"]))
+    alert = Alert.from_dict(json.loads(alert_row.alert))
     return replace(alert, status=alert.status_at(at))
 
 
 def _decide(
-    key: str,
-    row: dict[str, Any],
-    members: list[tuple[dict[str, Any], Alert]],
+    row: GroupRow,
+    members: list[tuple[AlertRow, Alert]],
     receiver: Receiver,
     settings: Settings,
     at: datetime,
@@ -380,28 +345,26 @@ def _decide(
     resolved: list[tuple[str, Alert]] = []
     news = False
     for alert_row, alert in members:
-        announced_firing = alert_row.get("notified") == "firing"
+        announced_firing = alert_row.notified == "firing"
         if alert.status == "firing":
-            firing.append((alert_row["RowKey"], alert))
+            firing.append((alert_row.row_key, alert))
             news = news or not announced_firing
         elif receiver.send_resolved and announced_firing:
-            resolved.append((alert_row["RowKey"], alert))
-    last = str(row.get("last_notice") or "")
+            resolved.append((alert_row.row_key, alert))
+    last = row.last_notice
     every = timedelta(seconds=receiver.seconds("repeat_interval"))
-    repeat = bool(firing) and bool(last) and at - _moment(last) >= every
+    repeat = bool(firing) and last is not None and at - last >= every
     if not (news or resolved or repeat):
         return None
-    labels = json.loads(row.get("labels") or "{}")
-    group = AlertGroup(receiver.name, key, labels, tuple(a for _, a in firing + resolved))
-    mail_id = f"alert-{hashlib.sha256(key.encode()).hexdigest()[:20]}-{notice_id}"
+    group = AlertGroup(receiver.name, row.key, row.labels, tuple(a for _, a in firing + resolved))
+    mail_id = f"alert-{hashlib.sha256(row.key.encode()).hexdigest()[:20]}-{notice_id}"
     mail = alert_mail(group, receiver, settings, mail_id, at)
     return {"mail": mail.dump(), "alerts": {row_key: alert.status for row_key, alert in firing + resolved}}
 
 
 async def _forget_resolved(
     store: Store,
-    key: str,
-    members: list[tuple[dict[str, Any], Alert]],
+    members: list[tuple[AlertRow, Alert]],
     receiver: Receiver,
     announced: dict[str, str],
 ) -> bool:
@@ -409,13 +372,13 @@ async def _forget_resolved(
     since it was read (ETag) stays for the next flush."""
     remaining = False
     for alert_row, alert in members:
-        notified = announced.get(alert_row["RowKey"], alert_row.get("notified"))
+        notified = announced.get(alert_row.row_key, alert_row.notified)
         owed = receiver.send_resolved and notified == "firing"  # its resolved notice is still to come
         if alert.status == "firing" or owed:
             remaining = True
             continue
         try:
-            await store.delete_row(ALERT_GROUPS_TABLE, key, alert_row["RowKey"], alert_row["etag"])
+            await store.groups.delete_alert(alert_row)
         except StatusChanged:
             remaining = True
     return remaining
@@ -450,7 +413,7 @@ async def ingest_message(
 
 
 async def _poison_inbox(text: str, message_id: str, settings: Settings, store: Store, reason: str) -> InboxOutcome:
-    await store.poison(ALERTS_INBOX, text)
+    await store.alert_queues.poison_intake(text)
     log.warning("alerts-inbox message %s poisoned: %s", message_id, reason)
     await audit(
         store,
