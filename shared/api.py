@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .alert_answers import preview, receipts
 from .alerts.auth import SecretSource, admit_source
-from .alerts.dispatch import ingest, preview, receipts
+from .alerts.dispatch import Dispatcher
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
+from .alerts.notify import Notifier
 from .alerts.routing import NotifyConfig
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
@@ -197,8 +199,9 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    groups_written = await ingest(alerts, config, settings, store, now)
-    return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
+    written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
+    return ApiAnswer(202, {"accepted": len(alerts), "groups": answered})
 
 
 async def run_digest(

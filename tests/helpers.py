@@ -213,3 +213,14 @@ async def live_flush(store: Any, key: str) -> str | None:
     if row is None or row.scheduled_for is None:
         return None
     return json.dumps({"group": key, "due": stamp(row.scheduled_for)})
+
+
+def dispatch_with(store: Any) -> Any:
+    """The alert dispatcher of the test's settings, on `store` (a real one, or one with a repository swapped)."""
+    from shared.alerts.dispatch import Dispatcher
+    from shared.alerts.notify import Notifier
+    from shared.alerts.routing import notify_config
+    from shared.config import settings
+
+    config = settings()
+    return Dispatcher(notify_config(config), store, Notifier(config, store))

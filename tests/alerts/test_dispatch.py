@@ -14,16 +14,15 @@ from azure.storage.queue import QueueClient
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import Flush, flush, ingest
+from shared.alerts.dispatch import Flush
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
-from shared.alerts.routing import notify_config
 from shared.config import settings
 from shared.store import Store, store
 from shared.store.alert_digest import BufferedAlert
 from shared.store.alert_groups import AlertGroups, AlertRow
 
-from ..helpers import drain_queue, live_flush, run
+from ..helpers import dispatch_with, drain_queue, live_flush, run
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
@@ -40,8 +39,8 @@ def alert(instance: str, status: str = "firing", name: str = "DiskFilling", **la
 
 async def _ingest(alerts: list[dict[str, Any]], at: datetime) -> str:
     config = settings()
-    receipts = await ingest(parse_alerts({"alerts": alerts}), notify_config(config), config, store(config.storage), at)
-    return receipts[0].key
+    ingested = await dispatch_with(store(config.storage)).ingest(parse_alerts({"alerts": alerts}), at)
+    return ingested.groups[0].key
 
 
 async def _live(key: str) -> str | None:
@@ -52,7 +51,7 @@ async def _live(key: str) -> str | None:
 async def _flush(text: str | None, target: Store | None = None) -> Flush:
     assert text is not None, "the group has no flush pending"
     config = settings()
-    return await flush(text, notify_config(config), config, target or store(config.storage))
+    return await dispatch_with(target or store(config.storage)).flush(text)
 
 
 async def _deliver(app: Any, azurite: AzuriteProcess) -> None:

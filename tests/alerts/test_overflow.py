@@ -11,14 +11,14 @@ import pytest
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import Flush, flush
+from shared.alerts.dispatch import Flush
 from shared.alerts.grouping import receiver_key
 from shared.alerts.model import stamp
 from shared.alerts.routing import notify_config
 from shared.config import settings
 from shared.store import store
 
-from ..helpers import drain_queue, http, live_flush, run, user_function
+from ..helpers import dispatch_with, drain_queue, http, live_flush, run, user_function
 from .conftest import ROUTING
 
 
@@ -37,11 +37,11 @@ async def _flush_all(keys: list[str]) -> list[str]:
     for key in keys:
         message = await live_flush(target, key)
         assert message is not None
-        outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
+        outcomes.append((await dispatch_with(target).flush(message)).outcome)
     cap = await target.caps.get(receiver_key("oncall"))
     if cap is not None and cap.summary_due is not None:
         summary = json.dumps({"summary": "oncall", "due": stamp(cap.summary_due)})
-        done: Flush = await flush(summary, notify_config(config), config, target)
+        done: Flush = await dispatch_with(target).flush(summary)
         outcomes.append(f"summary {done.outcome} {done.alerts}")
     return outcomes
 

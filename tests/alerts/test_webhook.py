@@ -22,7 +22,7 @@ from shared.alerts import auth
 from shared.store import Store
 from shared.store.alert_queues import AlertQueues
 
-from ..helpers import drain_queue, http, live_flush, run, user_function
+from ..helpers import dispatch_with, drain_queue, http, live_flush, run, user_function
 from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -292,8 +292,6 @@ def _regrouping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.alerts.dispatch import flush
-    from shared.alerts.routing import notify_config
     from shared.config import settings
     from shared.store import store
 
@@ -327,7 +325,7 @@ def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
         key = grafana["groups"][0]["key"]
         message = await live_flush(store(config.storage), key)
         assert message is not None
-        done = await flush(message, notify_config(config), config, store(config.storage))
+        done = await dispatch_with(store(config.storage)).flush(message)
         await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
         return done.outcome
 
@@ -399,9 +397,7 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from shared.alerts.dispatch import flush, ingest
     from shared.alerts.intake import parse_alerts
-    from shared.alerts.routing import notify_config
     from shared.config import settings
     from shared.store import store
 
@@ -414,16 +410,16 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
         failing.alert_queues = _FailsOnSecondFlush(failing.storage)
         try:
             with pytest.raises(ConnectionError):
-                await ingest(parse_alerts(payload), notify_config(config), config, failing, earlier)
+                await dispatch_with(failing).ingest(parse_alerts(payload), earlier)
         finally:
             await failing.close()
         target = store(config.storage)
-        receipts = await ingest(parse_alerts(payload), notify_config(config), config, target, earlier)  # the retry
+        retried = await dispatch_with(target).ingest(parse_alerts(payload), earlier)  # the retry
         outcomes = []
-        for receipt in receipts:
+        for receipt in retried.groups:
             message = await live_flush(target, receipt.key)
             assert message is not None, "every group has its flush pending"
-            outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
+            outcomes.append((await dispatch_with(target).flush(message)).outcome)
         await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
         return outcomes
 

@@ -12,7 +12,6 @@ from azure.functions.timer import TimerRequest
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import ingest
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.alerts.render import MAIL_BUDGET
@@ -23,7 +22,7 @@ from shared.store import StatusChanged, Store, store
 from shared.store.alert_digest import AlertDigestBuffer
 from shared.store.records import RunRecords
 
-from ..helpers import drain_queue, run, user_function
+from ..helpers import dispatch_with, drain_queue, run, user_function
 
 
 def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
@@ -44,7 +43,7 @@ def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
 
 async def _buffer(names: list[tuple[str, str, str]]) -> None:
     config = settings()
-    await ingest(_alerts(names), notify_config(config), config, store(config.storage), datetime.now(UTC))
+    await dispatch_with(store(config.storage)).ingest(_alerts(names), datetime.now(UTC))
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -149,7 +148,7 @@ def test_issue11_2_a_digest_of_many_huge_alerts_is_one_sendable_mail_listing_som
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
         target = store(config.storage)
-        await ingest(alerts, notify_config(config), config, target, datetime.now(UTC))
+        await dispatch_with(target).ingest(alerts, datetime.now(UTC))
         return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
 
     assert [(r.outcome, r.alerts) for r in run(scenario())] == [("sent", 300)]
@@ -205,7 +204,7 @@ def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
 
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
-        await ingest(_alerts(WAITING[:2]), notify_config(config), config, store(config.storage), datetime.now(UTC))
+        await dispatch_with(store(config.storage)).ingest(_alerts(WAITING[:2]), datetime.now(UTC))
         target = Store(config.storage)
         target.digest_runs = _FirstReceiverFails(target.storage, target.digest_runs.container)
         try:
