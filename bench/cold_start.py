@@ -50,7 +50,7 @@ async def main():
     sent = time.perf_counter() - started
     from shared.config import settings
     from shared.store import store
-    status = await store(settings().storage).get_status(sys.argv[1])
+    status = await store(settings().storage).statuses.get(sys.argv[1])
     await shutdown()
     return sent, status.status
 

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .alert_answers import preview, receipts
 from .alerts.auth import SecretSource, admit_source
-from .alerts.dispatch import ingest, preview, receipts
+from .alerts.dispatch import Dispatcher
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
+from .alerts.notify import Notifier
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
 from .errors import (
@@ -38,7 +40,7 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamRefused,
 )
-from .mail import ID_PATTERN, check_mail, parse_mail
+from .mail import APP_ID_PREFIX, ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
 from .routes import Route
 from .routing_file import NotifyConfig
@@ -193,6 +195,12 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
             [Detail("id", "differs from the Idempotency-Key header")],
         )
     mail_id = mail.id or key or uuid.uuid4().hex
+    if mail_id.lower().startswith(APP_ID_PREFIX):
+        where = "id" if mail.id else "Idempotency-Key"
+        raise InvalidRequest(
+            f"Mail ids starting with {APP_ID_PREFIX!r} are the app's own.",
+            [Detail(where, f"{APP_ID_PREFIX!r} ids belong to the app's alert and digest mails")],
+        )
     replay = await submit_mail(store, mail.model_copy(update={"id": mail_id}))
     accepted = ApiAnswer(202, {"id": mail_id, "status": "queued"}, {"Location": f"/api/mail/{mail_id}"})
     if replay:
@@ -226,8 +234,9 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    groups_written = await ingest(alerts, config, settings, store, now)
-    return ApiAnswer(202, {"accepted": len(alerts), "groups": [r.answer() for r in groups_written]})
+    written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
+    return ApiAnswer(202, {"accepted": len(alerts), "groups": answered})
 
 
 async def run_digest(
@@ -265,7 +274,7 @@ async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
     mail_id = request.route.get("id", "")
     if not ID_PATTERN.match(mail_id):
         raise InvalidRequest("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
-    status = await store.get_status(mail_id)
+    status = await store.statuses.get(mail_id)
     if status is None:
         raise NotFound(f"No mail with id {mail_id!r}.")
     return ApiAnswer(200, status.answer())

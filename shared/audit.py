@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
 
 from .config import Settings
 from .store import Store
+from .store.audit_log import AuditEntry
 
 log = logging.getLogger("notifier.audit")
 
@@ -34,18 +34,17 @@ async def audit(
     detail: str | None = None,
 ) -> None:
     """Record one Graph operation; a failure to write the table is logged, never raised."""
-    record: dict[str, Any] = {
-        "operation": operation,
-        "mailbox": mailbox,
-        "caller": caller,
-        "correlationId": correlation_id,
-        "outcome": outcome,
-        "recipientCount": len(recipients or []),
-        "recipients": [recipient_tag(r, settings.audit_recipients) for r in recipients or []],
-        "detail": detail,
-    }
-    log.info(json.dumps({"audit": record}, separators=(",", ":")))
+    entry = AuditEntry(
+        operation,
+        mailbox,
+        caller,
+        correlation_id,
+        outcome,
+        [recipient_tag(r, settings.audit_recipients) for r in recipients or []],
+        detail,
+    )
+    log.info(json.dumps({"audit": entry.as_dict()}, separators=(",", ":")))
     try:
-        await store.write_audit(record)
+        await store.audit.append(entry)
     except Exception as error:
         log.warning("audit table write failed: %s", type(error).__name__)

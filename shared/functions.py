@@ -18,7 +18,9 @@ import azure.functions as func
 
 from . import api, routes
 from .alerts.auth import SecretSource
-from .alerts.dispatch import flush, ingest_message
+from .alerts.dispatch import Dispatcher
+from .alerts.inbox import ingest_message
+from .alerts.notify import Notifier
 from .config import ConfigError, Settings, settings
 from .digests.alerts import run_alert_digests
 from .digests.mailbox import check_digest, run_mailbox_digest
@@ -26,7 +28,7 @@ from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
 from .routing_file import NotifyConfig, notify_config
-from .store import ALERTS_FLUSH, Store, store
+from .store import Store, store
 
 if TYPE_CHECKING:
     from .graph import GraphClient
@@ -187,14 +189,19 @@ async def _health_results() -> dict[str, Any]:
     return await api.run_health_checks(config, checks)
 
 
+def dispatcher(config: Settings) -> Dispatcher:
+    """The alert dispatcher of this process: its store, and the notify stage handing notices to it."""
+    target = store(config.storage)
+    return Dispatcher(notify_config(config), target, Notifier(config, target))
+
+
 async def alerts_inbox(message: func.QueueMessage) -> None:
     config = settings()
     outcome = await ingest_message(
         message.get_body().decode("utf-8", "replace"),
         message.id or "",
-        notify_config(config),
+        dispatcher(config),
         config,
-        store(config.storage),
         datetime.now(UTC),
     )
     log.info(json.dumps({"alertsInbox": {"id": message.id, "outcome": outcome.outcome, "alerts": outcome.alerts}}))
@@ -204,9 +211,9 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     config = settings()
     text = message.get_body().decode("utf-8", "replace")
     try:
-        done = await flush(text, notify_config(config), config, store(config.storage))
+        done = await dispatcher(config).flush(text)
     except InvalidMessage as error:  # not a flush message: nothing can ever come of it
-        await store(config.storage).poison(ALERTS_FLUSH, text)
+        await store(config.storage).alert_queues.poison_flush(text)
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))

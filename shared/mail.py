@@ -26,6 +26,9 @@ MAX_BODY_CHARS = 1_000_000
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024  # above this Graph needs an upload session
 MAX_ATTACHMENTS = 50
 MAX_HEADERS = 5  # Graph allows at most 5 custom internet message headers, named x-...
+# the ids of the mails the app writes itself (alert notices and summaries, digests) begin with this; a caller's
+# mail may not, or it could take an alert's place in the outbox before the alert arrives
+APP_ID_PREFIX = "app:"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 _HEADER_NAME = re.compile(r"^[xX]-[A-Za-z0-9-]{1,62}\Z")
 
@@ -291,6 +294,15 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
     if total > MAX_ATTACHMENT_BYTES:
         problems.append(Detail("attachments", f"{total} bytes in all; at most {MAX_ATTACHMENT_BYTES} are allowed"))
     return problems
+
+
+def app_mail_id(kind: str, *parts: str) -> str:
+    """The id of a mail the app writes itself: `app:<kind>-<parts>`, readable when it fits the 64 characters of
+    an id, else `app:<kind>-<hash of the parts>` (a long receiver or digest name)."""
+    readable = f"{APP_ID_PREFIX}{kind}-{'-'.join(parts)}"
+    if ID_PATTERN.match(readable):
+        return readable
+    return f"{APP_ID_PREFIX}{kind}-{hashlib.sha256('-'.join(parts).encode()).hexdigest()[:32]}"
 
 
 def compose_mail(

@@ -20,13 +20,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .audit import audit
 from .config import Settings
 from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
-from .store import OUTBOX, MailStatus, StatusChanged, Store
+from .store import StatusChanged, Store
+from .store.mail_status import MailState, MailStatus
 from .text import queue_json
 
 if TYPE_CHECKING:
@@ -59,32 +61,41 @@ async def submit_mail(store: Store, mail: MailRequest) -> bool:
     fingerprint = payload_hash(payload)
     row = MailStatus(
         id=mail.id,
-        status="queued",
+        status=MailState.QUEUED,
         payload_hash=fingerprint,
         sender=mail.sender or "",
         recipient_count=len(mail.recipients()),
     )
     created, enqueued = await asyncio.gather(
-        store.create_status(row), store.enqueue_mail(mail.id, payload), return_exceptions=True
+        store.statuses.create(row), store.outbox.enqueue(mail.id, payload), return_exceptions=True
     )
     if isinstance(enqueued, BaseException):
         log.error("enqueue of mail %s failed: %s", mail.id, type(enqueued).__name__)
         if isinstance(created, MailStatus):
-            await store.delete_status(mail.id)
+            await store.statuses.delete(mail.id)
         raise Unavailable("The mail could not be queued; nothing was accepted. Try again.")
     if isinstance(created, BaseException):
         log.error("status row of mail %s failed: %s", mail.id, type(created).__name__)
-        await store.withdraw(enqueued)
+        await store.outbox.withdraw(enqueued)
         raise Unavailable("The mail could not be recorded; nothing was accepted. Try again.")
     if created is not None:
         return False
-    existing = await store.get_status(mail.id)
+    existing = await store.statuses.get(mail.id)
     if existing is None or existing.payload_hash != fingerprint:
-        await store.withdraw(enqueued)
+        await store.outbox.withdraw(enqueued)
         if existing is None:
             raise Unavailable("The mail's status changed while it was read; try again.")
         raise Conflict(f"The id {mail.id!r} was already used for a different mail.")
     return True
+
+
+class DeliveryOutcome(StrEnum):
+    SENT = "sent"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+    RETRY_LATER = "retry_later"
+    POISONED = "poisoned"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -92,18 +103,13 @@ class Delivery:
     """What became of one outbox message."""
 
     mail_id: str
-    outcome: str  # sent | duplicate | failed | retry_later | poisoned | busy
+    outcome: DeliveryOutcome
     detail: str = ""
 
 
-def _later(delta: timedelta) -> str:
-    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _until(stamp: str) -> float:
-    """Seconds from now until an ISO timestamp written by `_later`."""
-    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+def _seconds_until(moment: datetime | None) -> float:
+    """Seconds from now until `moment` (none: 0)."""
+    return 0.0 if moment is None else max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 class Sender:
@@ -144,7 +150,7 @@ class Sender:
             return
         _share_checked = time.monotonic()
         try:
-            alive = await self.store.heartbeat(INSTANCE_ID, SHARE_ALIVE_SECONDS)
+            alive = await self.store.instances.heartbeat(INSTANCE_ID, SHARE_ALIVE_SECONDS)
         except Exception as error:  # Storage trouble: keep the current share; delivery shows the real problem
             log.warning("instance heartbeat failed: %s", type(error).__name__)
             return
@@ -152,11 +158,11 @@ class Sender:
         await self.graph.share_mailboxes(position, len(alive))
 
     async def _deliver(self, text: str, envelope: dict[str, Any], mail_id: str) -> Delivery:
-        existing = await self.store.get_status(mail_id)
-        if existing is not None and existing.status in ("sent", "failed"):  # before its claim-check blob is gone
-            return Delivery(mail_id, "duplicate", f"already {existing.status}")
+        existing = await self.store.statuses.get(mail_id)
+        if existing is not None and existing.done:  # before its claim-check blob is gone
+            return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {existing.status}")
         try:
-            payload = await self.store.resolve_payload(envelope)
+            payload = await self.store.outbox.resolve_payload(envelope)
         except InvalidMessage as error:
             return await self._poison(text, mail_id, "invalid_message", str(error))
         try:
@@ -166,32 +172,35 @@ class Sender:
 
         status = existing or await self._status_for(mail_id, mail, payload)
         if status.payload_hash and status.payload_hash != payload_hash(payload):
-            return Delivery(mail_id, "duplicate", "another mail holds this id; this copy was refused at intake")
-        if status.status in ("sent", "failed"):
-            return Delivery(mail_id, "duplicate", f"already {status.status}")
+            return Delivery(
+                mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
+            )
+        if status.done:
+            return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {status.status}")
+        now = datetime.now(UTC)
         lease = timedelta(seconds=self.settings.send_lease_seconds)  # a `sending` claim keeps others off
-        if status.status == "sending" and status.lease_until > _later(timedelta()):
-            await self.store.send_message(OUTBOX, text, _until(status.lease_until) + 1)
-            return Delivery(mail_id, "busy", "another instance is sending it")
+        if status.status == MailState.SENDING and status.lease_until is not None and status.lease_until > now:
+            await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
+            return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
         try:
-            status.status, status.attempts, status.lease_until = "sending", status.attempts + 1, _later(lease)
-            status = await self.store.save_status(status)
+            status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
+            status = await self.store.statuses.save(status)
         except StatusChanged:
-            await self.store.send_message(OUTBOX, text, 5)
-            return Delivery(mail_id, "busy", "another instance claimed it")
+            await self.store.outbox.send_again(text, 5)
+            return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
         return await self._send(mail, status, text, payload)
 
     async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
-        created = await self.store.create_status(
+        created = await self.store.statuses.create(
             MailStatus(
                 id=mail_id,
-                status="queued",
+                status=MailState.QUEUED,
                 payload_hash=payload_hash(payload),
                 sender=mail.sender or "",
                 recipient_count=len(mail.recipients()),
             )
         )
-        return created or await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="queued")
+        return created or await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
 
     async def _send(self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any]) -> Delivery:
         sender = mail.sender or self.settings.mail_default_sender
@@ -199,11 +208,11 @@ class Sender:
             await self.graph.send_mail(sender, graph_send_body(mail))
         except GraphError as error:
             return await self._graph_failed(mail, status, text, payload, error)
-        claimed_until = time.monotonic() + _until(status.lease_until)
-        status.status, status.error_code, status.error_message, status.lease_until = "sent", None, None, ""
+        claimed_until = time.monotonic() + _seconds_until(status.lease_until)
+        status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
         await self._record_sent(status, claimed_until)
         try:
-            await self.store.delete_payload(payload)
+            await self.store.outbox.delete_payload(payload)
         except Exception as error:  # the mail is sent and recorded; a left-over blob harms nobody
             log.warning("claim-check blob of mail %s not deleted: %s", status.id, type(error).__name__)
         await audit(
@@ -216,24 +225,24 @@ class Sender:
             correlation_id=status.id,
             recipients=mail.recipients(),
         )
-        return Delivery(status.id, "sent")
+        return Delivery(status.id, DeliveryOutcome.SENT)
 
     async def _graph_failed(
         self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError
     ) -> Delivery:
         sender = mail.sender or self.settings.mail_default_sender
-        status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], ""
+        status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], None
         if error.transient and status.attempts < MAX_ATTEMPTS:
             delay = error.retry_after if error.retry_after is not None else min(300, 5 * 2**status.attempts)
-            status.status = "queued"
+            status.status = MailState.QUEUED
             await self._save_final(status)
-            await self.store.send_message(OUTBOX, text, delay)
-            outcome, detail = "retry_later", f"Graph {error.status} {error.code}; again in {delay:.0f} s"
+            await self.store.outbox.send_again(text, delay)
+            outcome, detail = DeliveryOutcome.RETRY_LATER, f"Graph {error.status} {error.code}; again in {delay:.0f} s"
         else:
-            status.status = "failed"
+            status.status = MailState.FAILED
             await self._save_final(status)
-            await self.store.delete_payload(payload)
-            outcome, detail = "failed", f"Graph {error.status} {error.code}"
+            await self.store.outbox.delete_payload(payload)
+            outcome, detail = DeliveryOutcome.FAILED, f"Graph {error.status} {error.code}"
         await audit(
             self.store,
             self.settings,
@@ -266,10 +275,10 @@ class Sender:
     async def _save_final(self, status: MailStatus) -> None:
         """Save an outcome we own (we hold the lease); a concurrent edit does not undo it."""
         try:
-            await self.store.save_status(status)
+            await self.store.statuses.save(status)
         except StatusChanged:
             status.etag = None
-            await self.store.save_status(status)
+            await self.store.statuses.save(status)
 
     async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int) -> None:
         """Hand the mail back for the host's redelivery; on the last dequeue, record why it failed."""
@@ -278,11 +287,11 @@ class Sender:
         if last:
             reason += f"; moved to mail-outbox-poison after {dequeue_count} attempts"
         try:
-            status = await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="queued")
-            if status.status == "sent":
+            status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
+            if status.status == MailState.SENT:
                 return
-            status.status = "failed" if last else "queued"
-            status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, ""
+            status.status = MailState.FAILED if last else MailState.QUEUED
+            status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, None
             await self._save_final(status)
         except Exception:
             log.exception("could not record the failure of mail %s", mail_id)
@@ -290,11 +299,11 @@ class Sender:
     async def _poison(self, text: str, mail_id: str, code: str, reason: str) -> Delivery:
         """A message that can never be sent: its reason in the status, then one copy in the poison queue (a
         crash between the two leaves the status right and the message to come again)."""
-        status = await self.store.get_status(mail_id) or MailStatus(id=mail_id, status="failed")
-        if status.status != "sent":
-            status.status, status.error_code, status.error_message = "failed", code, reason[:500]
+        status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.FAILED)
+        if status.status != MailState.SENT:
+            status.status, status.error_code, status.error_message = MailState.FAILED, code, reason[:500]
             status.etag = None
-            await self.store.save_status(status)
-        await self.store.poison(OUTBOX, text)
+            await self.store.statuses.save(status)
+        await self.store.outbox.poison(text)
         log.warning("mail %s poisoned: %s", mail_id, reason)
-        return Delivery(mail_id, "poisoned", reason)
+        return Delivery(mail_id, DeliveryOutcome.POISONED, reason)

@@ -112,7 +112,7 @@ def app_env(
     from azure.storage.queue import QueueClient
 
     from shared.config import settings
-    from shared.store import (
+    from shared.store.storage import (
         ALERT_DIGEST_TABLE,
         ALERT_GROUPS_TABLE,
         APP_QUEUES,

@@ -192,3 +192,35 @@ class NetworkCut:
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def audit_rows(connection_string: str) -> list[dict[str, Any]]:
+    """Today's rows of the audit table (UTC day), newest first, as Table storage holds them."""
+    from azure.data.tables import TableClient
+
+    day = time.strftime("%Y%m%d", time.gmtime())
+    with TableClient.from_connection_string(connection_string, "audit") as table:
+        return [dict(e) for e in table.query_entities("PartitionKey eq @day", parameters={"day": day})]
+
+
+async def live_flush(store: Any, key: str) -> str | None:
+    """The `alerts-flush` message a group's row names as its live flush (None: no flush pending)."""
+    import json
+
+    from shared.alerts.model import stamp
+
+    row = await store.groups.get(key)
+    if row is None or row.scheduled_for is None:
+        return None
+    return json.dumps({"group": key, "due": stamp(row.scheduled_for)})
+
+
+def dispatch_with(store: Any) -> Any:
+    """The alert dispatcher of the test's settings, on `store` (a real one, or one with a repository swapped)."""
+    from shared.alerts.dispatch import Dispatcher
+    from shared.alerts.notify import Notifier
+    from shared.config import settings
+    from shared.routing_file import notify_config
+
+    config = settings()
+    return Dispatcher(notify_config(config), store, Notifier(config, store))

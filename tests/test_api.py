@@ -495,3 +495,13 @@ def test_json_nested_deeper_than_64_levels_is_a_400_not_a_recursion_error(app: A
     status, body = _call(app, "post_alerts", "POST", "/api/alerts", raw=b'{"alerts": ' + b"[" * 100 + b"]" * 100 + b"}")
     assert status == 400 and body["error"]["details"] == [{"field": "body", "message": "nested too deep"}]
     assert _queued(azurite) == []
+
+
+@pytest.mark.parametrize("where", ["id", "Idempotency-Key"])
+def test_a_caller_cannot_take_an_id_of_the_apps_own_mails(app: Any, azurite: AzuriteProcess, where: str) -> None:
+    """An `app:` id belongs to an alert or digest mail: a caller holding it first could silence that alert."""
+    body = {**MAIL, "id": "App:alert-0123"} if where == "id" else MAIL
+    headers = {"Idempotency-Key": "app:alert-0123"} if where != "id" else None
+    status, answer, _ = _post(app, body, headers=headers)
+    assert status == 400 and answer["error"]["details"][0]["field"] == where
+    assert _queued(azurite) == []

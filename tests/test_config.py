@@ -141,9 +141,9 @@ def test_the_store_signs_in_to_identity_based_storage_with_the_managed_identity(
     async def clients() -> tuple[str, str, str]:
         store = Store(account)
         try:
-            queue = store._queue("mail-outbox")
-            blob = store._blob_service()
-            return queue.url, store._tables.url, f"{blob.url}:{type(queue.credential).__name__}"
+            queue = store.storage.queue("mail-outbox")
+            blob = store.storage.blob_service()
+            return queue.url, store.storage._tables.url, f"{blob.url}:{type(queue.credential).__name__}"
         finally:
             await store.close()
 

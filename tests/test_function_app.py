@@ -102,7 +102,7 @@ def test_the_openapi_document_describes_exactly_the_http_functions_routes_method
 def test_queue_triggers_listen_where_the_app_enqueues_through_the_storage_connection(
     triggers: dict[str, dict[str, Any]],
 ) -> None:
-    from shared.store import ALERTS_FLUSH, ALERTS_INBOX, APP_QUEUES, OUTBOX
+    from shared.store.storage import ALERTS_FLUSH, ALERTS_INBOX, APP_QUEUES, OUTBOX
 
     queues = {name: t["queueName"] for name, t in _by_type(triggers, "queueTrigger").items()}
     assert queues == {"mail_outbox": "mail-outbox", "alerts_inbox": "alerts-inbox", "alerts_flush": "alerts-flush"}

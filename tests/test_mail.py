@@ -155,3 +155,16 @@ def test_alert_subjects_fold_unicode_line_breaks_and_c1_controls_into_spaces() -
     from shared.templating import one_line
 
     assert one_line("Disk\u2028full\u0085on\u2029web-3\r\n") == "Disk full on web-3"
+
+
+def test_the_apps_own_mail_ids_fit_64_characters_however_long_the_names_in_them() -> None:
+    from shared.mail import ID_PATTERN, app_mail_id
+
+    assert app_mail_id("digest", "support-unread", "20261124T070000-abc123") == (
+        "app:digest-support-unread-20261124T070000-abc123"
+    )
+    long_name = app_mail_id("alertdigest", "platform-oncall-digest-for-the-night-shift", "20261124T070000", "abc123")
+    assert ID_PATTERN.match(long_name) and long_name.startswith("app:alertdigest-")
+    assert long_name != app_mail_id(
+        "alertdigest", "platform-oncall-digest-for-the-night-shif", "20261124T070000", "abc123"
+    )

@@ -18,7 +18,7 @@ from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.logs import LIBRARY_LOGGERS
 
-from .helpers import APP_ID, APP_SECRET, SENDER, http, run, user_function
+from .helpers import APP_ID, APP_SECRET, SENDER, audit_rows, http, run, user_function
 
 MAIL = {"to": ["alice@contoso.test"], "subject": "CPU at 97% on web-3", "text": "Since 10:02 UTC."}
 
@@ -77,10 +77,7 @@ def test_an_accepted_mail_is_sent_once_and_a_redelivered_message_makes_no_graph_
         await trigger.drain()
         again = await _post(app, {**MAIL, "id": "incident-1"})
         await trigger.drain()
-        from shared.config import settings
-        from shared.store import store
-
-        records = await store(settings().storage).audit_records(time.strftime("%Y%m%d", time.gmtime()))
+        records = audit_rows(azurite.connection_string)
         audit = [
             (r["operation"], r["outcome"], r["mailbox"], r["recipientCount"])
             for r in records

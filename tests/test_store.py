@@ -9,7 +9,8 @@ from azure.core.exceptions import AzureError
 
 from devhost.azurite import AzuriteProcess, free_port
 from shared.config import StorageAccount
-from shared.store import MailStatus, Store
+from shared.store import Store
+from shared.store.mail_status import MailState, MailStatus
 
 from .helpers import run
 
@@ -21,10 +22,10 @@ def test_storage_that_was_down_at_first_use_works_once_it_is_back(tmp_path: Path
         store = Store(StorageAccount(azurite.connection_string))
         try:
             with pytest.raises(AzureError):  # nothing listens yet
-                await store.ensure()
+                await store.storage.ensure()
             azurite.start()
-            await store.create_status(MailStatus(id="after-outage", status="queued"))
-            return await store.get_status("after-outage")
+            await store.statuses.create(MailStatus(id="after-outage", status=MailState.QUEUED))
+            return await store.statuses.get("after-outage")
         finally:
             await store.close()
 
@@ -39,9 +40,9 @@ def test_the_heartbeat_lists_the_instances_heard_from_recently(azurite: AzuriteP
     async def scenario() -> tuple[list[str], list[str]]:
         store = Store(StorageAccount(azurite.connection_string))
         try:
-            await store.heartbeat("instance-a", 10)
-            both = await store.heartbeat("instance-b", 10)
-            only_recent = await store.heartbeat("instance-b", 0.0001)  # a's beat is older than that
+            await store.instances.heartbeat("instance-a", 10)
+            both = await store.instances.heartbeat("instance-b", 10)
+            only_recent = await store.instances.heartbeat("instance-b", 0.0001)  # a's beat is older than that
             return both, only_recent
         finally:
             await store.close()
@@ -58,11 +59,11 @@ def test_withdrawing_a_message_a_sender_already_received_leaves_it_to_the_sender
     async def scenario() -> None:
         store = Store(StorageAccount(azurite.connection_string))
         try:
-            enqueued = await store.enqueue_mail("withdrawn-1", {"id": "withdrawn-1", "to": ["a@contoso.test"]})
+            enqueued = await store.outbox.enqueue("withdrawn-1", {"id": "withdrawn-1", "to": ["a@contoso.test"]})
             with QueueClient.from_connection_string(azurite.connection_string, "mail-outbox") as queue:
                 received = [m for m in queue.receive_messages(max_messages=32, visibility_timeout=1)]
             assert enqueued.message_id in {m.id for m in received}  # a sender has it now, with a new receipt
-            await store.withdraw(enqueued)
+            await store.outbox.withdraw(enqueued)
         finally:
             await store.close()
 
@@ -127,3 +128,17 @@ def test_the_cached_store_is_per_connection_string_and_close_all_closes_every_ca
     same, shared_with_other, left = run(scenario())
     assert same and not shared_with_other
     assert left == []
+
+
+def test_times_read_from_rows_written_by_earlier_versions_are_written_back_as_the_same_text() -> None:
+    """Issue 13, item 4: rows hold datetimes now, stored as the ISO text the rows always held."""
+    from datetime import UTC
+
+    from shared.store.storage import read_time, time_text
+
+    precise, second = "2026-11-23T08:01:30.123456Z", "2026-11-23T08:01:30Z"
+    moment = read_time(precise)
+    assert moment is not None and moment.tzinfo is not None and moment.astimezone(UTC).microsecond == 123456
+    assert time_text(moment, micro=True) == precise
+    assert time_text(read_time(second)) == second
+    assert read_time("") is None and time_text(None) == ""

@@ -1,65 +1,46 @@
-"""Dispatch: grouping with state, Alertmanager's aggregation groups in serverless form.
+"""Dispatch: group state, Alertmanager's aggregation groups in serverless form.
 
-State lives in Table storage, one partition per group: a `group` row (receiver, labels, the due time of its
-one live flush, the last notice) and a row per alert (`a-<hash of source and fingerprint>`: the alert, its status,
-the status it was last announced with).
+State lives in Table storage (`store.alert_groups`), one partition per group: a `group` row (receiver,
+labels, the due time of its one live flush, the last notice) and a row per alert (`a-<hash of source and
+fingerprint>`: the alert, its status, the status it was last announced with). The `Dispatcher` is given its
+store and its notify stage (`notify.Notifier`), as Alertmanager's dispatcher is given its pipeline.
 
 - `ingest` writes routed alerts to their groups (digest receivers: to the digest buffer instead) and makes
   sure each group has a flush pending: a message on `alerts-flush`, visible after `group_wait` for a new
-  group, or at the next `group_interval` tick after the last flush.
+  group, or at the next `group_interval` tick after the last flush. A pre-grouping source's notification
+  (Alertmanager, Grafana) is not grouped again unless the receiver says `regroup`: the notify stage passes
+  it through at once.
 - `flush` handles such a message. Only the message whose due time is the group's `scheduled_for` acts, so
-  redelivered and superseded messages do nothing. It mails when alerts fire that were not announced, when
-  announced ones resolved (with `send_resolved`), or when `repeat_interval` has passed; the notice (what it
-  mails and the alerts' statuses) is stored before the mail is submitted under an id made of the group and
-  the notice's number, so a flush that dies half-way is finished by its redelivery without a second mail.
-  While alerts remain, the next flush is one `group_interval` later.
-
-- A pre-grouping source's notification (Alertmanager, Grafana) is not grouped again unless the receiver says
-  `regroup`: `pass_through` mails it at once, as the source formed it.
-- Every notice counts against its receiver's mail cap (`overflow`); one over the cap goes into a summary.
+  redelivered and superseded messages do nothing. The notify stage decides what the group is owed; the
+  notice is stored before it is handed over, under a name made of the group and the notice's number, so a
+  flush that dies half-way is finished by its redelivery without a second mail. While alerts remain, the
+  next flush is one `group_interval` later. A summary message (the mail cap's) goes to the notify stage.
 
 Concurrent instances are kept apart by ETags on the group row; every write can be repeated safely.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
 
-from ..audit import audit
-from ..config import Settings
-from ..errors import AppError, Conflict, InvalidMessage, Unavailable
-from ..mail import MailRequest
-from ..outbox import submit_mail
+from ..errors import InvalidMessage, Unavailable
 from ..routing_file import NotifyConfig, Receiver
-from ..store import (
-    ALERT_DIGEST_TABLE,
-    ALERT_GROUPS_TABLE,
-    ALERTS_FLUSH,
-    ALERTS_INBOX,
-    NOTICE_CONTAINER,
-    StatusChanged,
-    Store,
-)
-from ..text import json_too_deep, queue_json
+from ..store import StatusChanged, Store
+from ..store.alert_digest import BufferedAlert
+from ..store.alert_groups import AlertRow, GroupRow
+from ..text import queue_json
 from .grouping import group_alerts, receiver_key
-from .intake import parse_alerts
 from .model import Alert, AlertGroup, stamp
 from .model import parse_stamp as _moment
-from .notify import alert_mail
-from .overflow import HeldBack, held_back, hold_back, parse_summary_message, send_summary, take_slot
-from .render import subject_of
+from .notify import Notifier
+from .overflow import parse_summary_message
 
-log = logging.getLogger("notifier.alerts")
-
-GROUP_ROW = "group"
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
 
@@ -81,386 +62,201 @@ def stored_alert(alert: Alert) -> str:
 
 
 @dataclass(frozen=True)
-class GroupReceipt:
-    """What intake tells the caller about one group an alert went to: which routes chose which receiver,
-    in which mode, and how it is mailed (`grouping`: `source` passes a pre-grouping source's notification
-    through at once, `app` groups by group_by after group_wait, `digest` keeps it for the alert digest)."""
+class Ingested:
+    """What `ingest` did with a request's alerts: their groups, and the mail each passed-through group got
+    at once (by group key)."""
 
-    key: str
-    receiver: str
-    mode: str
-    grouping: str
-    routes: tuple[tuple[str, tuple[str, ...]], ...]  # (path, matchers) of each route that chose the receiver
-    labels: dict[str, str]
-    alerts: int
-    mail: str | None = None  # the mail's id, when one was submitted at once
-
-    def answer(self) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "key": self.key,
-            "receiver": self.receiver,
-            "mode": self.mode,
-            "grouping": self.grouping,
-            "routes": [{"path": path, "matchers": list(matchers)} for path, matchers in self.routes],
-            "labels": self.labels,
-            "alerts": self.alerts,
-        }
-        if self.mail is not None:
-            answer["mail"] = self.mail
-        return answer
+    groups: list[AlertGroup]
+    mails: dict[str, str] = field(default_factory=dict)
 
 
-def _route_at(config: NotifyConfig, path: str) -> tuple[str, ...]:
-    """The matchers of the route at `path` (`route.routes[1].routes[0]`)."""
-    route = config.route
-    for part in path.split(".")[1:]:
-        route = route.routes[int(part.removeprefix("routes[").removesuffix("]"))]
-    return tuple(route.matchers)
+class FlushOutcome(StrEnum):
+    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
+    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
 
-
-def receipts(groups: list[AlertGroup], config: NotifyConfig, mails: dict[str, str] | None = None) -> list[GroupReceipt]:
-    answered = []
-    for g in groups:
-        mode = config.receiver(g.receiver).mode
-        grouping = "digest" if mode == "digest" else "source" if g.notification is not None else "app"
-        routes = tuple((path, _route_at(config, path)) for path in g.routes)
-        answered.append(
-            GroupReceipt(g.key, g.receiver, mode, grouping, routes, g.labels, len(g.alerts), (mails or {}).get(g.key))
-        )
-    return answered
-
-
-def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
-    """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
-    mail = alert_mail(group, receiver, settings, "dry-run", now)
-    fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html"})
-    return {
-        "group": group.key,
-        "receiver": receiver.name,
-        **fields,
-        "to": [m["address"] for m in fields["to"]],
-        "cc": [m["address"] for m in fields["cc"]],
-    }
-
-
-async def ingest(
-    alerts: list[Alert], config: NotifyConfig, settings: Settings, store: Store, now: datetime
-) -> list[GroupReceipt]:
-    """Mail passed-through notifications at once; record the other alerts in their groups (or the digest
-    buffer) and make sure each group has a flush pending."""
-    groups = group_alerts(alerts, config)
-    immediate = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is None]
-    passing = [g for g in groups if config.receiver(g.receiver).mode == "immediate" and g.notification is not None]
-    digest = [g for g in groups if config.receiver(g.receiver).mode == "digest"]
-    seen = stamp(now)
-    await store.merge_rows(
-        ALERT_GROUPS_TABLE,
-        [
-            {
-                "PartitionKey": g.key,
-                "RowKey": alert_row_key(a),
-                "alert": stored_alert(a),
-                "status": a.status,
-                "updated": seen,
-            }
-            for g in immediate
-            for a in g.alerts
-        ],
-    )
-    await store.merge_rows(
-        ALERT_DIGEST_TABLE,
-        [
-            {
-                "PartitionKey": receiver_key(g.receiver),
-                "RowKey": alert_row_key(a),
-                "receiver": g.receiver,
-                "alert": stored_alert(a),
-                "status": a.status,
-                "lastSeen": seen,
-            }
-            for g in digest
-            for a in g.alerts
-        ],
-    )
-    for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
-        await schedule_flush(group.key, config.receiver(group.receiver), group.labels, store, now)
-    mails = {}
-    for group in passing:
-        mail_id = await pass_through(group, config.receiver(group.receiver), settings, store, now)
-        if mail_id is not None:
-            mails[group.key] = mail_id
-    return receipts(groups, config, mails)
-
-
-PASS_THROUGH_RETRY_WINDOW = 120  # seconds in which the same notification again is the source's retry
-
-
-async def pass_through(
-    group: AlertGroup, receiver: Receiver, settings: Settings, store: Store, now: datetime
-) -> str | None:
-    """Mail a pre-grouping source's notification as it came, at once (within the receiver's mail cap); the
-    mail's id, or None when nothing is mailed now (resolved without send_resolved, or held back by the cap).
-    The id is made of the notification's content and a short window, so the source's retry of a request
-    whose answer it missed is the same mail, which the outbox takes once."""
-    if group.status == "resolved" and not receiver.send_resolved:
-        return None
-    window = int(now.timestamp() // PASS_THROUGH_RETRY_WINDOW)
-    content = json.dumps([group.key, group.status, [a.as_dict() for a in group.alerts], window], sort_keys=True)
-    mail_id = f"alert-{hashlib.sha256(content.encode()).hexdigest()[:40]}"
-    if not await take_slot(store, receiver, now):
-        held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), stamp(now))
-        await hold_back(store, receiver, mail_id, held, now)
-        return None
-    # a Conflict is the same notification within the window, rendered at another second: the source's retry
-    with contextlib.suppress(Conflict):
-        await submit_mail(store, alert_mail(group, receiver, settings, mail_id, now))
-    return mail_id
-
-
-async def schedule_flush(key: str, receiver: Receiver, labels: dict[str, str], store: Store, now: datetime) -> None:
-    """Make sure the group has one live flush: `group_wait` from now for a new or idle group, else the next
-    `group_interval` tick. The message is sent before the row names it: a crash in between leaves a
-    message that does nothing, never a group that waits for a message that was not sent."""
-    for _ in range(_ATTEMPTS):
-        row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-        if row is not None and row.get("scheduled_for") and _moment(row["scheduled_for"]) > now - STALE_AFTER:
-            return  # a flush is pending; it will see the alerts just written
-        if row is None or not row.get("last_flush") or not row.get("scheduled_for"):
-            due = _whole_second_after(now + timedelta(seconds=receiver.seconds("group_wait")))
-        else:
-            tick = _moment(row["last_flush"]) + timedelta(seconds=receiver.seconds("group_interval"))
-            due = max(_whole_second_after(now), tick)
-        await send_flush(store, key, due, now)
-        if row is None:
-            created = {
-                "PartitionKey": key,
-                "RowKey": GROUP_ROW,
-                "receiver": receiver.name,
-                "labels": json.dumps(labels),
-                "scheduled_for": stamp(due),
-                "last_flush": "",
-                "last_notice": "",
-                "seq": 0,
-                "epoch": uuid.uuid4().hex[:12],  # mail ids stay unique if a group's rows are ever lost
-            }
-            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
-                return
-            continue
-        try:
-            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "scheduled_for": stamp(due)}, row["etag"])
-            return
-        except StatusChanged:
-            continue
-    raise Unavailable(f"Alert group {key} is busy; try again.")
-
-
-async def send_flush(store: Store, key: str, due: datetime, now: datetime) -> None:
-    delay = max(0, math.ceil((due - now).total_seconds()))
-    await store.send_message(ALERTS_FLUSH, json.dumps({"group": key, "due": stamp(due)}), delay)
+    STALE = "stale"
+    QUIET = "quiet"
+    NOTIFIED = "notified"
+    HELD_BACK = "held_back"
+    DROPPED = "dropped"
 
 
 @dataclass(frozen=True)
 class Flush:
-    """What a flush did: `stale` (not the live message), `quiet` (nothing to say), `notified`, `held_back`
-    (over the receiver's mail cap: in the next summary), `dropped` (its receiver is no longer configured)."""
+    """What a flush did, to which group (or `summary:<receiver>`), with which mail and how many alerts."""
 
     group: str
-    outcome: str
+    outcome: FlushOutcome
     mail_id: str | None = None
     alerts: int = 0
 
 
-def parse_flush_message(text: str) -> tuple[str, str]:
+def parse_flush_message(text: str) -> tuple[str, datetime]:
     """(group key, due) of an `alerts-flush` message; InvalidMessage when it is not one."""
     message = queue_json(text, "an alerts-flush message")
-    due = str(message.get("due", ""))
-    try:
-        _moment(due)
-    except ValueError:
-        raise InvalidMessage(f"not an alerts-flush message: due {due[:40]!r} is not a time") from None
     if not isinstance(message.get("group"), str):
         raise InvalidMessage("not an alerts-flush message: no group")
-    return message["group"], due
+    due = str(message.get("due", ""))
+    try:
+        return message["group"], _moment(due)
+    except ValueError:
+        raise InvalidMessage(f"not an alerts-flush message: due {due[:40]!r} is not a time") from None
 
 
-async def flush(text: str, config: NotifyConfig, settings: Settings, store: Store) -> Flush:
-    """Handle one `alerts-flush` message: a group's flush (see the module's docstring) or a receiver's
-    summary of the notices its mail cap held back (`overflow`)."""
-    summary = parse_summary_message(text)
-    if summary is not None:
-        receiver = next((r for r in config.receivers if r.name == summary[0]), None)
-        if receiver is None:
-            return Flush(f"summary:{summary[0]}", "dropped")
-        outcome, mail_id, listed = await send_summary(receiver, summary[1], settings, store)
-        return Flush(f"summary:{receiver.name}", outcome, mail_id, listed)
-    key, due = parse_flush_message(text)
-    row = await store.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-    if row is None or row.get("scheduled_for") != due:
-        return Flush(key, "stale")
-    at = _moment(due)
-    rows = [r for r in await store.partition_rows(ALERT_GROUPS_TABLE, key) if r["RowKey"] != GROUP_ROW]
-    receiver = next((r for r in config.receivers if r.name == row["receiver"]), None)
-    if receiver is None or receiver.mode != "immediate":
-        for stale in rows:
-            await store.delete_row(ALERT_GROUPS_TABLE, key, stale["RowKey"])
-        await store.delete_row(ALERT_GROUPS_TABLE, key, GROUP_ROW, row["etag"])
-        return Flush(key, "dropped")
+class Dispatcher:
+    """Group state for one routing configuration, kept in `store`; notices go to the `notify` stage."""
 
-    members = [(r, _alert_at(r, at)) for r in rows]  # each stored alert as it stands at the due time
-    seq = int(row.get("seq", 0)) + 1
-    notice_id = f"{row.get('epoch', '')}-{seq}"
-    notice_name = f"{key}/{notice_id}.json"
-    # a notice already stored is one a flush that died had decided on: finish that one, do not decide again
-    notice = await store.get_record(NOTICE_CONTAINER, notice_name)
-    if notice is None:
-        notice = _decide(key, row, members, receiver, settings, at, notice_id)
-        if notice is not None:
-            notice["held_back"] = not await take_slot(store, receiver, at)  # over the receiver's mail cap
-            notice = await store.put_record(NOTICE_CONTAINER, notice_name, notice)
-    announced: dict[str, str] = {}
-    if notice is not None:
-        if notice.get("held_back"):
-            await hold_back(store, receiver, notice_id, held_back(key, notice, due), datetime.now(UTC))
-        else:
-            await submit_mail(store, MailRequest.model_validate(notice["mail"]))
-        announced = notice["alerts"]
-        await store.merge_rows(
-            ALERT_GROUPS_TABLE,
-            [
-                {"PartitionKey": key, "RowKey": row_key, "notified": status}
-                for row_key, status in announced.items()
-                if status == "firing"
-            ],
+    def __init__(self, config: NotifyConfig, store: Store, notify: Notifier) -> None:
+        self.config = config
+        self.store = store
+        self.notify = notify
+
+    async def ingest(self, alerts: list[Alert], now: datetime) -> Ingested:
+        """Pass pre-grouped notifications through at once; record the other alerts in their groups (or the
+        digest buffer) and make sure each group has a flush pending."""
+        config, store = self.config, self.store
+        groups = group_alerts(alerts, config)
+        modes = {g.key: config.receiver(g.receiver).mode for g in groups}
+        immediate = [g for g in groups if modes[g.key] == "immediate" and g.notification is None]
+        passing = [g for g in groups if modes[g.key] == "immediate" and g.notification is not None]
+        digest = [g for g in groups if modes[g.key] == "digest"]
+        await store.groups.write_alerts(
+            [AlertRow(g.key, alert_row_key(a), stored_alert(a), a.status, now) for g in immediate for a in g.alerts]
         )
-    remaining = await _forget_resolved(store, key, members, receiver, announced)
+        await store.digest_buffer.keep(
+            [
+                BufferedAlert(receiver_key(g.receiver), alert_row_key(a), g.receiver, stored_alert(a), a.status, now)
+                for g in digest
+                for a in g.alerts
+            ]
+        )
+        for group in immediate:  # sequential: a storm's many groups should not open hundreds of connections
+            await self.schedule_flush(group.key, config.receiver(group.receiver), group.labels, now)
+        mails = {}
+        for group in passing:
+            mail_id = await self.notify.pass_through(group, config.receiver(group.receiver), now)
+            if mail_id is not None:
+                mails[group.key] = mail_id
+        return Ingested(groups, mails)
 
-    updated = {**row, "last_flush": due}
-    if notice is not None:
-        updated.update(seq=seq, last_notice=due)
-    if remaining:
-        following = at + timedelta(seconds=receiver.seconds("group_interval"))
-        await send_flush(store, key, following, datetime.now(UTC))
-        updated["scheduled_for"] = stamp(following)
-    else:
-        updated["scheduled_for"] = ""
-    try:
-        await store.replace_row(ALERT_GROUPS_TABLE, updated, row["etag"])
-    except StatusChanged:
-        return Flush(key, "stale")  # another instance finished this flush first
-    if notice is not None:
-        await store.delete_record(NOTICE_CONTAINER, notice_name)
-    if not remaining and any(r["RowKey"] != GROUP_ROW for r in await store.partition_rows(ALERT_GROUPS_TABLE, key)):
-        # alerts written while this flush ran saw it pending and left the scheduling to it
-        labels = json.loads(row.get("labels") or "{}")
-        await schedule_flush(key, receiver, labels, store, datetime.now(UTC))
-    if notice is None:
-        return Flush(key, "quiet")
-    if notice.get("held_back"):
-        return Flush(key, "held_back", None, len(announced))
-    return Flush(key, "notified", notice["mail"]["id"], len(announced))
+    async def schedule_flush(self, key: str, receiver: Receiver, labels: dict[str, str], now: datetime) -> None:
+        """Make sure the group has one live flush: `group_wait` from now for a new or idle group, else the
+        next `group_interval` tick. The message is sent before the row names it: a crash in between leaves a
+        message that does nothing, never a group that waits for a message that was not sent."""
+        for _ in range(_ATTEMPTS):
+            row = await self.store.groups.get(key)
+            if row is not None and row.scheduled_for is not None and row.scheduled_for > now - STALE_AFTER:
+                return  # a flush is pending; it will see the alerts just written
+            if row is None or row.last_flush is None or row.scheduled_for is None:
+                due = _whole_second_after(now + timedelta(seconds=receiver.seconds("group_wait")))
+            else:
+                tick = row.last_flush + timedelta(seconds=receiver.seconds("group_interval"))
+                due = max(_whole_second_after(now), tick)
+            await self._send_flush(key, due, now)
+            if row is None:
+                created = GroupRow(key, receiver.name, labels, due, epoch=uuid.uuid4().hex[:12])
+                if await self.store.groups.insert(created):
+                    return
+                continue
+            try:
+                row.scheduled_for = due
+                await self.store.groups.replace(row)
+                return
+            except StatusChanged:
+                continue
+        raise Unavailable(f"Alert group {key} is busy; try again.")
 
+    async def _send_flush(self, key: str, due: datetime, now: datetime) -> None:
+        delay = max(0, math.ceil((due - now).total_seconds()))
+        await self.store.alert_queues.send_flush({"group": key, "due": stamp(due)}, delay)
 
-def _alert_at(alert_row: dict[str, Any], at: datetime) -> Alert:
-    """A stored alert, its status as of `at` (an `endsAt` that has passed makes it resolved)."""
-    alert = Alert.from_dict(json.loads(alert_row["alert"]))
-    return replace(alert, status=alert.status_at(at))
+    async def flush(self, text: str) -> Flush:
+        """Handle one `alerts-flush` message: a group's flush (see the module's docstring) or a receiver's
+        summary of the notices its mail cap held back (`overflow`)."""
+        store = self.store
+        summary = parse_summary_message(text)
+        if summary is not None:
+            receiver = next((r for r in self.config.receivers if r.name == summary[0]), None)
+            if receiver is None:
+                return Flush(f"summary:{summary[0]}", FlushOutcome.DROPPED)
+            outcome, mail_id, listed = await self.notify.summary(receiver, summary[1])
+            return Flush(f"summary:{receiver.name}", FlushOutcome(outcome), mail_id, listed)
+        key, at = parse_flush_message(text)
+        row = await store.groups.get(key)
+        if row is None or row.scheduled_for != at:
+            return Flush(key, FlushOutcome.STALE)
+        rows = await store.groups.alerts(key)
+        receiver = next((r for r in self.config.receivers if r.name == row.receiver), None)
+        if receiver is None or receiver.mode != "immediate":
+            for stale in rows:
+                await store.groups.delete_alert(stale, if_unchanged=False)
+            await store.groups.delete(row)
+            return Flush(key, FlushOutcome.DROPPED)
 
+        members = [(r, _alert_at(r, at)) for r in rows]  # each stored alert as it stands at the due time
+        seq = row.seq + 1
+        notice_id = f"{row.epoch}-{seq}"
+        notice_name = f"{key}/{notice_id}.json"
+        # a notice already stored is one a flush that died had decided on: finish that one, do not decide again
+        notice = await store.notices.get(notice_name)
+        if notice is None:
+            notice = self.notify.decide(row, members, receiver, at, notice_id)
+            if notice is not None:
+                notice["held_back"] = not await self.notify.within_cap(receiver, at)
+                notice = await store.notices.put(notice_name, notice)
+        announced: dict[str, str] = {}
+        if notice is not None:
+            await self.notify.send(key, notice, notice_id, receiver, at)
+            announced = notice["alerts"]
+            await store.groups.mark_notified(
+                key, {row_key: status for row_key, status in announced.items() if status == "firing"}
+            )
+        remaining = await self._forget_resolved(members, receiver, announced)
 
-def _decide(
-    key: str,
-    row: dict[str, Any],
-    members: list[tuple[dict[str, Any], Alert]],
-    receiver: Receiver,
-    settings: Settings,
-    at: datetime,
-    notice_id: str,
-) -> dict[str, Any] | None:
-    """The notice this flush owes, or None: new firing alerts, announced ones resolved (send_resolved), or a
-    repeat after repeat_interval. The notice lists every firing alert and the resolved ones it announces."""
-    firing: list[tuple[str, Alert]] = []
-    resolved: list[tuple[str, Alert]] = []
-    news = False
-    for alert_row, alert in members:
-        announced_firing = alert_row.get("notified") == "firing"
-        if alert.status == "firing":
-            firing.append((alert_row["RowKey"], alert))
-            news = news or not announced_firing
-        elif receiver.send_resolved and announced_firing:
-            resolved.append((alert_row["RowKey"], alert))
-    last = str(row.get("last_notice") or "")
-    every = timedelta(seconds=receiver.seconds("repeat_interval"))
-    repeat = bool(firing) and bool(last) and at - _moment(last) >= every
-    if not (news or resolved or repeat):
-        return None
-    labels = json.loads(row.get("labels") or "{}")
-    group = AlertGroup(receiver.name, key, labels, tuple(a for _, a in firing + resolved))
-    mail_id = f"alert-{hashlib.sha256(key.encode()).hexdigest()[:20]}-{notice_id}"
-    mail = alert_mail(group, receiver, settings, mail_id, at)
-    return {"mail": mail.dump(), "alerts": {row_key: alert.status for row_key, alert in firing + resolved}}
-
-
-async def _forget_resolved(
-    store: Store,
-    key: str,
-    members: list[tuple[dict[str, Any], Alert]],
-    receiver: Receiver,
-    announced: dict[str, str],
-) -> bool:
-    """Delete resolved alerts that need no more notice; True when alerts remain in the group. A row written
-    since it was read (ETag) stays for the next flush."""
-    remaining = False
-    for alert_row, alert in members:
-        notified = announced.get(alert_row["RowKey"], alert_row.get("notified"))
-        owed = receiver.send_resolved and notified == "firing"  # its resolved notice is still to come
-        if alert.status == "firing" or owed:
-            remaining = True
-            continue
+        row.last_flush = at
+        if notice is not None:
+            row.seq, row.last_notice = seq, at
+        if remaining:
+            following = at + timedelta(seconds=receiver.seconds("group_interval"))
+            await self._send_flush(key, following, datetime.now(UTC))
+            row.scheduled_for = following
+        else:
+            row.scheduled_for = None
         try:
-            await store.delete_row(ALERT_GROUPS_TABLE, key, alert_row["RowKey"], alert_row["etag"])
+            await store.groups.replace(row)
         except StatusChanged:
-            remaining = True
-    return remaining
+            return Flush(key, FlushOutcome.STALE)  # another instance finished this flush first
+        if notice is not None:
+            await store.notices.delete(notice_name)
+        if not remaining and await store.groups.alerts(key):
+            # alerts written while this flush ran saw it pending and left the scheduling to it
+            await self.schedule_flush(key, receiver, row.labels, datetime.now(UTC))
+        if notice is None:
+            return Flush(key, FlushOutcome.QUIET)
+        if notice.get("held_back"):
+            return Flush(key, FlushOutcome.HELD_BACK, None, len(announced))
+        return Flush(key, FlushOutcome.NOTIFIED, notice["mail"]["id"], len(announced))
+
+    async def _forget_resolved(
+        self, members: list[tuple[AlertRow, Alert]], receiver: Receiver, announced: dict[str, str]
+    ) -> bool:
+        """Delete resolved alerts that need no more notice; True when alerts remain in the group. A row
+        written since it was read (ETag) stays for the next flush."""
+        remaining = False
+        for alert_row, alert in members:
+            notified = announced.get(alert_row.row_key, alert_row.notified)
+            owed = receiver.send_resolved and notified == "firing"  # its resolved notice is still to come
+            if alert.status == "firing" or owed:
+                remaining = True
+                continue
+            try:
+                await self.store.groups.delete_alert(alert_row)
+            except StatusChanged:
+                remaining = True
+        return remaining
 
 
-@dataclass(frozen=True)
-class InboxOutcome:
-    """What became of one `alerts-inbox` message: `ingested` (with its groups) or `poisoned` (with why)."""
-
-    outcome: str
-    alerts: int = 0
-    groups: tuple[GroupReceipt, ...] = ()
-    reason: str = ""
-
-
-async def ingest_message(
-    text: str, message_id: str, config: NotifyConfig, settings: Settings, store: Store, now: datetime
-) -> InboxOutcome:
-    """One `alerts-inbox` message (any supported format, auto-detected). One that can never be read goes to
-    `alerts-inbox-poison` at once, its reason in the log and the audit table; Storage trouble is raised for
-    the host to redeliver."""
-    if json_too_deep(text):
-        return await _poison_inbox(text, message_id, settings, store, "not JSON: nested too deep")
-    try:
-        alerts = parse_alerts(json.loads(text))
-    except ValueError as error:
-        return await _poison_inbox(text, message_id, settings, store, f"not JSON: {error}"[:300])
-    except AppError as error:
-        return await _poison_inbox(text, message_id, settings, store, error.message[:300])
-    written = await ingest(alerts, config, settings, store, now)
-    return InboxOutcome("ingested", len(alerts), tuple(written))
-
-
-async def _poison_inbox(text: str, message_id: str, settings: Settings, store: Store, reason: str) -> InboxOutcome:
-    await store.poison(ALERTS_INBOX, text)
-    log.warning("alerts-inbox message %s poisoned: %s", message_id, reason)
-    await audit(
-        store,
-        settings,
-        operation="alertIntake",
-        mailbox="",
-        outcome="poisoned",
-        caller="alerts-inbox",
-        correlation_id=message_id,
-        detail=reason,
-    )
-    return InboxOutcome("poisoned", reason=reason)
+def _alert_at(alert_row: AlertRow, at: datetime) -> Alert:
+    """A stored alert, its status as of `at` (an `endsAt` that has passed makes it resolved)."""
+    alert = Alert.from_dict(json.loads(alert_row.alert))
+    return replace(alert, status=alert.status_at(at))

@@ -18,45 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidMessage, Unavailable
-from ..mail import MailRequest, compose_mail
+from ..mail import MailRequest, app_mail_id, compose_mail
 from ..outbox import submit_mail
 from ..routing_file import Receiver
-from ..store import ALERT_GROUPS_TABLE, ALERTS_FLUSH, NOTICE_CONTAINER, StatusChanged, Store
+from ..store import StatusChanged, Store
+from ..store.mail_caps import CapRow, HeldBack
 from ..templating import one_line, render_mail
 from ..text import queue_json
 from .grouping import receiver_key
 from .model import parse_stamp, stamp
 from .render import fits
 
-CAP_ROW = "cap"
 SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
 STALE_AFTER = timedelta(minutes=10)  # a summary this overdue was lost; the next held-back notice sends one
 _ATTEMPTS = 8
-
-
-@dataclass(frozen=True)
-class HeldBack:
-    """One group notice that went into the summary instead of its own mail."""
-
-    group: str
-    subject: str
-    status: str
-    alerts: int
-    at: str
-
-
-def cap_partition(receiver: Receiver) -> str:
-    return f"cap-{receiver_key(receiver.name)}"
-
-
-def overflow_partition(receiver: Receiver) -> str:
-    return f"overflow-{receiver_key(receiver.name)}"
 
 
 def _window(receiver: Receiver, at: datetime) -> tuple[datetime, datetime]:
@@ -69,26 +49,21 @@ def _window(receiver: Receiver, at: datetime) -> tuple[datetime, datetime]:
 async def take_slot(store: Store, receiver: Receiver, at: datetime) -> bool:
     """Count a notice due at `at` against its receiver's window: True when it may be mailed, False when the
     window's cap is reached (the notice goes into the summary)."""
-    window = stamp(_window(receiver, at)[0])
+    window = _window(receiver, at)[0]
+    key = receiver_key(receiver.name)
     for _ in range(_ATTEMPTS):
-        row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
-        if row is None:
-            created = {
-                "PartitionKey": cap_partition(receiver),
-                "RowKey": CAP_ROW,
-                "window": window,
-                "mailed": 1,
-                "summary_due": "",
-            }
-            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+        cap = await store.caps.get(key)
+        if cap is None:
+            if await store.caps.insert(CapRow(key, window, mailed=1)):
                 return True
             continue
-        current = max(window, str(row.get("window") or ""))  # a late flush counts against the newer window
-        mailed = int(row.get("mailed", 0)) if current == row.get("window") else 0
+        current = max(window, cap.window or window)  # a late flush counts against the newer window
+        mailed = cap.mailed if current == cap.window else 0
         if mailed >= receiver.max_groups_per_interval:
             return False
         try:
-            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "window": current, "mailed": mailed + 1}, row["etag"])
+            cap.window, cap.mailed = current, mailed + 1
+            await store.caps.replace(cap)
             return True
         except StatusChanged:
             continue
@@ -97,46 +72,27 @@ async def take_slot(store: Store, receiver: Receiver, at: datetime) -> bool:
 
 async def hold_back(store: Store, receiver: Receiver, notice_id: str, held: HeldBack, now: datetime) -> None:
     """Keep a notice for the receiver's summary and make sure a summary is pending (repeatable)."""
-    await store.merge_rows(
-        ALERT_GROUPS_TABLE,
-        [
-            {
-                "PartitionKey": overflow_partition(receiver),
-                "RowKey": f"{held.at}-{notice_id}".replace(":", ""),
-                "group": held.group,
-                "subject": held.subject,
-                "status": held.status,
-                "alerts": held.alerts,
-                "at": held.at,
-            }
-        ],
-    )
-    await schedule_summary(store, receiver, _window(receiver, parse_stamp(held.at))[1], now)
+    await store.caps.hold(receiver_key(receiver.name), notice_id, held)
+    await schedule_summary(store, receiver, _window(receiver, held.at)[1], now)
 
 
 async def schedule_summary(store: Store, receiver: Receiver, due: datetime, now: datetime) -> None:
     """One live summary message per receiver: sent before the `cap` row names it, as a group's flush is."""
     due = max(due, now.replace(microsecond=0) + timedelta(seconds=1))
+    key = receiver_key(receiver.name)
     for _ in range(_ATTEMPTS):
-        row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
-        pending = str((row or {}).get("summary_due") or "")
-        if pending and parse_stamp(pending) > now - STALE_AFTER:
+        cap = await store.caps.get(key)
+        if cap is not None and cap.summary_due is not None and cap.summary_due > now - STALE_AFTER:
             return
         delay = max(0, math.ceil((due - now).total_seconds()))
-        await store.send_message(ALERTS_FLUSH, json.dumps({"summary": receiver.name, "due": stamp(due)}), delay)
-        if row is None:
-            created = {
-                "PartitionKey": cap_partition(receiver),
-                "RowKey": CAP_ROW,
-                "window": "",
-                "mailed": 0,
-                "summary_due": stamp(due),
-            }
-            if await store.insert_row(ALERT_GROUPS_TABLE, created) is not None:
+        await store.alert_queues.send_flush({"summary": receiver.name, "due": stamp(due)}, delay)
+        if cap is None:
+            if await store.caps.insert(CapRow(key, summary_due=due)):
                 return
             continue
         try:
-            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "summary_due": stamp(due)}, row["etag"])
+            cap.summary_due = due
+            await store.caps.replace(cap)
             return
         except StatusChanged:
             continue
@@ -168,53 +124,55 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
     )
 
 
-def parse_summary_message(text: str) -> tuple[str, str] | None:
+def parse_summary_message(text: str) -> tuple[str, datetime] | None:
     """(receiver, due) of a summary message on `alerts-flush`; None when the message is a group's flush."""
     message = queue_json(text, "an alerts-flush message")
     if "summary" not in message:
         return None
-    due = str(message.get("due", ""))
-    try:
-        parse_stamp(due)
-    except ValueError:
-        raise InvalidMessage(f"not an alerts-flush summary: due {due[:40]!r} is not a time") from None
     if not isinstance(message["summary"], str):
         raise InvalidMessage("not an alerts-flush summary: no receiver")
-    return message["summary"], due
+    due = str(message.get("due", ""))
+    try:
+        return message["summary"], parse_stamp(due)
+    except ValueError:
+        raise InvalidMessage(f"not an alerts-flush summary: due {due[:40]!r} is not a time") from None
 
 
-async def send_summary(receiver: Receiver, due: str, settings: Settings, store: Store) -> tuple[str, str | None, int]:
+async def send_summary(
+    receiver: Receiver, due: datetime, settings: Settings, store: Store
+) -> tuple[str, str | None, int]:
     """Handle a summary message: (outcome, mail id, notices listed); outcome `stale`, `quiet` or `notified`."""
-    row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
-    if row is None or row.get("summary_due") != due:
+    key = receiver_key(receiver.name)
+    cap = await store.caps.get(key)
+    if cap is None or cap.summary_due != due:
         return "stale", None, 0
-    record_name = f"summaries/{receiver_key(receiver.name)}/{due.replace(':', '')}.json"
-    record = await store.get_record(NOTICE_CONTAINER, record_name)
+    record_name = f"summaries/{key}/{stamp(due).replace(':', '')}.json"
+    record = await store.notices.get(record_name)
     if record is None:
-        rows = await store.partition_rows(ALERT_GROUPS_TABLE, overflow_partition(receiver))
-        if rows:
-            held = [HeldBack(r["group"], r["subject"], r["status"], int(r["alerts"]), r["at"]) for r in rows]
-            covered = sorted(r["RowKey"] for r in rows)  # two summaries may share a due time, never their rows
-            digest = hashlib.sha256(json.dumps([receiver.name, due, covered]).encode()).hexdigest()[:24]
-            mail = summary_mail(receiver, held, settings, f"alertsummary-{digest}")
-            record = {"mail": mail.dump(), "rows": [r["RowKey"] for r in rows]}
-            record = await store.put_record(NOTICE_CONTAINER, record_name, record)
+        held = await store.caps.held(key)
+        if held:
+            covered = sorted(h.notice for h in held)  # two summaries may share a due time, never their rows
+            digest = hashlib.sha256(json.dumps([receiver.name, stamp(due), covered]).encode()).hexdigest()[:24]
+            mail = summary_mail(receiver, held, settings, app_mail_id("alertsummary", digest))
+            record = {"mail": mail.dump(), "rows": [h.notice for h in held]}
+            record = await store.notices.put(record_name, record)
     if record is not None:
         await submit_mail(store, MailRequest.model_validate(record["mail"]))
-        for row_key in record["rows"]:
-            await store.delete_row(ALERT_GROUPS_TABLE, overflow_partition(receiver), row_key)
-    while row is not None and row.get("summary_due") == due:  # the window count may change meanwhile
+        for notice in record["rows"]:
+            await store.caps.release(key, notice)
+    while cap is not None and cap.summary_due == due:  # the window count may change meanwhile
         try:
-            await store.replace_row(ALERT_GROUPS_TABLE, {**row, "summary_due": ""}, row["etag"])
+            cap.summary_due = None
+            await store.caps.replace(cap)
             break
         except StatusChanged:
-            row = await store.get_row(ALERT_GROUPS_TABLE, cap_partition(receiver), CAP_ROW)
+            cap = await store.caps.get(key)
     else:
         return "stale", None, 0  # another instance finished this summary first
     if record is not None:
-        await store.delete_record(NOTICE_CONTAINER, record_name)
+        await store.notices.delete(record_name)
     now = datetime.now(UTC)
-    if await store.partition_rows(ALERT_GROUPS_TABLE, overflow_partition(receiver)):
+    if await store.caps.held(key):
         # notices held back while this summary ran saw it pending and left the next one to it
         await schedule_summary(store, receiver, now, now)
     if record is None:
@@ -222,7 +180,7 @@ async def send_summary(receiver: Receiver, due: str, settings: Settings, store: 
     return "notified", str(record["mail"]["id"]), len(record["rows"])
 
 
-def held_back(key: str, notice: dict[str, Any], at: str) -> HeldBack:
+def held_back(key: str, notice: dict[str, Any], at: datetime) -> HeldBack:
     """What the summary says of a group's notice."""
     statuses = list(notice["alerts"].values())
     status = "firing" if "firing" in statuses else "resolved"

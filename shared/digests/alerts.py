@@ -14,16 +14,17 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from ..alerts.grouping import receiver_key
 from ..alerts.model import Alert
 from ..alerts.render import fits, for_display
 from ..config import Settings
-from ..mail import MailRequest, compose_mail
+from ..mail import MailRequest, app_mail_id, compose_mail
 from ..outbox import submit_mail
 from ..routing_file import NotifyConfig, Receiver
-from ..store import ALERT_DIGEST_TABLE, DIGEST_RUN_CONTAINER, StatusChanged, Store
+from ..store import StatusChanged, Store
 from ..templating import RenderedMail
 from .render import AlertDigestLine, alert_digest_lines, render_alert_digest
 
@@ -32,10 +33,16 @@ log = logging.getLogger("notifier.digests")
 DIGEST_CAP = 200  # kinds of alert listed in one digest; the rest are counted
 
 
+class AlertDigestOutcome(StrEnum):
+    SENT = "sent"
+    NOTHING_NEW = "nothing_new"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class AlertDigestRun:
     receiver: str
-    outcome: str  # sent | nothing_new | failed
+    outcome: AlertDigestOutcome
     alerts: int = 0
     mail_id: str | None = None
     resumed: bool = False
@@ -59,33 +66,33 @@ async def run_alert_digests(
             runs.append(await run_alert_digest(receiver, settings, store, now))
         except Exception as error:
             log.exception("the alert digest of receiver %s failed; the others go on", receiver.name)
-            runs.append(AlertDigestRun(receiver.name, "failed", error=type(error).__name__))
+            runs.append(AlertDigestRun(receiver.name, AlertDigestOutcome.FAILED, error=type(error).__name__))
     return runs
 
 
 async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store, now: datetime) -> AlertDigestRun:
     resumed = False
-    pending = await store.get_record(DIGEST_RUN_CONTAINER, _record_name(receiver))
+    pending = await store.digest_runs.get(_record_name(receiver))
     if pending is not None:
         await _finish(receiver, pending, store)
         resumed = True
-    rows = await store.partition_rows(ALERT_DIGEST_TABLE, receiver_key(receiver.name))
+    rows = await store.digest_buffer.waiting(receiver_key(receiver.name))
     if not rows:
-        return AlertDigestRun(receiver.name, "nothing_new", resumed=resumed)
-    entries = [(for_display(Alert.from_dict(json.loads(row["alert"]))), str(row.get("lastSeen", ""))) for row in rows]
+        return AlertDigestRun(receiver.name, AlertDigestOutcome.NOTHING_NEW, resumed=resumed)
+    entries = [(for_display(Alert.from_dict(json.loads(row.alert))), row.last_seen) for row in rows]
     rendered = _bounded_digest(receiver.name, alert_digest_lines(entries), now)
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
-    mail_id = f"alertdigest-{receiver_key(receiver.name)}-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    mail_id = app_mail_id("alertdigest", receiver.name, now.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
     mail = compose_mail(
         mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, rendered.text, settings, cc=receiver.cc
     )
     record: dict[str, Any] = {
         "mail": mail.dump(),
-        "rows": [[row["RowKey"], row["etag"]] for row in rows],
+        "rows": [[row.row_key, row.etag] for row in rows],
     }
-    record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(receiver), record)
+    record = await store.digest_runs.put(_record_name(receiver), record)
     await _finish(receiver, record, store)
-    return AlertDigestRun(receiver.name, "sent", len(record["rows"]), record["mail"]["id"], resumed)
+    return AlertDigestRun(receiver.name, AlertDigestOutcome.SENT, len(record["rows"]), record["mail"]["id"], resumed)
 
 
 def _bounded_digest(receiver: str, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
@@ -104,7 +111,7 @@ async def _finish(receiver: Receiver, record: dict[str, Any], store: Store) -> N
     partition = receiver_key(receiver.name)
     for row_key, etag in record["rows"]:
         try:
-            await store.delete_row(ALERT_DIGEST_TABLE, partition, row_key, etag)
+            await store.digest_buffer.release(partition, row_key, etag)
         except StatusChanged:
             log.info("alert %s was seen again during the digest; it stays for the next one", row_key)
-    await store.delete_record(DIGEST_RUN_CONTAINER, _record_name(receiver))
+    await store.digest_runs.delete(_record_name(receiver))

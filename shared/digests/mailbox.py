@@ -21,15 +21,16 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from ..audit import audit
 from ..config import Settings
 from ..errors import GraphError
-from ..mail import MailRequest, compose_mail
+from ..mail import MailRequest, app_mail_id, compose_mail
 from ..outbox import submit_mail
 from ..routing_file import MailboxDigest
-from ..store import DIGEST_RUN_CONTAINER, DIGEST_STATUS_TABLE, Store
+from ..store import Store
 from .render import DigestItem, FolderCount, render_mailbox_digest
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ log = logging.getLogger("notifier.digests")
 PAGE_SIZE = 1000  # Graph's largest $top: the fewest requests per folder
 BATCH_SIZE = 20  # Graph's JSON batch limit
 SELECT = ["id", "subject", "from", "receivedDateTime", "bodyPreview", "webLink", "categories", "isRead"]
-EPOCH = "1900-01-01T00:00:00Z"
+EPOCH = datetime(1900, 1, 1, tzinfo=UTC)  # `since` of a digest that reads everything
 TAG_ROUNDS = 6  # passes over throttled sub-requests before the rest is left for the next run
 MAX_TAG_WAIT = 30.0  # seconds a pass may wait for Graph's Retry-After
 
@@ -49,12 +50,19 @@ class DigestFailed(Exception):
     """A digest cannot run (a folder it names is missing); the message says which and why."""
 
 
+class DigestOutcome(StrEnum):
+    SENT = "sent"
+    NOTHING_NEW = "nothing_new"
+    FAILED = "failed"  # with Graph's code or ours
+    DRY_RUN = "dry_run"
+
+
 @dataclass
 class DigestRun:
-    """What one run did: `sent`, `nothing_new`, `failed` (with Graph's code or ours) or `dry_run`."""
+    """What one run did."""
 
     name: str
-    outcome: str
+    outcome: DigestOutcome
     messages: int = 0
     folders: list[FolderCount] = field(default_factory=list)
     mail_id: str | None = None
@@ -67,13 +75,13 @@ class DigestRun:
     def answer(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": self.name,
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "messages": self.messages,
             "folders": [{"path": f.path, "count": f.count} for f in self.folders],
         }
         if self.mail_id:
             body["mailId"] = self.mail_id
-        if self.outcome != "dry_run":
+        if self.outcome != DigestOutcome.DRY_RUN:
             body.update(tagged=self.tagged, untagged=self.untagged, resumedEarlierRun=self.resumed)
         if self.error:
             body["error"] = self.error
@@ -104,25 +112,25 @@ async def run_mailbox_digest(
     resumed = False
     try:
         if not dry_run:
-            pending = await store.get_record(DIGEST_RUN_CONTAINER, _record_name(digest))
+            pending = await store.digest_runs.get(_record_name(digest))
             if pending is not None:
                 await _finish(digest, pending, graph, store)
                 resumed = True
-        status = await store.get_row(DIGEST_STATUS_TABLE, digest.name, "status") or {}
-        since = status.get("lastRun") if digest.since_last_run and status.get("lastRun") else EPOCH
-        folders, found = await _collect(digest, graph, str(since))
+        status = await store.digest_statuses.get(digest.name)
+        since = status.last_run if digest.since_last_run and status.last_run is not None else EPOCH
+        folders, found = await _collect(digest, graph, _stamp(since))
     except (GraphError, DigestFailed) as error:
         return await _failed(digest, settings, store, error, now, dry_run)
 
-    run = DigestRun(digest.name, "nothing_new", len(found), folders, resumed=resumed)
+    run = DigestRun(digest.name, DigestOutcome.NOTHING_NEW, len(found), folders, resumed=resumed)
     if not found:
         if not dry_run:
             await _note(store, digest, run, now)
         return run
     run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a rerun resumes the record instead
-    mail = _digest_mail(digest, settings, folders, found, f"digest-{digest.name}-{run_id}", now)
+    mail = _digest_mail(digest, settings, folders, found, app_mail_id("digest", digest.name, run_id), now)
     if dry_run:
-        run.outcome = "dry_run"
+        run.outcome = DigestOutcome.DRY_RUN
         run.preview = {
             "from": mail.sender,
             "to": digest.to,
@@ -137,12 +145,12 @@ async def run_mailbox_digest(
         "mail": mail.dump(),
         "messages": {m["id"]: m.get("categories") or [] for m in found},
     }
-    record = await store.put_record(DIGEST_RUN_CONTAINER, _record_name(digest), record)
+    record = await store.digest_runs.put(_record_name(digest), record)
     try:
         run.tagged, run.untagged = await _finish(digest, record, graph, store)
     except GraphError as error:  # the record stays: the next run finishes the tagging
         return await _failed(digest, settings, store, error, now, dry_run=False)
-    run.outcome, run.mail_id = "sent", record["mail"]["id"]
+    run.outcome, run.mail_id = DigestOutcome.SENT, record["mail"]["id"]
     await _note(store, digest, run, now)
     await audit(
         store,
@@ -165,9 +173,9 @@ async def _finish(digest: MailboxDigest, record: dict[str, Any], graph: GraphCli
     if left:
         log.warning("digest %s: %d messages could not be tagged; the next run retries them", digest.name, len(left))
         record["messages"] = {message_id: record["messages"][message_id] for message_id in left}
-        await store.put_record(DIGEST_RUN_CONTAINER, _record_name(digest), record, replace=True)
+        await store.digest_runs.put(_record_name(digest), record, replace=True)
     else:
-        await store.delete_record(DIGEST_RUN_CONTAINER, _record_name(digest))
+        await store.digest_runs.delete(_record_name(digest))
     return tagged, len(left)
 
 
@@ -290,18 +298,8 @@ def _digest_mail(
 
 async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:
     """The digest's status row: when it last ran (the next run's `since`), what came of it."""
-    row: dict[str, Any] = {
-        "PartitionKey": digest.name,
-        "RowKey": "status",
-        "lastOutcome": run.outcome,
-        "lastMessages": run.messages,
-        "lastMail": run.mail_id or "",
-        "lastError": "",
-        "updated": _stamp(datetime.now(UTC)),
-    }
-    if run.outcome in {"sent", "nothing_new"}:
-        row["lastRun"] = _stamp(now)
-    await store.merge_rows(DIGEST_STATUS_TABLE, [row])
+    ran = now if run.outcome in {DigestOutcome.SENT, DigestOutcome.NOTHING_NEW} else None
+    await store.digest_statuses.note_run(digest.name, run.outcome, run.messages, run.mail_id or "", ran)
 
 
 async def _failed(
@@ -309,22 +307,11 @@ async def _failed(
 ) -> DigestRun:
     code = error.code if isinstance(error, GraphError) else "digest_failed"
     message = error.message if isinstance(error, GraphError) else str(error)
-    run = DigestRun(digest.name, "failed", error={"code": code, "message": message[:300]})
+    run = DigestRun(digest.name, DigestOutcome.FAILED, error={"code": code, "message": message[:300]})
     log.warning("digest %s failed: %s %s", digest.name, code, message[:300])
     if dry_run:
         return run
-    await store.merge_rows(
-        DIGEST_STATUS_TABLE,
-        [
-            {
-                "PartitionKey": digest.name,
-                "RowKey": "status",
-                "lastOutcome": "failed",
-                "lastError": f"{code}: {message}"[:500],
-                "updated": _stamp(datetime.now(UTC)),
-            }
-        ],
-    )
+    await store.digest_statuses.note_failure(digest.name, f"{code}: {message}")
     await audit(
         store,
         settings,

@@ -99,15 +99,15 @@ class AlertDigestLine:
     links: dict[str, str]
 
 
-def alert_digest_lines(entries: list[tuple[Alert, str]]) -> list[AlertDigestLine]:
+def alert_digest_lines(entries: list[tuple[Alert, datetime]]) -> list[AlertDigestLine]:
     """(alert, last seen) pairs gathered by alert name and severity, most severe and most frequent first."""
-    gathered: dict[tuple[str, str], list[tuple[Alert, str]]] = {}
+    gathered: dict[tuple[str, str], list[tuple[Alert, datetime]]] = {}
     for alert, seen in entries:
         gathered.setdefault((alert.name, alert.severity), []).append((alert, seen))
     lines = []
     for (name, severity), members in gathered.items():
         starts = [a.starts_at.strftime("%Y-%m-%d %H:%M UTC") for a, _ in members if a.starts_at] or [
-            s for _, s in members
+            s.strftime("%Y-%m-%dT%H:%M:%SZ") for _, s in members
         ]
         last_seen = max(s for _, s in members)
         first = members[0][0]
@@ -118,7 +118,7 @@ def alert_digest_lines(entries: list[tuple[Alert, str]]) -> list[AlertDigestLine
                 count=len(members),
                 firing=sum(1 for a, _ in members if a.status == "firing"),
                 first_seen=min(starts),
-                last_seen=last_seen.replace("T", " ").replace("Z", " UTC"),
+                last_seen=last_seen.strftime("%Y-%m-%d %H:%M:%S UTC"),
                 summary=first.summary,
                 links=first.links,
             )

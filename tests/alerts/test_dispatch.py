@@ -14,14 +14,15 @@ from azure.storage.queue import QueueClient
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import GROUP_ROW, Flush, flush, ingest
+from shared.alerts.dispatch import Flush
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.config import settings
-from shared.routing_file import notify_config
-from shared.store import ALERT_DIGEST_TABLE, ALERT_GROUPS_TABLE, Store, store
+from shared.store import Store, store
+from shared.store.alert_digest import BufferedAlert
+from shared.store.alert_groups import AlertGroups, AlertRow
 
-from ..helpers import drain_queue, run
+from ..helpers import dispatch_with, drain_queue, live_flush, run
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
@@ -38,22 +39,19 @@ def alert(instance: str, status: str = "firing", name: str = "DiskFilling", **la
 
 async def _ingest(alerts: list[dict[str, Any]], at: datetime) -> str:
     config = settings()
-    receipts = await ingest(parse_alerts({"alerts": alerts}), notify_config(config), config, store(config.storage), at)
-    return receipts[0].key
+    ingested = await dispatch_with(store(config.storage)).ingest(parse_alerts({"alerts": alerts}), at)
+    return ingested.groups[0].key
 
 
 async def _live(key: str) -> str | None:
     """The group's live flush message, as `alerts-flush` carries it."""
-    row = await store(settings().storage).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-    if row is None or not row["scheduled_for"]:
-        return None
-    return json.dumps({"group": key, "due": row["scheduled_for"]})
+    return await live_flush(store(settings().storage), key)
 
 
 async def _flush(text: str | None, target: Store | None = None) -> Flush:
     assert text is not None, "the group has no flush pending"
     config = settings()
-    return await flush(text, notify_config(config), config, target or store(config.storage))
+    return await dispatch_with(target or store(config.storage)).flush(text)
 
 
 async def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -68,13 +66,13 @@ def _subjects(sandbox: SandboxProcess, since: int = 0) -> list[str]:
 def test_alerts_of_one_name_become_one_mail_after_group_wait(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
-    async def scenario() -> tuple[str, str | None, Flush, list[dict[str, Any]]]:
+    async def scenario() -> tuple[str, str | None, Flush, list[AlertRow]]:
         key = await _ingest([alert("db-1"), alert("db-2")], START)
         await _ingest([alert("db-3")], START + timedelta(seconds=10))  # within group_wait: same flush
         live = await _live(key)
         done = await _flush(live)
         await _deliver(alerts_app, azurite)
-        rows = await store(settings().storage).partition_rows(ALERT_GROUPS_TABLE, key)
+        rows = await store(settings().storage).groups.alerts(key)
         return key, live, done, rows
 
     _, live, done, rows = run(scenario())
@@ -87,7 +85,7 @@ def test_alerts_of_one_name_become_one_mail_after_group_wait(
     assert [r["emailAddress"]["address"] for r in sent[0]["toRecipients"]] == ["alice@contoso.test"]
     body = sent[0]["body"]["content"]
     assert all(f"DiskFilling on db-{n}" in body for n in (1, 2, 3))
-    assert sorted(r.get("notified") for r in rows if r["RowKey"] != GROUP_ROW) == ["firing"] * 3
+    assert sorted(str(r.notified) for r in rows) == ["firing"] * 3
 
 
 def test_a_redelivered_or_superseded_flush_sends_nothing_more(
@@ -136,10 +134,10 @@ def test_resolved_alerts_are_announced_once_and_an_empty_group_goes_idle(
         await _ingest([alert("db-2", "resolved")], START + timedelta(minutes=7))
         outcomes.append((await _flush(await _live(key))).outcome)
         await _deliver(alerts_app, azurite)
-        rows = await store(settings().storage).partition_rows(ALERT_GROUPS_TABLE, key)
-        return outcomes, await _live(key), rows
+        groups = store(settings().storage).groups
+        return outcomes, await _live(key), (await groups.get(key) is not None, await groups.alerts(key))
 
-    outcomes, live, rows = run(scenario())
+    outcomes, live, (group_kept, rows) = run(scenario())
     assert outcomes == ["notified", "notified", "notified"]
     sent = sandbox.sent()
     assert [m["subject"] for m in sent] == [
@@ -148,7 +146,7 @@ def test_resolved_alerts_are_announced_once_and_an_empty_group_goes_idle(
         "[RESOLVED] DiskFilling",
     ]
     assert "DiskFilling on db-1" in sent[1]["body"]["content"]  # the second mail shows db-1 as resolved
-    assert live is None and [r["RowKey"] for r in rows] == [GROUP_ROW]
+    assert live is None and group_kept and rows == []  # only the group's own row is left
 
 
 def test_without_send_resolved_a_resolution_alone_sends_nothing(
@@ -182,13 +180,11 @@ def test_concurrent_flushes_of_one_group_send_one_mail(
     assert _subjects(sandbox) == ["[FIRING:20] DiskFilling"]
 
 
-class _DiesAfterTheMail(Store):
-    """A store whose process 'dies' (raises) when the flush marks what it mailed: the step after the mail."""
+class _DiesAfterTheMail(AlertGroups):
+    """Groups whose process 'dies' (raises) when the flush marks what it mailed: the step after the mail."""
 
-    async def merge_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if table == ALERT_GROUPS_TABLE and rows and "notified" in rows[0]:
-            raise ConnectionError("the worker died")
-        await super().merge_rows(table, rows)
+    async def mark_notified(self, key: str, statuses: dict[str, str]) -> None:
+        raise ConnectionError("the worker died")
 
 
 def test_a_flush_that_died_after_mailing_is_finished_by_its_redelivery_without_a_second_mail(
@@ -197,7 +193,8 @@ def test_a_flush_that_died_after_mailing_is_finished_by_its_redelivery_without_a
     async def scenario() -> list[str]:
         key = await _ingest([alert("db-1")], START)
         live = await _live(key)
-        dying = _DiesAfterTheMail(settings().storage)
+        dying = Store(settings().storage)
+        dying.groups = _DiesAfterTheMail(dying.storage)
         try:
             with pytest.raises(ConnectionError):
                 await _flush(live, dying)
@@ -216,15 +213,15 @@ def test_a_flush_that_died_after_mailing_is_finished_by_its_redelivery_without_a
 def test_digest_mode_alerts_are_kept_for_the_digest_and_not_mailed(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
-    async def scenario() -> tuple[str | None, list[dict[str, Any]]]:
+    async def scenario() -> tuple[str | None, list[BufferedAlert]]:
         key = await _ingest([alert("web-1", severity="warning"), alert("web-2", severity="info")], START)
-        rows = await store(settings().storage).partition_rows(ALERT_DIGEST_TABLE, receiver_key("digest"))
+        rows = await store(settings().storage).digest_buffer.waiting(receiver_key("digest"))
         return await _live(key), rows
 
     live, rows = run(scenario())
     assert live is None
-    assert sorted(json.loads(r["alert"])["labels"]["instance"] for r in rows) == ["web-1", "web-2"]
-    assert {r["receiver"] for r in rows} == {"digest"}
+    assert sorted(json.loads(r.alert)["labels"]["instance"] for r in rows) == ["web-1", "web-2"]
+    assert {r.receiver for r in rows} == {"digest"}
     queue = QueueClient.from_connection_string(azurite.connection_string, "alerts-flush")
     assert queue.get_queue_properties().approximate_message_count == 0
     queue.close()

@@ -11,13 +11,14 @@ import pytest
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import GROUP_ROW, Flush, flush
-from shared.alerts.overflow import CAP_ROW, cap_partition
+from shared.alerts.dispatch import Flush
+from shared.alerts.grouping import receiver_key
+from shared.alerts.model import stamp
 from shared.config import settings
 from shared.routing_file import notify_config
-from shared.store import ALERT_GROUPS_TABLE, store
+from shared.store import store
 
-from ..helpers import drain_queue, http, run, user_function
+from ..helpers import dispatch_with, drain_queue, http, live_flush, run, user_function
 from .conftest import ROUTING
 
 
@@ -34,14 +35,13 @@ async def _flush_all(keys: list[str]) -> list[str]:
     target = store(config.storage)
     outcomes = []
     for key in keys:
-        row = await target.get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-        assert row is not None and row["scheduled_for"]
-        message = json.dumps({"group": key, "due": row["scheduled_for"]})
-        outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
-    cap = await target.get_row(ALERT_GROUPS_TABLE, cap_partition(notify_config(config).receiver("oncall")), CAP_ROW)
-    if cap is not None and cap["summary_due"]:
-        summary = json.dumps({"summary": "oncall", "due": cap["summary_due"]})
-        done: Flush = await flush(summary, notify_config(config), config, target)
+        message = await live_flush(target, key)
+        assert message is not None
+        outcomes.append((await dispatch_with(target).flush(message)).outcome)
+    cap = await target.caps.get(receiver_key("oncall"))
+    if cap is not None and cap.summary_due is not None:
+        summary = json.dumps({"summary": "oncall", "due": stamp(cap.summary_due)})
+        done: Flush = await dispatch_with(target).flush(summary)
         outcomes.append(f"summary {done.outcome} {done.alerts}")
     return outcomes
 

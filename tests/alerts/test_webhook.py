@@ -20,8 +20,9 @@ from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.alerts import auth
 from shared.store import Store
+from shared.store.alert_queues import AlertQueues
 
-from ..helpers import drain_queue, http, run, user_function
+from ..helpers import dispatch_with, drain_queue, http, live_flush, run, user_function
 from .conftest import AZURE_MONITOR_TOKEN, GRAFANA_SECRET
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -82,7 +83,7 @@ def test_issue12_5_an_alertmanager_notification_is_one_mail_at_once_its_status_d
         {"alertname": "DiskFilling"},
         2,
     )
-    assert group["mail"].startswith("alert-")
+    assert group["mail"].startswith("app:alert-")
     assert _stored(azurite) == 1  # no group state, no flush: only the receiver's mail-cap count
     run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
     [mail] = sandbox.sent()
@@ -291,10 +292,8 @@ def _regrouping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.alerts.dispatch import GROUP_ROW, flush
     from shared.config import settings
-    from shared.routing_file import notify_config
-    from shared.store import ALERT_GROUPS_TABLE, store
+    from shared.store import store
 
     _regrouping(tmp_path, monkeypatch)  # alert state is the app's to keep only when it groups
 
@@ -324,10 +323,9 @@ def test_issue11_1_no_other_source_can_resolve_a_signed_grafana_alert(
     async def flush_grafana() -> str:
         config = settings()
         key = grafana["groups"][0]["key"]
-        row = await store(config.storage).get_row(ALERT_GROUPS_TABLE, key, GROUP_ROW)
-        assert row is not None
-        message = json.dumps({"group": key, "due": row["scheduled_for"]})
-        done = await flush(message, notify_config(config), config, store(config.storage))
+        message = await live_flush(store(config.storage), key)
+        assert message is not None
+        done = await dispatch_with(store(config.storage)).flush(message)
         await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
         return done.outcome
 
@@ -382,17 +380,16 @@ def test_issue11_3_forty_labels_of_1000_characters_get_400_before_anything_is_wr
     assert _stored(azurite) == 0  # not even the small alert's row
 
 
-class _FailsOnSecondFlush(Store):
+class _FailsOnSecondFlush(AlertQueues):
     """Storage fails when intake schedules its second group's flush: an intake that stops half-way."""
 
     flushes = 0
 
-    async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
-        if queue == "alerts-flush":
-            type(self).flushes += 1
-            if type(self).flushes == 2:
-                raise ConnectionError("storage went away")
-        await super().send_message(queue, text, delay_seconds)
+    async def send_flush(self, message: dict[str, Any], delay_seconds: float) -> None:
+        type(self).flushes += 1
+        if type(self).flushes == 2:
+            raise ConnectionError("storage went away")
+        await super().send_flush(message, delay_seconds)
 
 
 def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_same_request(
@@ -400,31 +397,29 @@ def test_issue11_3_an_intake_that_fails_half_way_is_completed_by_a_retry_of_the_
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from shared.alerts.dispatch import GROUP_ROW, flush, ingest
     from shared.alerts.intake import parse_alerts
     from shared.config import settings
-    from shared.routing_file import notify_config
-    from shared.store import ALERT_GROUPS_TABLE, store
+    from shared.store import store
 
     payload = [{"name": "First", "severity": "critical"}, {"name": "Second", "severity": "critical"}]
     earlier = datetime.now(UTC) - timedelta(hours=1)
 
     async def scenario() -> list[str]:
         config = settings()
-        failing = _FailsOnSecondFlush(config.storage)
+        failing = Store(config.storage)
+        failing.alert_queues = _FailsOnSecondFlush(failing.storage)
         try:
             with pytest.raises(ConnectionError):
-                await ingest(parse_alerts(payload), notify_config(config), config, failing, earlier)
+                await dispatch_with(failing).ingest(parse_alerts(payload), earlier)
         finally:
             await failing.close()
         target = store(config.storage)
-        receipts = await ingest(parse_alerts(payload), notify_config(config), config, target, earlier)  # the retry
+        retried = await dispatch_with(target).ingest(parse_alerts(payload), earlier)  # the retry
         outcomes = []
-        for receipt in receipts:
-            row = await target.get_row(ALERT_GROUPS_TABLE, receipt.key, GROUP_ROW)
-            assert row is not None and row["scheduled_for"], "every group has its flush pending"
-            message = json.dumps({"group": receipt.key, "due": row["scheduled_for"]})
-            outcomes.append((await flush(message, notify_config(config), config, target)).outcome)
+        for receipt in retried.groups:
+            message = await live_flush(target, receipt.key)
+            assert message is not None, "every group has its flush pending"
+            outcomes.append((await dispatch_with(target).flush(message)).outcome)
         await drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox)
         return outcomes
 

@@ -12,16 +12,17 @@ from azure.functions.timer import TimerRequest
 
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
-from shared.alerts.dispatch import ingest
 from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.alerts.render import MAIL_BUDGET
 from shared.config import settings
 from shared.digests.alerts import AlertDigestRun, run_alert_digests
 from shared.routing_file import notify_config
-from shared.store import ALERT_DIGEST_TABLE, StatusChanged, Store, store
+from shared.store import StatusChanged, Store, store
+from shared.store.alert_digest import AlertDigestBuffer
+from shared.store.records import RunRecords
 
-from ..helpers import drain_queue, run, user_function
+from ..helpers import dispatch_with, drain_queue, run, user_function
 
 
 def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
@@ -42,7 +43,7 @@ def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
 
 async def _buffer(names: list[tuple[str, str, str]]) -> None:
     config = settings()
-    await ingest(_alerts(names), notify_config(config), config, store(config.storage), datetime.now(UTC))
+    await dispatch_with(store(config.storage)).ingest(_alerts(names), datetime.now(UTC))
 
 
 def _deliver(app: Any, azurite: AzuriteProcess) -> None:
@@ -73,13 +74,11 @@ def test_the_timer_sends_one_digest_of_the_waiting_alerts_then_nothing(
     assert body.index("CertificateExpiring") < body.index("QueueBacklog")  # warning before info
 
 
-class _DiesAfterTheMail(Store):
-    """A store whose process 'dies' (raises) when the digest deletes what it mailed."""
+class _DiesAfterTheMail(AlertDigestBuffer):
+    """A buffer whose process 'dies' (raises) when the digest deletes what it mailed."""
 
-    async def delete_row(self, table: str, partition: str, row: str, etag: str | None = None) -> None:
-        if table == ALERT_DIGEST_TABLE:
-            raise ConnectionError("the worker died")
-        await super().delete_row(table, partition, row, etag)
+    async def release(self, receiver_key: str, row_key: str, etag: str | None) -> None:
+        raise ConnectionError("the worker died")
 
 
 def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_again(
@@ -89,7 +88,8 @@ def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_a
 
     async def dying() -> list[AlertDigestRun]:
         config = settings()
-        target = _DiesAfterTheMail(config.storage)
+        target = Store(config.storage)
+        target.digest_buffer = _DiesAfterTheMail(target.storage)
         try:
             return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:
@@ -116,14 +116,15 @@ def test_each_buffered_alert_is_sent_once_when_the_run_dies_and_the_timer_runs_a
 
 
 def test_an_alert_seen_again_during_a_run_stays_for_the_next_digest(digest_app: Any) -> None:
-    class _SeenAgain(Store):
-        async def delete_row(self, table: str, partition: str, row: str, etag: str | None = None) -> None:
-            raise StatusChanged(row)
+    class _SeenAgain(AlertDigestBuffer):
+        async def release(self, receiver_key: str, row_key: str, etag: str | None) -> None:
+            raise StatusChanged(row_key)
 
     async def scenario() -> list[str]:
         config = settings()
         await _buffer(WAITING[:1])
-        target = _SeenAgain(config.storage)
+        target = Store(config.storage)
+        target.digest_buffer = _SeenAgain(target.storage)
         try:
             first = await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:
@@ -147,7 +148,7 @@ def test_issue11_2_a_digest_of_many_huge_alerts_is_one_sendable_mail_listing_som
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
         target = store(config.storage)
-        await ingest(alerts, notify_config(config), config, target, datetime.now(UTC))
+        await dispatch_with(target).ingest(alerts, datetime.now(UTC))
         return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
 
     assert [(r.outcome, r.alerts) for r in run(scenario())] == [("sent", 300)]
@@ -180,15 +181,13 @@ route:
 """
 
 
-class _FirstReceiverFails(Store):
+class _FirstReceiverFails(RunRecords):
     """Storage refuses the first receiver's run record (as an outage of that one write would)."""
 
-    async def put_record(
-        self, container: str, name: str, record: dict[str, Any], *, replace: bool = False
-    ) -> dict[str, Any]:
+    async def put(self, name: str, record: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
         if name.startswith(f"alerts/{receiver_key('first')}"):
             raise ConnectionError("storage went away")
-        return await super().put_record(container, name, record, replace=replace)
+        return await super().put(name, record, replace=replace)
 
 
 def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
@@ -205,8 +204,9 @@ def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
 
     async def scenario() -> list[AlertDigestRun]:
         config = settings()
-        await ingest(_alerts(WAITING[:2]), notify_config(config), config, store(config.storage), datetime.now(UTC))
-        target = _FirstReceiverFails(config.storage)
+        await dispatch_with(store(config.storage)).ingest(_alerts(WAITING[:2]), datetime.now(UTC))
+        target = Store(config.storage)
+        target.digest_runs = _FirstReceiverFails(target.storage, target.digest_runs.container)
         try:
             return await run_alert_digests(notify_config(config), config, target, datetime.now(UTC))
         finally:

@@ -13,9 +13,10 @@ import pytest
 from devhost.azurite import AzuriteProcess
 from sandbox.launcher import SandboxProcess
 from shared.config import settings
-from shared.store import DIGEST_STATUS_TABLE, store
+from shared.store import store
+from shared.store.digest_status import DigestStatus
 
-from ..helpers import SUPPORT, drain_queue, http, run, user_function
+from ..helpers import SUPPORT, audit_rows, drain_queue, http, run, user_function
 
 FOLDERS = {  # 12 folders, some nested, 3,000 unread messages in all
     "Inbox": 700,
@@ -214,15 +215,12 @@ def test_a_mailbox_the_app_may_not_read_fails_that_digest_only_recorded_in_statu
     _deliver_outbox(digest_app, azurite)
     assert [m["subject"] for m in sandbox.sent()] == ["[DIGEST] 3000 waiting in support@contoso.test (support-unread)"]
 
-    async def records() -> tuple[Any, list[dict[str, Any]]]:
-        target = store(settings().storage)
-        row = await target.get_row(DIGEST_STATUS_TABLE, "forbidden", "status")
-        from datetime import UTC, datetime
+    async def status() -> DigestStatus:
+        return await store(settings().storage).digest_statuses.get("forbidden")
 
-        return row, await target.audit_records(datetime.now(UTC).strftime("%Y%m%d"))
-
-    row, audit = run(records())
-    assert row is not None and row["lastOutcome"] == "failed" and row["lastError"].startswith("ErrorAccessDenied")
+    row = run(status())
+    audit = audit_rows(azurite.connection_string)
+    assert row.last_outcome == "failed" and row.last_error.startswith("ErrorAccessDenied")
     failures = [a for a in audit if a["operation"] == "mailboxDigest" and a["outcome"] == "failed"]
     assert failures and failures[0]["mailbox"] == "alice@contoso.test"
 

@@ -57,7 +57,7 @@ def test_the_alert_digest_gathers_alerts_by_name_and_severity_most_severe_first(
             ]
         }
     )
-    lines = alert_digest_lines([(a, f"2026-11-23T06:0{n}:00Z") for n, a in enumerate(alerts)])
+    lines = alert_digest_lines([(a, datetime(2026, 11, 23, 6, n, tzinfo=UTC)) for n, a in enumerate(alerts)])
     assert [(line.name, line.count, line.firing) for line in lines] == [("CertExpiring", 2, 1), ("QueueBacklog", 1, 1)]
     assert lines[0].last_seen == "2026-11-23 06:02:00 UTC"
     mail = render_alert_digest("low-priority", lines, NOW)

@@ -1,0 +1,120 @@
+"""Mail status: one row per mail id in the `mailstatus` table, what `GET /api/mail/{id}` answers and what
+the sender keeps its claim (lease) and outcome in. Writes are guarded by ETags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from .storage import STATUS_TABLE, StatusChanged, Storage, read_time, time_text
+
+_ROW = "status"
+_TIMES = ("created", "updated", "lease_until")
+
+
+class MailState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass
+class MailStatus:
+    """The status row of one mail: what `GET /api/mail/{id}` answers, plus what the sender needs."""
+
+    id: str
+    status: MailState
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    created: datetime | None = None
+    updated: datetime | None = None
+    payload_hash: str = ""
+    sender: str = ""
+    recipient_count: int = 0
+    lease_until: datetime | None = None  # while `sending`: until then no other delivery may send it
+    etag: str | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        """Sent or failed: nothing more will happen to this mail."""
+        return self.status in (MailState.SENT, MailState.FAILED)
+
+    def answer(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": str(self.status),
+            "attempts": self.attempts,
+            "updated": time_text(self.updated, micro=True),
+        }
+        if self.error_code:
+            body["error"] = {"code": self.error_code, "message": self.error_message or ""}
+        return body
+
+
+_FIELDS = tuple(f.name for f in fields(MailStatus) if f.name not in {"id", "etag"})
+
+
+def _entity(status: MailStatus) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": status.id, "RowKey": _ROW}
+    for name in _FIELDS:
+        value = getattr(status, name)
+        if name in _TIMES:
+            value = time_text(value, micro=True)
+        elif name == "status":
+            value = str(value)
+        if value is not None:
+            entity[name] = value
+    return entity
+
+
+def _status(entity: Any) -> MailStatus:
+    values = {name: entity.get(name) for name in _FIELDS if entity.get(name) is not None}
+    for name in _TIMES:
+        values[name] = read_time(values.get(name))
+    values["status"] = MailState(values["status"])
+    return MailStatus(id=entity["PartitionKey"], etag=entity.metadata.get("etag"), **values)
+
+
+class MailStatuses:
+    """The `mailstatus` table."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def create(self, status: MailStatus) -> MailStatus | None:
+        """Insert a new status row; None when one with that id exists already."""
+        await self._storage.ensure()
+        status.created = status.updated = datetime.now(UTC)
+        try:
+            metadata = await self._storage.table(STATUS_TABLE).create_entity(_entity(status))
+        except ResourceExistsError:
+            return None
+        status.etag = metadata.get("etag")
+        return status
+
+    async def get(self, mail_id: str) -> MailStatus | None:
+        await self._storage.ensure()
+        try:
+            entity = await self._storage.table(STATUS_TABLE).get_entity(mail_id, _ROW)
+        except ResourceNotFoundError:
+            return None
+        return _status(entity)
+
+    async def save(self, status: MailStatus) -> MailStatus:
+        """Write a status row back, only if nobody changed it since it was read (ETag; none: whatever is
+        there); StatusChanged otherwise."""
+        status.updated = datetime.now(UTC)
+        try:
+            status.etag = await self._storage.replace_row(STATUS_TABLE, _entity(status), status.etag)
+        except StatusChanged:
+            raise StatusChanged(status.id) from None
+        return status
+
+    async def delete(self, mail_id: str) -> None:
+        await self._storage.table(STATUS_TABLE).delete_entity(mail_id, _ROW)
