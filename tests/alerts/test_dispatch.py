@@ -5,6 +5,7 @@ every flush of a scenario is already due; each flush run is the group's live mes
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -246,4 +247,25 @@ def test_issue11_2_fifty_critical_alerts_with_16000_character_texts_are_mailed_i
     assert "s" * 301 not in body and "d" * 2001 not in body
     poison = QueueClient.from_connection_string(azurite.connection_string, "mail-outbox-poison")
     assert poison.get_queue_properties().approximate_message_count == 0
+    poison.close()
+
+
+@pytest.mark.parametrize("text", ["not json", '{"group": 7}', '{"group": "g", "due": "yesterday"}', "[" * 30000])
+def test_an_alerts_flush_message_that_is_no_flush_is_poisoned_once_at_once(
+    alerts_app: Any, azurite: AzuriteProcess, text: str
+) -> None:
+    """Issue 11, item 13 and issue 13, item 1: an InvalidMessage is poisoned by the adapter, even before anything
+    else has made `alerts-flush-poison` (a queue that does not exist would refuse the copy)."""
+    from azure.functions.queue import QueueMessage
+
+    poison = QueueClient.from_connection_string(azurite.connection_string, "alerts-flush-poison")
+    poison.delete_queue()
+
+    async def deliver() -> None:
+        message = QueueMessage(id="m-1", body=text.encode(), dequeue_count=1)
+        await alerts_app.alerts_flush.build().get_user_function()(message)
+
+    run(deliver())  # handled, not raised: the host does not redeliver it
+    [copy] = poison.peek_messages()
+    assert base64.b64decode(copy.content).decode() == text
     poison.close()
