@@ -98,6 +98,14 @@ class DeliveryOutcome(StrEnum):
     BUSY = "busy"
 
 
+class SentNotRecorded(Exception):
+    """Graph accepted the mail, and Storage refused its `sent` status for as long as the lease allowed."""
+
+    def __init__(self, status: MailStatus) -> None:
+        super().__init__(f"mail {status.id} was sent; its status could not be recorded")
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What became of one outbox message."""
@@ -164,14 +172,16 @@ class Sender:
         try:
             payload = await self.store.outbox.resolve_payload(envelope)
         except InvalidMessage as error:
-            return await self._poison(text, mail_id, "invalid_message", str(error))
+            return await self._poison(text, mail_id, error.code, error.message, existing, None)
+        fingerprint = payload_hash(payload)
         try:
             mail = check_mail(parse_mail(payload), self.settings)
         except AppError as error:
-            return await self._poison(text, mail_id, error.code, error.message)
+            return await self._poison(text, mail_id, error.code, error.message, existing, fingerprint)
 
         status = existing or await self._status_for(mail_id, mail, payload)
-        if status.payload_hash and status.payload_hash != payload_hash(payload):
+        if status.payload_hash and status.payload_hash != fingerprint:
+            await self.store.outbox.delete_payload(envelope)  # the refused copy's own blob, never the owner's
             return Delivery(
                 mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
             )
@@ -267,7 +277,7 @@ class Sender:
             except Exception as error:
                 if time.monotonic() + delay > claimed_until - RECORD_LEASE_MARGIN_SECONDS:
                     log.error("mail %s was sent but its status could not be recorded: %s", status.id, error)
-                    raise
+                    raise SentNotRecorded(status) from error
                 log.warning("mail %s sent; recording it failed (%s), again in %.1f s", status.id, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECORD_MAX_RETRY_SECONDS)
@@ -287,6 +297,9 @@ class Sender:
         if last:
             reason += f"; moved to mail-outbox-poison after {dequeue_count} attempts"
         try:
+            if isinstance(error, SentNotRecorded):  # Graph has it: one more try to say so, never `queued`
+                await self._save_final(error.status)
+                return
             status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
             if status.status == MailState.SENT:
                 return
@@ -296,11 +309,30 @@ class Sender:
         except Exception:
             log.exception("could not record the failure of mail %s", mail_id)
 
-    async def _poison(self, text: str, mail_id: str, code: str, reason: str) -> Delivery:
+    async def _poison(
+        self,
+        text: str,
+        mail_id: str,
+        code: str,
+        reason: str,
+        existing: MailStatus | None = None,
+        fingerprint: str | None = None,
+    ) -> Delivery:
         """A message that can never be sent: its reason in the status, then one copy in the poison queue (a
-        crash between the two leaves the status right and the message to come again)."""
-        status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.FAILED)
-        if status.status != MailState.SENT:
+        crash between the two leaves the status right and the message to come again). A status row that
+        belongs to another mail under the same id (this copy's content is known and differs) is left alone; a
+        copy whose claim-check blob is gone is taken for the owner's (a refused copy's blob is never deleted
+        under it, see `withdraw`)."""
+        status = existing if existing is not None else await self.store.statuses.get(mail_id)
+        owned_by_another = (
+            status is not None
+            and bool(status.payload_hash)
+            and fingerprint is not None
+            and fingerprint != status.payload_hash
+        )
+        if status is None:
+            status = MailStatus(id=mail_id, status=MailState.FAILED)
+        if status.status != MailState.SENT and not owned_by_another:
             status.status, status.error_code, status.error_message = MailState.FAILED, code, reason[:500]
             status.etag = None
             await self.store.statuses.save(status)

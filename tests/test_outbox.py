@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobClient
+from azure.storage.blob import BlobClient, BlobServiceClient
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from devhost.azurite import AzuriteProcess
@@ -464,3 +464,89 @@ def test_a_storage_outage_between_graphs_202_and_the_status_write_does_not_send_
     assert sent == sorted(subjects)  # each exactly once
     assert [s["status"] for s in statuses] == ["sent"] * 6
     assert [s["attempts"] for s in statuses] == [1] * 6
+
+
+def test_a_refused_copy_that_a_sender_already_holds_keeps_its_blob_and_never_fails_the_mail_owning_the_id(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Review of issue 11, item 11: withdrawing a large refused copy after a sender received it (its pop receipt
+    changed) used to delete the blob under it; the sender then poisoned the copy under the owner's id."""
+    from shared.config import settings
+    from shared.store import store
+
+    report = base64.b64encode(b"y" * 100_000).decode()
+
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": "owned-1"})
+        outbox = store(settings().storage).outbox
+        refused = {
+            **MAIL,
+            "id": "owned-1",
+            "subject": "another",
+            "attachments": [{"name": "r", "contentBase64": report}],
+        }
+        enqueued = await outbox.enqueue("owned-1", refused)
+        received = list(_queue(azurite).receive_messages(max_messages=32, visibility_timeout=1))
+        assert enqueued.message_id in {m.id for m in received}  # a sender holds it now
+        await outbox.withdraw(enqueued)  # PopReceiptMismatch: the copy and its blob stay for the sender
+        await asyncio.sleep(1.2)
+        await _trigger(app, azurite).drain()
+        return await _status(app, "owned-1")
+
+    status = run(scenario())
+    assert status["status"] == "sent" and "error" not in status
+    assert [m["subject"] for m in sandbox.sent()] == [MAIL["subject"]]
+    assert _poisoned(azurite) == []
+    assert (
+        list(
+            BlobServiceClient.from_connection_string(azurite.connection_string)
+            .get_container_client("mail-payloads")
+            .list_blobs()
+        )
+        == []
+    )  # the refused copy's blob went with it
+
+
+def test_a_mail_sent_while_its_status_could_not_be_recorded_is_recorded_sent_never_queued_again(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 11, item 5: when the sender gives up recording `sent` (its lease nearly over), the crash
+    record must not turn the mail back into `queued`, which would send it again on redelivery."""
+    from shared.config import settings
+    from shared.outbox import Sender
+    from shared.store import store
+    from shared.store.mail_status import MailStatuses
+
+    monkeypatch.setenv("MAIL_SEND_LEASE_SECONDS", "5")  # 5 s lease, 5 s margin: no time to retry at all
+    settings.cache_clear()
+
+    class _RefusesSentOnce(MailStatuses):
+        refused = False
+
+        async def save(self, status: Any) -> Any:
+            if status.status == "sent" and not self.refused:
+                _RefusesSentOnce.refused = True
+                from azure.core.exceptions import ServiceRequestError
+
+                raise ServiceRequestError("Storage is unreachable")
+            return await super().save(status)
+
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": "recorded-1"})
+        [message] = _queue(azurite).receive_messages(visibility_timeout=30)
+        config = settings()
+        target = store(config.storage)
+        target.statuses = _RefusesSentOnce(target.storage)
+        from shared.graph import graph_client
+
+        sender = Sender(config, target, graph_client(config))
+        text = base64.b64decode(message.content).decode()
+        with pytest.raises(Exception, match="could not be recorded"):
+            await sender.deliver(text, message.id, 1)
+        again = await sender.deliver(text, message.id, 2)  # the host's redelivery
+        return {"status": await _status(app, "recorded-1"), "again": again.outcome}
+
+    result = run(scenario())
+    assert result["status"]["status"] == "sent"
+    assert result["again"] == "duplicate"
+    assert len(sandbox.sent()) == 1

@@ -48,8 +48,10 @@ class OutboxQueue:
 
     async def withdraw(self, enqueued: Enqueued) -> None:
         """Take back a message `enqueue` sent (a submission that turned out to be refused). A sender that
-        received it meanwhile holds a new pop receipt: then the message stays, and the sender acknowledges it
-        without a Graph call, since its content does not match the status row of its id."""
+        received it meanwhile holds a new pop receipt: then the message, and its claim-check blob, stay for the
+        sender, which sees that their content does not match the status row of the id and drops both without a
+        Graph call (deleting the blob under it would make the copy look broken and fail the mail that owns
+        the id)."""
         try:
             await self._storage.queue(OUTBOX).delete_message(enqueued.message_id, enqueued.pop_receipt)
         except ResourceNotFoundError:
@@ -57,6 +59,7 @@ class OutboxQueue:
         except HttpResponseError as error:
             if getattr(error, "error_code", None) != "PopReceiptMismatch":
                 raise
+            return
         if enqueued.claim is not None:
             await self.delete_payload(enqueued.claim)
 
