@@ -202,7 +202,8 @@ class Dispatcher:
         if notice is None:
             notice = self.notify.decide(row, members, receiver, at, notice_id)
             if notice is not None:
-                notice["held_back"] = not await self.notify.within_cap(receiver, at)
+                source = members[0][1].source  # a group's alerts are all of one source (its key says so)
+                notice["held_back"] = not await self.notify.within_cap(receiver, source, at)
                 notice = await store.notices.put(notice_name, notice)
         announced: dict[str, str] = {}
         if notice is not None:

@@ -84,9 +84,10 @@ class Notifier:
         mail = alert_mail(notified, receiver, self.settings, mail_id, at)
         return {"mail": mail.dump(), "alerts": {row_key: alert.status for row_key, alert in firing + resolved}}
 
-    async def within_cap(self, receiver: Receiver, at: datetime) -> bool:
-        """Count a notice due at `at` against the receiver's mail cap: False when it is to be held back."""
-        return await take_slot(self.store, receiver, at)
+    async def within_cap(self, receiver: Receiver, source: str, at: datetime) -> bool:
+        """Count a notice due at `at` against the receiver's mail cap for the source: False when it is to be held
+        back."""
+        return await take_slot(self.store, receiver, source, at)
 
     async def send(self, key: str, notice: dict[str, Any], notice_id: str, receiver: Receiver, at: datetime) -> None:
         """Hand a recorded notice over: to the outbox, or (held back by the cap) to the receiver's summary."""
@@ -108,7 +109,7 @@ class Notifier:
             if await self.store.statuses.get(mail_id) is not None:
                 return mail_id
         mail_id = ids[0]
-        if not await take_slot(self.store, receiver, now):
+        if not await take_slot(self.store, receiver, group.alerts[0].source, now):
             held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), now.replace(microsecond=0))
             await hold_back(self.store, receiver, mail_id, held, now)
             return None

@@ -46,11 +46,12 @@ def _window(receiver: Receiver, at: datetime) -> tuple[datetime, datetime]:
     return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + length, UTC)
 
 
-async def take_slot(store: Store, receiver: Receiver, at: datetime) -> bool:
-    """Count a notice due at `at` against its receiver's window: True when it may be mailed, False when the
-    window's cap is reached (the notice goes into the summary)."""
+async def take_slot(store: Store, receiver: Receiver, source: str, at: datetime) -> bool:
+    """Count a notice due at `at` against its receiver's window for its source: True when it may be mailed,
+    False when the window's cap is reached (the notice goes into the summary). Each source has a cap of its own,
+    so a flood through one source (say, `generic`) cannot hold back a signed source's critical alert."""
     window = _window(receiver, at)[0]
-    key = receiver_key(receiver.name)
+    key = receiver_key(f"{receiver.name}\n{source}")
     for _ in range(_ATTEMPTS):
         cap = await store.caps.get(key)
         if cap is None:

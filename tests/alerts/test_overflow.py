@@ -87,3 +87,27 @@ def test_issue11_4_the_cap_is_configurable_and_holds_back_a_storm_of_resolutions
     subjects = [m["subject"] for m in sandbox.sent()]
     assert len(subjects) <= 2 + 1 + 2 + 1  # never one mail per group
     assert sum(s.startswith("[RESOLVED") for s in subjects) == second.count("notified")
+
+
+def test_a_flood_through_one_source_does_not_hold_back_another_sources_alert(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Review of issue 11, items 1 and 4: the cap counts per source, so 20 generic alerts (anyone with the
+    function key) cannot turn a signed Grafana notification into a line of a summary mail."""
+    from .test_webhook import _grafana_headers, fixture
+
+    flood = _post(alerts_app, [{"name": f"Flood{n:02d}", "severity": "critical"} for n in range(20)])
+    outcomes = run(_flush_all([g["key"] for g in flood["groups"]]))
+    assert outcomes.count("notified") == 20  # the generic source's cap for this window is used up
+    payload = fixture("grafana")
+    for item in payload["alerts"]:
+        item["labels"]["severity"] = "critical"  # routed to oncall, whose generic cap is used up
+    body = json.dumps(payload).encode()
+    response = run(
+        user_function(alerts_app.post_alerts)(
+            http("POST", "/api/alerts/grafana", raw=body, route={"source": "grafana"}, headers=_grafana_headers(body))
+        )
+    )
+    answer = json.loads(response.get_body())
+    assert response.status_code == 202, answer
+    assert [g.get("mail", "").startswith("app:alert-") for g in answer["groups"] if g["receiver"] == "oncall"] == [True]
