@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -435,11 +436,11 @@ class GraphClient:
         url = self._url(f"/users/{mailbox}/messages/{message_id}/send")
         await self._send(mailbox, self._request("POST", url, immutable=True, replayable=False), expect_body=False)
 
-    async def list_bounces(self, mailbox: str, *, since: str | None = None) -> list[Bounce]:
-        """The non-delivery reports in the mailbox's Inbox (received at or after `since`, an ISO date-time),
-        each with the bounced mail's internetMessageId, the DSN code and the recipients that bounced. One
-        request per 50 Inbox messages."""
-        received = f"receivedDateTime ge {since}" if since else None
+    async def list_bounces(self, mailbox: str, *, since: datetime | None = None) -> list[Bounce]:
+        """The non-delivery reports in the mailbox's Inbox (received at or after `since`), each with the bounced
+        mail's internetMessageId, the DSN code and the recipients that bounced. One request per 50 Inbox
+        messages."""
+        received = f"receivedDateTime ge {since.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if since else None
         inbox = self.list_messages(
             mailbox, folder_id="inbox", select=NDR_FIELDS.split(","), filter=received, top=50, immutable=True
         )

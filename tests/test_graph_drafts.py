@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -163,6 +164,44 @@ def test_an_immutable_id_survives_the_send_into_sent_items(app_env: dict[str, st
     assert sandbox.mailbox(SENDER, "drafts") == []
 
 
+def test_the_draft_path_costs_two_graph_requests_a_mail(app_env: dict[str, str], sandbox: SandboxProcess) -> None:
+    since = sandbox.last_seq()
+
+    async def scenario(client: GraphClient) -> None:
+        draft = await client.create_draft(SENDER, _message(attachments=[_inline("a.txt", b"a")]), "mail-0011")
+        await client.send_draft(SENDER, draft.id)
+
+    _with_client(app_env, scenario)
+    assert [(e["method"], e["status"]) for e in sandbox.requests(since)] == [("POST", 201), ("POST", 202)]
+
+
+def test_a_throttled_draft_is_retried_in_process_but_a_503_is_handed_back(
+    app_env: dict[str, str], sandbox: SandboxProcess
+) -> None:
+    sandbox.set_faults(throttle={"requestsPerWindow": 1, "windowSeconds": 1})
+    since = sandbox.last_seq()
+
+    async def throttled(client: GraphClient) -> None:
+        await client.find_marked(SENDER, "mail-0012")  # spends the window
+        await client.create_draft(SENDER, _message(), "mail-0012")
+
+    _with_client(app_env, throttled)
+    posts = [e["status"] for e in _graph_posts(sandbox, since, "/messages")]
+    assert posts[0] == 429 and posts[-1] == 201 and len(sandbox.mailbox(SENDER, "drafts")) == 1
+
+    sandbox.set_faults(errorRate=1, errorStatuses=[503])
+    since = sandbox.last_seq()
+
+    async def unavailable(client: GraphClient) -> GraphError:
+        with pytest.raises(GraphError) as raised:
+            await client.create_draft(SENDER, _message(), "mail-0013")
+        return raised.value
+
+    error = _with_client(app_env, unavailable)
+    assert (error.status, error.transient) == (503, True)
+    assert len(_graph_posts(sandbox, since, "/messages")) == 1  # the caller finds out before trying again
+
+
 def test_a_message_that_is_not_there_is_gone_not_an_error(app_env: dict[str, str], sandbox: SandboxProcess) -> None:
     assert sandbox.control is not None
 
@@ -310,7 +349,7 @@ def test_an_ndr_for_an_unknown_recipient_in_the_tenant_is_found_and_matched(
     async def scenario(client: GraphClient) -> tuple[Draft, list[Bounce], list[Bounce]]:
         draft = await client.create_draft(SENDER, _message(to=(ALICE, GHOST)), "mail-0010")
         await client.send_draft(SENDER, draft.id)
-        later = await client.list_bounces(SENDER, since="2099-01-01T00:00:00Z")
+        later = await client.list_bounces(SENDER, since=datetime(2099, 1, 1, tzinfo=UTC))
         return draft, await client.list_bounces(SENDER), later
 
     draft, bounces, later = _with_client(app_env, scenario)
