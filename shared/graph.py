@@ -75,7 +75,8 @@ class MessageState:
 
 @dataclass(frozen=True)
 class MessageGone:
-    """Graph answered 404 for the id: deleted, moved out of the mailbox, or not (yet) there."""
+    """Graph answered 404 for the id: deleted, moved out of the mailbox, or not there yet: right after a send
+    the Sent Items copy may lag (Microsoft warns of it), so gone then does not mean "never sent"."""
 
     id: str
 

@@ -202,6 +202,27 @@ def test_a_throttled_draft_is_retried_in_process_but_a_503_is_handed_back(
     assert len(_graph_posts(sandbox, since, "/messages")) == 1  # the caller finds out before trying again
 
 
+def test_a_sent_draft_is_gone_until_its_sent_items_copy_appears(
+    app_env: dict[str, str], sandbox: SandboxProcess
+) -> None:
+    """Microsoft warns the Sent Items copy may lag: right after a send, `MessageGone` and no marked message do
+    not mean "never sent"."""
+    assert sandbox.control is not None
+    sandbox.set_faults(sentItemsDelayMs=120_000)
+
+    async def scenario(client: GraphClient) -> list[Any]:
+        draft = await client.create_draft(SENDER, _message(), "mail-0014")
+        await client.send_draft(SENDER, draft.id)
+        during = [await client.get_message(SENDER, draft.id), await client.find_marked(SENDER, "mail-0014")]
+        sandbox.control.put("/_sandbox/clock", json={"advanceSeconds": 121}).raise_for_status()
+        return [*during, await client.get_message(SENDER, draft.id), await client.find_marked(SENDER, "mail-0014")]
+
+    gone, unmarked, state, [marked] = _with_client(app_env, scenario)
+    assert isinstance(gone, MessageGone) and unmarked == []
+    assert isinstance(state, MessageState) and not state.is_draft and marked.id == state.id
+    assert [m["subject"] for m in sandbox.mailbox(ALICE, "inbox")] == ["Nightly export"]
+
+
 def test_a_message_that_is_not_there_is_gone_not_an_error(app_env: dict[str, str], sandbox: SandboxProcess) -> None:
     assert sandbox.control is not None
 
