@@ -3,12 +3,14 @@ answer, large attachments through resumable upload sessions, sending a draft, an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -297,6 +299,74 @@ def test_a_20_mb_attachment_uploaded_after_an_interruption_arrives_complete(
     assert hashlib.sha256(base64.b64decode(attachment["contentBytes"])).digest() == hashlib.sha256(content).digest()
     [received] = sandbox.mailbox(ALICE, "inbox")
     assert [a["size"] for a in received["attachments"]] == [len(content)]
+
+
+class CuttingRelay:
+    """A TCP relay to the sandbox that aborts both sides once, after `cut_after` bytes from the client: the
+    network going away in the middle of a chunk."""
+
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        self.target_port, self.cut_after = target_port, cut_after
+        self.sent, self.cut = 0, False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _relay(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        upstream_in, upstream_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def upward() -> None:
+            while data := await client_in.read(65536):
+                self.sent += len(data)
+                if not self.cut and self.sent > self.cut_after:
+                    self.cut = True
+                    client_out.transport.abort()
+                    upstream_out.transport.abort()
+                    return
+                upstream_out.write(data)
+                await upstream_out.drain()
+            upstream_out.close()
+
+        async def downward() -> None:
+            while data := await upstream_in.read(65536):
+                client_out.write(data)
+                await client_out.drain()
+            client_out.close()
+
+        await asyncio.gather(upward(), downward(), return_exceptions=True)
+
+
+def test_a_chunk_cut_off_by_the_network_is_sent_again_from_where_the_session_stands(
+    app_env: dict[str, str], sandbox: SandboxProcess
+) -> None:
+    content = os.urandom(3 * UPLOAD_CHUNK + 1000)
+    blob = Blob(content)
+
+    async def scenario(client: GraphClient) -> tuple[str, bool]:
+        draft = await client.create_draft(SENDER, _message(), "mail-0015")
+        session = await client.create_upload_session(SENDER, draft.id, "cut.bin", len(content))
+        url = urlsplit(session.url)
+        relay = CuttingRelay(url.port or 443, cut_after=UPLOAD_CHUNK + UPLOAD_CHUNK // 2)  # mid second chunk
+        port = await relay.start()
+        try:
+            relayed = url._replace(netloc=f"{url.hostname}:{port}").geturl()
+            await client.upload_attachment(SENDER, relayed, len(content), blob, start=session.next_offset)
+        finally:
+            await relay.stop()
+        return draft.id, relay.cut
+
+    draft_id, cut = _with_client(app_env, scenario)
+    assert cut
+    assert blob.reads == [0, UPLOAD_CHUNK, UPLOAD_CHUNK, 2 * UPLOAD_CHUNK, 3 * UPLOAD_CHUNK]  # the cut one twice
+    [attachment] = _attachments(sandbox, draft_id)
+    assert base64.b64decode(attachment["contentBytes"]) == content
 
 
 def test_a_stale_start_is_corrected_from_the_session_s_next_expected_range(
