@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 MAILBOX_CONCURRENCY = 4  # Outlook: 4 concurrent requests per app per mailbox
 MAX_IN_PROCESS_WAIT = 10.0  # seconds the SDK may sleep for a Retry-After before we hand it back
 BATCH_LIMIT = 20  # requests per JSON batch
+_THROTTLED_ONLY = "notifier_throttled_only"  # marks a RetryHandlerOption: retry after a 429 only
 
 # The marker on every draft the delivery engine creates: a named string property in the app's own property
 # set, holding the mail's id. The GUID is fixed for good (finding a mail that was sent depends on it), and
@@ -652,8 +653,6 @@ def _build_service(settings: Settings, credential: Any) -> tuple[GraphServiceCli
     adapter.base_url = settings.graph_base_url
     return GraphServiceClient(request_adapter=adapter), http_client
 
-
-_THROTTLED_ONLY = "notifier_throttled_only"  # marks a RetryHandlerOption: retry after 429 only
 
 _clients: LoopCache[GraphClient] = LoopCache()
 
