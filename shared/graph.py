@@ -5,13 +5,23 @@ with in-process retries kept to short waits; a longer `Retry-After` comes back a
 caller can re-enqueue with that delay instead of sleeping. At most `MAILBOX_CONCURRENCY` requests per
 mailbox are in flight at once, Outlook's own limit. Bodies are sent and read as JSON, so what Graph gets
 is exactly what `shared.mail` rendered.
+
+The delivery engine's steps live here too: a draft marked with the mail's id (immutable ids), its large
+attachments through upload sessions, its send, and the non-delivery reports that come back. Requests whose
+replay could duplicate something (creating a draft or an upload session, sending) are retried in process
+only after a 429, which Graph answers before doing anything; after a 5xx or no answer the outcome is
+unknown and the caller finds out (`find_marked`, `get_message`, `upload_position`) before going on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -26,6 +36,71 @@ if TYPE_CHECKING:
 MAILBOX_CONCURRENCY = 4  # Outlook: 4 concurrent requests per app per mailbox
 MAX_IN_PROCESS_WAIT = 10.0  # seconds the SDK may sleep for a Retry-After before we hand it back
 BATCH_LIMIT = 20  # requests per JSON batch
+_THROTTLED_ONLY = "notifier_throttled_only"  # marks a RetryHandlerOption: retry after a 429 only
+
+# The marker on every draft the delivery engine creates: a named string property in the app's own property
+# set, holding the mail's id. The GUID is fixed for good (finding a mail that was sent depends on it), and
+# Exchange compares the `Name` part case-sensitively.
+DELIVERY_ID_PROPERTY = "String {AEA3EF54-363C-4873-B482-B8133A83FEEB} Name NotifierDeliveryId"
+IMMUTABLE_IDS = 'IdType="ImmutableId"'  # the Prefer header's value; Graph honours it per request
+INLINE_ATTACHMENT_LIMIT = 3 * 1024 * 1024  # larger files need an upload session
+UPLOAD_CHUNK_UNIT = 320 * 1024  # every chunk but the last is a multiple of this
+UPLOAD_CHUNK_LIMIT = 4 * 1024 * 1024
+UPLOAD_CHUNK = 12 * UPLOAD_CHUNK_UNIT  # 3.75 MiB: the largest multiple under 4 MiB
+UPLOAD_STALLS = 3  # consecutive failed chunks (no progress in between) before an upload gives up
+MESSAGE_STATE = "id,isDraft,internetMessageId,parentFolderId,sentDateTime"
+NDR_FIELDS = "id,receivedDateTime,subject,from,internetMessageHeaders,body"
+
+# bytes of an attachment: `read(start, length)` (a blob's ranged download, say), or an async stream of pieces
+ByteSource = Callable[[int, int], Awaitable[bytes]] | AsyncIterable[bytes]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A draft as Graph created it: its immutable id, and the internetMessageId when Graph gave one."""
+
+    id: str
+    internet_message_id: str | None
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """Where a message stands: a draft still, or sent (not a draft any more, usually in Sent Items)."""
+
+    id: str
+    is_draft: bool
+    internet_message_id: str | None
+    parent_folder_id: str | None
+    sent_at: str | None  # sentDateTime as Graph gives it
+
+
+@dataclass(frozen=True)
+class MessageGone:
+    """Graph answered 404 for the id: deleted, moved out of the mailbox, or not there yet: right after a send
+    the Sent Items copy may lag (Microsoft warns of it), so gone then does not mean "never sent"."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An attachment upload session: the pre-authenticated URL and the first byte Graph expects."""
+
+    url: str
+    expires: str | None
+    next_offset: int
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """A non-delivery report in the sending mailbox's Inbox, tied to the mail it reports on."""
+
+    ndr_id: str
+    received_at: str | None
+    internet_message_id: str | None  # the bounced mail's, to match it with what was sent
+    dsn_code: str | None  # the enhanced status code, e.g. "5.1.10"
+    diagnostic: str | None  # the SMTP reply Exchange quotes, e.g. "550 5.1.10 RESOLVER.ADR.RecipientNotFound; ..."
+    recipients: list[str] = field(default_factory=list)
 
 
 class MailboxSlots:
@@ -61,6 +136,7 @@ class GraphClient:
         self._credential = credential or graph_credential(settings)
         self._service: GraphServiceClient | None = None
         self._http: Any = None
+        self._uploads: Any = None  # the plain HTTP client for upload URLs
         self._slots: dict[str, MailboxSlots] = {}
         self._share = MAILBOX_CONCURRENCY
 
@@ -103,15 +179,26 @@ class GraphClient:
                 raise GraphError(0, "network_error", f"{type(error).__name__}: no answer from Graph") from None
         return json.loads(raw) if raw else None
 
-    def _request(self, method: str, url: str, body: Any = None) -> RequestInformation:
+    def _request(
+        self, method: str, url: str, body: Any = None, *, immutable: bool = False, replayable: bool = True
+    ) -> RequestInformation:
+        """A request; `immutable` asks for immutable ids, `replayable=False` retries it in process after a 429
+        only (a lost answer to it must be looked into, not resent)."""
         from kiota_abstractions.method import Method
         from kiota_abstractions.request_information import RequestInformation
+        from kiota_http.middleware.options import RetryHandlerOption
 
         info = RequestInformation(Method[method])
         info.url = url
         info.headers.try_add("Accept", "application/json")
+        if immutable:
+            info.headers.try_add("Prefer", IMMUTABLE_IDS)
         if body is not None:
             info.set_stream_content(json.dumps(body).encode(), "application/json")
+        if not replayable:
+            option = RetryHandlerOption()
+            setattr(option, _THROTTLED_ONLY, True)  # read by BoundedRetryHandler.should_retry
+            info.add_request_options([option])
         return info
 
     def _url(self, path: str) -> str:
@@ -134,8 +221,9 @@ class GraphClient:
         filter: str | None = None,
         orderby: str | None = None,
         top: int = 100,
+        immutable: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every matching message, following @odata.nextLink as Graph gives it."""
+        """Every matching message, following @odata.nextLink as Graph gives it; immutable ids if asked."""
         from urllib.parse import urlencode
 
         path = f"/users/{mailbox}" + (f"/mailFolders/{folder_id}" if folder_id else "") + "/messages"
@@ -148,7 +236,7 @@ class GraphClient:
             query["$orderby"] = orderby
         url: str | None = self._url(path) + "?" + urlencode(query, safe="$,'():/")
         while url:
-            page = await self._send(mailbox, self._request("GET", url))
+            page = await self._send(mailbox, self._request("GET", url, immutable=immutable))
             for message in page.get("value", []):
                 yield message
             url = page.get("@odata.nextLink")
@@ -206,6 +294,182 @@ class GraphClient:
                 )
         return outcome
 
+    # -- the delivery engine's steps ------------------------------------------------------------------
+    async def create_draft(self, mailbox: str, message: dict[str, Any], delivery_id: str) -> Draft:
+        """POST /users/{mailbox}/messages: a draft of `message` (Graph's message JSON, inline attachments of
+        at most 3 MB each included) marked with `delivery_id`, answered with immutable ids. Not resent after a
+        lost answer: look for the draft with `find_marked` first. One request."""
+        draft = dict(message)
+        for index, attachment in enumerate(draft.get("attachments") or []):
+            size = _decoded_size(str(attachment.get("contentBytes") or ""))
+            if size > INLINE_ATTACHMENT_LIMIT:
+                raise ValueError(
+                    f"attachments[{index}] has {size} bytes; over {INLINE_ATTACHMENT_LIMIT} it needs an upload session"
+                )
+        properties = [
+            p for p in draft.get("singleValueExtendedProperties") or [] if p.get("id") != DELIVERY_ID_PROPERTY
+        ]
+        draft["singleValueExtendedProperties"] = [*properties, {"id": DELIVERY_ID_PROPERTY, "value": delivery_id}]
+        url = self._url(f"/users/{mailbox}/messages")
+        info = self._request("POST", url, draft, immutable=True, replayable=False)
+        answer = await self._send(mailbox, info)
+        return Draft(str(answer["id"]), answer.get("internetMessageId"))
+
+    async def find_marked(self, mailbox: str, delivery_id: str) -> list[MessageState]:
+        """Every message of the mailbox (any folder) marked with `delivery_id`, with immutable ids: none when
+        the draft was never created, one normally. One request."""
+        value = delivery_id.replace("'", "''")
+        marker = f"singleValueExtendedProperties/Any(ep: ep/id eq '{DELIVERY_ID_PROPERTY}' and ep/value eq '{value}')"
+        found = self.list_messages(mailbox, select=MESSAGE_STATE.split(","), filter=marker, top=10, immutable=True)
+        return [_message_state(m) async for m in found]
+
+    async def get_message(self, mailbox: str, message_id: str) -> MessageState | MessageGone:
+        """Where a message stands, by its immutable id; `MessageGone` for Graph's 404. One request."""
+        url = self._url(f"/users/{mailbox}/messages/{message_id}?$select={MESSAGE_STATE}")
+        try:
+            answer = await self._send(mailbox, self._request("GET", url, immutable=True))
+        except GraphError as error:
+            if error.status == 404:
+                return MessageGone(message_id)
+            raise
+        return _message_state(answer)
+
+    async def create_upload_session(
+        self,
+        mailbox: str,
+        message_id: str,
+        name: str,
+        size: int,
+        *,
+        content_type: str | None = None,
+        is_inline: bool = False,
+        content_id: str | None = None,
+    ) -> UploadSession:
+        """POST .../messages/{id}/attachments/createUploadSession for a file of `size` bytes (3-150 MB); a
+        second session after a lost answer only leaves an unused one to expire. One request."""
+        item: dict[str, Any] = {"attachmentType": "file", "name": name, "size": size, "isInline": is_inline}
+        if content_type:
+            item["contentType"] = content_type
+        if content_id:
+            item["contentId"] = content_id
+        url = self._url(f"/users/{mailbox}/messages/{message_id}/attachments/createUploadSession")
+        answer = await self._send(mailbox, self._request("POST", url, {"AttachmentItem": item}, immutable=True))
+        return UploadSession(
+            str(answer["uploadUrl"]),
+            answer.get("expirationDateTime"),
+            _next_offset(answer.get("nextExpectedRanges")) or 0,
+        )
+
+    async def upload_position(self, mailbox: str, upload_url: str) -> int | None:
+        """The byte an upload session expects next (GET on its URL); None when the session is gone: finished,
+        expired or cancelled. One request."""
+        try:
+            answer = await self._upload_call(mailbox, "GET", upload_url)
+        except GraphError as error:
+            if error.status == 404:
+                return None
+            raise
+        return _next_offset(answer.json().get("nextExpectedRanges"))
+
+    async def upload_attachment(
+        self,
+        mailbox: str,
+        upload_url: str,
+        size: int,
+        source: ByteSource,
+        *,
+        start: int | None = None,
+        chunk_size: int = UPLOAD_CHUNK,
+    ) -> str | None:
+        """Upload `size` bytes from `source` to an upload session in chunks, from `start` (asked of the session
+        when not given, as after a crash); an interrupted or refused chunk is resumed from where the session
+        stands. Returns the attachment's URL (Graph's `Location`), or None when the last chunk's answer was lost
+        and the session is gone, i.e. finished. Only one chunk is held in memory. A 429 comes back as a
+        GraphError with its Retry-After (the 150 MB per 5 minutes limit), as does a session gone before the
+        end. Requests: one per chunk, plus one for the position when `start` is not given or after each
+        interruption."""
+        if chunk_size <= 0 or chunk_size % UPLOAD_CHUNK_UNIT or chunk_size > UPLOAD_CHUNK_LIMIT:
+            raise ValueError(
+                f"chunk_size must be a multiple of 320 KiB ({UPLOAD_CHUNK_UNIT} bytes), at most 4 MiB, not {chunk_size}"
+            )
+        read = source if callable(source) else _StreamReader(source)
+        offset = await self.upload_position(mailbox, upload_url) if start is None else start
+        stalls, last_sent = 0, False
+        while True:
+            if offset is None:
+                if last_sent:
+                    return None
+                raise GraphError(404, "ErrorItemNotFound", "The upload session is gone before the file was complete.")
+            length = min(chunk_size, size - offset)
+            data = await read(offset, length)
+            if len(data) != length:
+                raise ValueError(f"the source gave {len(data)} bytes at offset {offset}; {length} were expected")
+            last_sent = last_sent or offset + length == size
+            content_range = f"bytes {offset}-{offset + length - 1}/{size}"
+            try:
+                answer = await self._upload_call(
+                    mailbox,
+                    "PUT",
+                    upload_url,
+                    data,
+                    {"Content-Range": content_range, "Content-Type": "application/octet-stream"},
+                )
+            except GraphError as error:
+                stalls += 1
+                if error.status == 429 or not (error.transient or error.status == 416) or stalls > UPLOAD_STALLS:
+                    raise
+                offset = await self.upload_position(mailbox, upload_url)
+                continue
+            stalls = 0
+            if answer.status_code == 201:
+                location = answer.headers.get("Location")
+                return str(location) if location else None
+            offset = _next_offset(answer.json().get("nextExpectedRanges"))
+
+    async def send_draft(self, mailbox: str, message_id: str) -> None:
+        """POST /users/{mailbox}/messages/{id}/send (202): the draft goes out and moves to Sent Items. Not resent
+        after a lost answer: `get_message` tells whether it is still a draft. One request."""
+        url = self._url(f"/users/{mailbox}/messages/{message_id}/send")
+        await self._send(mailbox, self._request("POST", url, immutable=True, replayable=False), expect_body=False)
+
+    async def list_bounces(self, mailbox: str, *, since: datetime | None = None) -> list[Bounce]:
+        """The non-delivery reports in the mailbox's Inbox (received at or after `since`), each with the bounced
+        mail's internetMessageId, the DSN code and the recipients that bounced. One request per 50 Inbox
+        messages."""
+        received = f"receivedDateTime ge {since.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if since else None
+        inbox = self.list_messages(
+            mailbox, folder_id="inbox", select=NDR_FIELDS.split(","), filter=received, top=50, immutable=True
+        )
+        return [_bounce(message, mailbox) async for message in inbox if _is_ndr(message)]
+
+    async def _upload_call(
+        self, mailbox: str, method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """One request to a pre-authenticated upload URL: a plain client, so no Authorization header goes."""
+        from httpx import HTTPError
+
+        if self._uploads is None:
+            from kiota_http.kiota_client_factory import KiotaClientFactory
+
+            self._uploads = KiotaClientFactory.get_default_client()
+        async with self._slot(mailbox):
+            try:
+                answer = await self._uploads.request(method, url, content=data, headers=headers)
+            except HTTPError as error:
+                raise GraphError(0, "network_error", f"{type(error).__name__}: no answer from the upload URL") from None
+        if answer.status_code >= 400:
+            try:
+                problem = answer.json().get("error") or {}
+            except ValueError:
+                problem = {}
+            raise GraphError(
+                answer.status_code,
+                str(problem.get("code") or "unknown"),
+                str(problem.get("message") or answer.reason_phrase),
+                _seconds(answer.headers.get("Retry-After")),
+            )
+        return answer
+
     async def read_credential(self) -> None:
         """Read the Graph credential from Key Vault (the health check); the value is dropped at once, and the
         credential in use is left alone (replacing it would close it under a send that is using it)."""
@@ -220,6 +484,8 @@ class GraphClient:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+        if self._uploads is not None:
+            await self._uploads.aclose()
         await self._credential.close()
 
 
@@ -228,6 +494,106 @@ def _seconds(value: Any) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _decoded_size(base64_text: str) -> int:
+    """Bytes a base64 text decodes to, without decoding it."""
+    text = base64_text.strip()
+    return len(text) * 3 // 4 - text[-2:].count("=")
+
+
+def _next_offset(ranges: Any) -> int | None:
+    """The start of Outlook's `nextExpectedRanges` (a single "{start}", or OneDrive's "{start}-")."""
+    if not ranges:
+        return None
+    return int(str(ranges[0]).split("-", 1)[0])
+
+
+def _message_state(message: dict[str, Any]) -> MessageState:
+    return MessageState(
+        id=str(message["id"]),
+        is_draft=bool(message.get("isDraft")),
+        internet_message_id=message.get("internetMessageId"),
+        parent_folder_id=message.get("parentFolderId"),
+        sent_at=message.get("sentDateTime"),
+    )
+
+
+class _StreamReader:
+    """`read(start, length)` over an async stream of pieces: forward only, keeping the last chunk read so a
+    chunk cut off mid-way can be sent again."""
+
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._pieces = aiter(stream)
+        self._kept = bytearray()
+        self._kept_start = 0  # stream offset of self._kept[0]
+
+    async def __call__(self, start: int, length: int) -> bytes:
+        if start < self._kept_start:
+            raise ValueError(f"a stream cannot go back to byte {start}; it is at {self._kept_start}")
+        end = start + length
+        while self._kept_start + len(self._kept) < end:
+            self._drop_before(start)
+            try:
+                self._kept += await anext(self._pieces)
+            except StopAsyncIteration:
+                break
+        self._drop_before(start)
+        return bytes(self._kept[: end - start])
+
+    def _drop_before(self, start: int) -> None:
+        cut = min(start - self._kept_start, len(self._kept))
+        if cut > 0:
+            del self._kept[:cut]
+            self._kept_start += cut
+
+
+# Non-delivery reports: Exchange marks them with this header; their text quotes the SMTP reply per recipient
+# ("Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; ...'") and, after it, the bounced
+# mail's original headers (its Message-ID among them).
+NDR_HEADER = "x-ms-exchange-message-is-ndr"
+_DSN = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.])([^'<>#\n]*)")
+_MESSAGE_ID = re.compile(r"(?<![\w-])Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE)
+_ADDRESS = re.compile(r"[\w.!#$%&*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _headers(message: dict[str, Any]) -> dict[str, str]:
+    return {
+        str(h.get("name", "")).lower(): str(h.get("value", "")) for h in message.get("internetMessageHeaders") or []
+    }
+
+
+def _is_ndr(message: dict[str, Any]) -> bool:
+    headers = _headers(message)
+    return NDR_HEADER in headers or "report-type=delivery-status" in headers.get("content-type", "").lower()
+
+
+def _bounce(message: dict[str, Any], mailbox: str) -> Bounce:
+    """What an NDR says: the code, the recipients named before the diagnostic ends, the original Message-ID."""
+    body = message.get("body") or {}
+    text = str(body.get("content") or "")
+    if str(body.get("contentType", "")).lower() == "html":
+        text = _TAG.sub(" ", text)  # before unescaping, so a quoted <message-id> survives as text
+    text = html.unescape(text)
+    codes = list(_DSN.finditer(text))
+    first = codes[0] if codes else None
+    named = text[: codes[-1].end()] if codes else text
+    reporter = str(((message.get("from") or {}).get("emailAddress") or {}).get("address") or "").lower()
+    recipients: dict[str, str] = {}
+    for address in _ADDRESS.findall(named):
+        if address.lower() not in {mailbox.lower(), reporter}:
+            recipients.setdefault(address.lower(), address)
+    found_id = _MESSAGE_ID.search(text[first.start() :] if first else text)
+    original = _headers(message).get("in-reply-to") or (found_id.group(1) if found_id else None)
+    return Bounce(
+        ndr_id=str(message["id"]),
+        received_at=message.get("receivedDateTime"),
+        internet_message_id=original,
+        dsn_code=first.group(2) if first else None,
+        diagnostic=" ".join(first.group(0).split()) if first else None,
+        recipients=list(recipients.values()),
+    )
 
 
 def _graph_error(error: Any) -> GraphError:
@@ -261,6 +627,11 @@ def _build_service(settings: Settings, credential: Any) -> tuple[GraphServiceCli
         def get_delay_time(self, retry_count: int, response: Any = None, delay: float = 3) -> float:
             wait = float(super().get_delay_time(retry_count, response, delay))
             return wait if wait <= MAX_IN_PROCESS_WAIT else float(RetryHandlerOption.MAX_DELAY)
+
+        def should_retry(self, request: Any, options: Any, response: Any) -> bool:
+            if getattr(options, _THROTTLED_ONLY, False) and response.status_code != 429:
+                return False  # a 503/504 may come after Graph did the work: resending could duplicate it
+            return bool(super().should_retry(request, options, response))
 
     middleware = [
         BoundedRetryHandler() if isinstance(m, RetryHandler) else m
