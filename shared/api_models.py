@@ -200,8 +200,7 @@ class DigestMailPreview(_Model):
     sender: str = Field(alias="from")
     to: list[str]
     subject: str
-    html: str | None
-    text: str | None
+    html: str
 
 
 class DigestRun(_Model):

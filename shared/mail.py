@@ -311,7 +311,6 @@ def compose_mail(
     to: list[str],
     subject: str,
     html: str,
-    text: str | None,
     settings: Settings,
     *,
     cc: list[str] | None = None,
@@ -328,7 +327,6 @@ def compose_mail(
             "cc": cc or [],
             "subject": subject,
             "html": html,
-            "text": text,
             "importance": importance,
             "headers": headers or {},
         }

@@ -26,11 +26,11 @@ templates = Environment(
 
 @dataclass(frozen=True)
 class RenderedMail:
-    """A rendered mail: its subject, its HTML body and, for kinds that have a `.txt.j2` template, a text body."""
+    """A rendered mail: its subject and its HTML body. Graph's sendMail carries one body, so each kind has one
+    template, HTML (Outlook and every other client show it; a text part would never be delivered)."""
 
     subject: str
     html: str
-    text: str | None = None
 
 
 def one_line(text: str, limit: int = 255) -> str:
@@ -40,10 +40,5 @@ def one_line(text: str, limit: int = 255) -> str:
 
 
 def render_mail(kind: str, subject: str, **context: Any) -> RenderedMail:
-    """`templates/<kind>.html.j2`, and `.txt.j2` where the kind has one, with the same context (and the
-    subject)."""
-    html = templates.get_template(f"{kind}.html.j2").render(subject=subject, **context)
-    if not (TEMPLATES / f"{kind}.txt.j2").is_file():
-        return RenderedMail(subject, html)
-    text = templates.get_template(f"{kind}.txt.j2").render(subject=subject, **context)
-    return RenderedMail(subject, html, text)
+    """`templates/<kind>.html.j2` with the context (and the subject)."""
+    return RenderedMail(subject, templates.get_template(f"{kind}.html.j2").render(subject=subject, **context))

@@ -38,7 +38,6 @@ def alert_mail(group: AlertGroup, receiver: Receiver, settings: Settings, mail_i
         receiver.to,
         rendered.subject,
         rendered.html,
-        rendered.text,
         settings,
         cc=receiver.cc,
         importance="high" if critical else "normal",

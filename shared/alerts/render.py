@@ -70,7 +70,7 @@ def for_display(alert: Alert) -> Alert:
 
 
 def fits(mail: RenderedMail) -> bool:
-    return len(mail.html) <= MAIL_BUDGET and len(mail.text or "") <= MAIL_BUDGET
+    return len(mail.html) <= MAIL_BUDGET
 
 
 # Annotations the template shows in their own places (the headline, the description, the runbook link)

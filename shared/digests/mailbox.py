@@ -136,7 +136,6 @@ async def run_mailbox_digest(
             "to": digest.to,
             "subject": mail.subject,
             "html": mail.html,
-            "text": mail.text,
         }
         return run
     record: dict[str, Any] = {
@@ -293,7 +292,7 @@ def _digest_mail(
 ) -> MailRequest:
     items = [DigestItem.from_graph(m, now) for m in found[: digest.max_items]]
     rendered = render_mailbox_digest(digest, folders, items, len(found), now)
-    return compose_mail(mail_id, digest.sender, digest.to, rendered.subject, rendered.html, rendered.text, settings)
+    return compose_mail(mail_id, digest.sender, digest.to, rendered.subject, rendered.html, settings)
 
 
 async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:
