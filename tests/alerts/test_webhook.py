@@ -464,3 +464,35 @@ def test_issue12_6_the_answer_names_the_route_receiver_and_mode_an_alert_went_to
     [group] = answer["groups"]
     assert (group["receiver"], group["mode"], group["grouping"]) == ("oncall", "immediate", "app")
     assert group["routes"] == [{"path": "route.routes[1]", "matchers": ['severity=~"critical|high"']}]
+
+
+def test_a_pass_through_retry_across_the_edge_of_its_two_minute_window_is_the_same_mail(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Review of issue 12, item 5: a source retrying 30 s later may cross the window's edge; it is still a
+    retry (the previous window's mail is found), mailed once, and takes no second slot of the mail cap."""
+    from datetime import UTC, datetime
+
+    from shared.alerts.grouping import group_alerts
+    from shared.alerts.intake import parse_alerts
+    from shared.alerts.notify import PASS_THROUGH_RETRY_WINDOW, Notifier
+    from shared.config import settings
+    from shared.routing_file import notify_config
+    from shared.store import store
+
+    config = settings()
+    routing = notify_config(config)
+    [group] = group_alerts(parse_alerts(fresh("alertmanager"), "alertmanager"), routing)
+    edge = (int(datetime.now(UTC).timestamp()) // PASS_THROUGH_RETRY_WINDOW + 1) * PASS_THROUGH_RETRY_WINDOW
+
+    async def twice() -> list[str | None]:
+        notifier = Notifier(config, store(config.storage))
+        receiver = routing.receiver(group.receiver)
+        first = await notifier.pass_through(group, receiver, datetime.fromtimestamp(edge - 10, UTC))
+        retry = await notifier.pass_through(group, receiver, datetime.fromtimestamp(edge + 20, UTC))
+        return [first, retry]
+
+    first, retry = run(twice())
+    assert first is not None and retry == first
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert len(sandbox.sent()) == 1
