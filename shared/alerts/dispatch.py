@@ -39,7 +39,6 @@ from .grouping import group_alerts, receiver_key
 from .model import Alert, AlertGroup, stamp
 from .model import parse_stamp as _moment
 from .notify import Notifier
-from .overflow import parse_summary_message
 
 STALE_AFTER = timedelta(minutes=10)  # a flush this overdue was lost; the next alert schedules a new one
 _ATTEMPTS = 8  # ETag races tried before an intake gives up with 503
@@ -91,14 +90,18 @@ class Flush:
     alerts: int = 0
 
 
-def parse_flush_message(text: str) -> tuple[str, datetime]:
-    """(group key, due) of an `alerts-flush` message; InvalidMessage when it is not one."""
+def parse_flush_message(text: str) -> tuple[str, str, datetime]:
+    """(kind, name, due) of an `alerts-flush` message: a group's flush (`{"group", "due"}`, the name is the
+    group's key) or a receiver's summary of held-back notices (`{"summary", "due"}`, the name is the
+    receiver's); InvalidMessage when it is neither."""
     message = queue_json(text, "an alerts-flush message")
-    if not isinstance(message.get("group"), str):
-        raise InvalidMessage("not an alerts-flush message: no group")
+    kind = "summary" if "summary" in message else "group"
+    name = message.get(kind)
+    if not isinstance(name, str):
+        raise InvalidMessage(f"not an alerts-flush message: no {kind}")
     due = str(message.get("due", ""))
     try:
-        return message["group"], _moment(due)
+        return kind, name, _moment(due)
     except ValueError:
         raise InvalidMessage(f"not an alerts-flush message: due {due[:40]!r} is not a time") from None
 
@@ -174,14 +177,13 @@ class Dispatcher:
         """Handle one `alerts-flush` message: a group's flush (see the module's docstring) or a receiver's
         summary of the notices its mail cap held back (`overflow`)."""
         store = self.store
-        summary = parse_summary_message(text)
-        if summary is not None:
-            receiver = next((r for r in self.config.receivers if r.name == summary[0]), None)
+        kind, key, at = parse_flush_message(text)
+        if kind == "summary":
+            receiver = next((r for r in self.config.receivers if r.name == key), None)
             if receiver is None:
-                return Flush(f"summary:{summary[0]}", FlushOutcome.DROPPED)
-            outcome, mail_id, listed = await self.notify.summary(receiver, summary[1])
+                return Flush(f"summary:{key}", FlushOutcome.DROPPED)
+            outcome, mail_id, listed = await self.notify.summary(receiver, at)
             return Flush(f"summary:{receiver.name}", FlushOutcome(outcome), mail_id, listed)
-        key, at = parse_flush_message(text)
         row = await store.groups.get(key)
         if row is None or row.scheduled_for != at:
             return Flush(key, FlushOutcome.STALE)

@@ -22,16 +22,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
-from ..errors import InvalidMessage, Unavailable
+from ..errors import Unavailable
 from ..mail import MailRequest, app_mail_id, compose_mail
 from ..outbox import submit_mail
 from ..routing_file import Receiver
 from ..store import StatusChanged, Store
 from ..store.mail_caps import CapRow, HeldBack
 from ..templating import one_line, render_mail
-from ..text import queue_json
 from .grouping import receiver_key
-from .model import parse_stamp, stamp
+from .model import stamp
 from .render import fits
 
 SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
@@ -123,20 +122,6 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
     return compose_mail(
         mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, settings, cc=receiver.cc
     )
-
-
-def parse_summary_message(text: str) -> tuple[str, datetime] | None:
-    """(receiver, due) of a summary message on `alerts-flush`; None when the message is a group's flush."""
-    message = queue_json(text, "an alerts-flush message")
-    if "summary" not in message:
-        return None
-    if not isinstance(message["summary"], str):
-        raise InvalidMessage("not an alerts-flush summary: no receiver")
-    due = str(message.get("due", ""))
-    try:
-        return message["summary"], parse_stamp(due)
-    except ValueError:
-        raise InvalidMessage(f"not an alerts-flush summary: due {due[:40]!r} is not a time") from None
 
 
 async def send_summary(
