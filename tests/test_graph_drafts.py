@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from sandbox.launcher import SandboxProcess
-from shared.config import load_settings
 from shared.errors import GraphError
 from shared.graph import (
     DELIVERY_ID_PROPERTY,
@@ -27,21 +26,11 @@ from shared.graph import (
     MessageState,
 )
 
-from .helpers import SENDER, bearer, run
+from .helpers import SENDER, bearer
+from .test_graph import _with_client
 
 ALICE = "alice@contoso.test"
 GHOST = "ghost@contoso.test"  # in the tenant's domain, no such mailbox
-
-
-def _with_client(env: dict[str, str], scenario: Any) -> Any:
-    async def go() -> Any:
-        client = GraphClient(load_settings(env))
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-
-    return run(go())
 
 
 def _message(subject: str = "Nightly export", to: tuple[str, ...] = (ALICE,), **extra: Any) -> dict[str, Any]:
