@@ -17,8 +17,6 @@ from collections import Counter
 import httpx
 from common import LocalCloud, local_cloud
 
-from devhost.azurite import AzuriteProcess
-
 MAILS = 300
 OTHERS = ("alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
 
@@ -47,8 +45,7 @@ def _restart_storage(cloud: LocalCloud, down_seconds: float) -> float:
     azurite.process.send_signal(signal.SIGINT)
     azurite.process.wait(60)
     time.sleep(max(0.0, down_seconds - (time.monotonic() - started)))
-    revived = AzuriteProcess(azurite.data_dir, (azurite.blob_port, azurite.queue_port, azurite.table_port))
-    cloud.azurite = revived.start()
+    azurite.start()  # the same object: the cloud's clean-up stops this process too
     return time.monotonic() - started
 
 
