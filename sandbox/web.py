@@ -157,24 +157,24 @@ async def folder_messages(request: Request) -> Response:
     )
 
 
-async def message(request: Request) -> Response:
+def _message(request: Request) -> tuple[User, dict[str, Any]]:
+    """The mailbox's user and the message the path names; 404 when there is none."""
     sandbox: Sandbox = request.app.state.sandbox
     user = _user(sandbox, request.path_params["upn"])
     try:
-        document = sandbox.store.message(user, request.path_params["message"])
+        return user, sandbox.store.message(user, request.path_params["message"])
     except KeyError:
         raise HTTPException(404, "No such message.") from None
+
+
+async def message(request: Request) -> Response:
+    user, document = _message(request)
     return _page("message.html", user=user, message=document, fit_frame=FIT_FRAME)
 
 
 async def attachment(request: Request) -> Response:
     """An attachment's bytes, as a download (never rendered by the browser)."""
-    sandbox: Sandbox = request.app.state.sandbox
-    user = _user(sandbox, request.path_params["upn"])
-    try:
-        document = sandbox.store.message(user, request.path_params["message"])
-    except KeyError:
-        raise HTTPException(404, "No such message.") from None
+    _, document = _message(request)
     for item in document.get("attachments") or []:
         if item["id"] == request.path_params["attachment"]:
             name = quote(str(item.get("name") or "attachment"))
