@@ -19,6 +19,7 @@ from .graph import (
     _context,
     _folder,
     _json_body,
+    _json_object,
     _mailbox_address,
     _message,
     _route,
@@ -52,9 +53,7 @@ def _draft(service: GraphService, user: User, message_id: str) -> dict[str, Any]
 @_route("POST", "/users/{user}/mailFolders/{folder}/messages", {"Mail.ReadWrite"})
 def create_draft(service: GraphService, call: GraphCall, user: User, params: dict[str, str]) -> GraphResult:
     """A new draft (in Drafts, or in the folder posted to): 201 with the message."""
-    source = _json_body(call.body)
-    if not isinstance(source, dict):
-        raise _type_error("body", "an object")
+    source = _json_object(call.body)
     message = _validated_message(source, user, draft=True)
     folder = _folder(service, user, params.get("folder", "drafts"))
     document = build_message(message, folder_id=folder.id, is_read=True)

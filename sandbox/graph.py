@@ -316,6 +316,14 @@ def _error_result(error: GraphError, mailbox: str | None) -> GraphResult:
     return GraphResult(error.status, _error_body(error.code, error.message), dict(error.headers), mailbox)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (sendMail, PATCH, a new draft)."""
+    document = _json_body(body)
+    if not isinstance(document, dict):
+        raise _type_error("body", "an object")
+    return document
+
+
 def _json_body(body: bytes) -> Any:
     if not body.strip():
         raise GraphError(400, "BadRequest", "Empty Payload. JSON content expected.")
@@ -439,9 +447,7 @@ def get_user(service: GraphService, call: GraphCall, user: User, params: dict[st
 @_route("POST", "/users/{user}/sendMail", {"Mail.Send"})
 @_route("POST", "/users/{user}/microsoft.graph.sendMail", {"Mail.Send"})
 def send_mail(service: GraphService, call: GraphCall, user: User, params: dict[str, str]) -> GraphResult:
-    document = _json_body(call.body)
-    if not isinstance(document, dict):
-        raise _type_error("body", "an object")
+    document = _json_object(call.body)
     fields = {key.lower(): value for key, value in document.items()}
     message = fields.get("message")
     if not isinstance(message, dict):
@@ -746,9 +752,7 @@ def get_message(service: GraphService, call: GraphCall, user: User, params: dict
 @_route("PATCH", "/users/{user}/messages/{message}", {"Mail.ReadWrite"})
 @_route("PATCH", "/users/{user}/mailFolders/{folder}/messages/{message}", {"Mail.ReadWrite"})
 def update_message(service: GraphService, call: GraphCall, user: User, params: dict[str, str]) -> GraphResult:
-    changes = _json_body(call.body)
-    if not isinstance(changes, dict):
-        raise _type_error("body", "an object")
+    changes = _json_object(call.body)
     document = _message(service, user, params["message"])
     known = {name.lower(): name for name in PATCHABLE | DRAFT_ONLY}
     for key, value in changes.items():

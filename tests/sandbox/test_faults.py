@@ -152,22 +152,23 @@ def _alice_mail(subject: str) -> dict[str, Any]:
     return {"message": {"subject": subject, "toRecipients": [{"emailAddress": {"address": "alice@contoso.test"}}]}}
 
 
-def test_ambiguous_send_mail_delivers_exactly_once_while_the_sdk_sees_a_failure(sandbox: SandboxProcess) -> None:
-    since = sandbox.last_seq()
-    sandbox.set_faults(ambiguousRate=1, randomSeed=3)
-    config = RequestConfiguration(options=[RetryHandlerOption(max_retries=0)])  # one attempt: no blind retry
+async def _send_disk_full(sandbox: SandboxProcess, config: RequestConfiguration[Any]) -> None:
+    """One sendMail to alice@ through msgraph-sdk, with the request options (retries) the test gives."""
     body = SendMailPostRequestBody(
         message=Message(
             subject="Disk full", to_recipients=[Recipient(email_address=EmailAddress(address="alice@contoso.test"))]
         )
     )
+    async with graph_client(sandbox) as graph:
+        await graph.users.by_user_id(SENDER).send_mail.post(body, config)
 
-    async def send() -> None:
-        async with graph_client(sandbox) as graph:
-            await graph.users.by_user_id(SENDER).send_mail.post(body, config)
 
+def test_ambiguous_send_mail_delivers_exactly_once_while_the_sdk_sees_a_failure(sandbox: SandboxProcess) -> None:
+    since = sandbox.last_seq()
+    sandbox.set_faults(ambiguousRate=1, randomSeed=3)
+    config = RequestConfiguration(options=[RetryHandlerOption(max_retries=0)])  # one attempt: no blind retry
     with pytest.raises((ODataError, httpx.TransportError)):
-        asyncio.run(send())
+        asyncio.run(_send_disk_full(sandbox, config))
     assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["Disk full"]
     [entry] = [e for e in sandbox.requests(since) if e["path"].endswith("/sendMail")]
     assert entry["ambiguous"] is True
@@ -228,17 +229,7 @@ def test_ambiguous_batch_sub_requests_are_carried_out_and_answered_504(sandbox: 
 def test_msgraph_retries_of_an_ambiguous_504_duplicate_the_mail(sandbox: SandboxProcess) -> None:
     sandbox.set_faults(ambiguousRate=1, randomSeed=4)  # this seed draws three 504s in a row
     config = RequestConfiguration(options=[RetryHandlerOption(delay=0, max_retries=2)])
-    body = SendMailPostRequestBody(
-        message=Message(
-            subject="Disk full", to_recipients=[Recipient(email_address=EmailAddress(address="alice@contoso.test"))]
-        )
-    )
-
-    async def send() -> None:
-        async with graph_client(sandbox) as graph:
-            await graph.users.by_user_id(SENDER).send_mail.post(body, config)
-
     with pytest.raises(ODataError) as raised:
-        asyncio.run(send())
+        asyncio.run(_send_disk_full(sandbox, config))
     assert raised.value.response_status_code == 504
     assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == ["Disk full"] * 3  # one per attempt
