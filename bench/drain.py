@@ -26,7 +26,7 @@ MAILS = 2000
 RUNS = 3  # the figures are medians over the runs
 CEILING = 40.0
 FAULTS = {"latencyMs": 100, "throttle": {"concurrentPerMailbox": 4}}
-OTHERS = ("post_mail", "alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
+OTHERS = ("post_mail", "alerts_inbox", "alerts_flush", "digest_timer")
 
 
 def _enqueue(connection: str, run: str, count: int = MAILS) -> None:

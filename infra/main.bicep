@@ -63,6 +63,11 @@ param auditRecipients string = 'hashed'
 @maxValue(3600)
 param mailSendLeaseSeconds int = 120
 
+@description('Minutes a digest occurrence missed while the app was down may still run late (0-10080).')
+@minValue(0)
+@maxValue(10080)
+param digestScheduleGraceMinutes int = 60
+
 @description('Most instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -118,6 +123,7 @@ var appSettings = {
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule
+  DIGEST_SCHEDULE_GRACE_MINUTES: string(digestScheduleGraceMinutes)
   AUDIT_RECIPIENTS: auditRecipients
   LIBRARY_LOG_LEVEL: 'warning' // the SDKs' request logging would be most of Application Insights' bill
 }
