@@ -1,4 +1,4 @@
-"""The app's entry points as constants: HTTP routes, queue names and timer schedules.
+"""The app's entry points as constants: HTTP routes, queue and container names, and timer schedules.
 
 `function_app.py` binds its triggers to these and `shared.openapi` describes the same routes, so the
 published contract and the bindings cannot drift apart. Plain values only: no Azure Functions types here.
@@ -15,6 +15,9 @@ ROUTE_PREFIX = "api"  # host.json's extensions.http.routePrefix (the Functions d
 MAIL_OUTBOX = "mail-outbox"
 ALERTS_INBOX = "alerts-inbox"
 ALERTS_FLUSH = "alerts-flush"
+# the blob container attachments are handed over in: multipart file parts land there, and queue producers upload
+# their own and reference them from a `mail-outbox` message as `mail-attachments/<name>`
+MAIL_ATTACHMENTS = "mail-attachments"
 
 # `%NAME%` is resolved by the Functions host from app settings; shared.config reads and checks the same names
 ALERT_DIGEST_SCHEDULE = "%ALERT_DIGEST_SCHEDULE%"
