@@ -461,9 +461,12 @@ def compose_mail(
     return check_mail(mail, settings)
 
 
-def graph_send_body(mail: MailRequest) -> dict[str, Any]:
-    """The JSON body of Graph's sendMail for a checked mail, with its inline attachments. Blob attachments are
-    not in it: a mail that has them goes as a draft, whose attachments are uploaded (`needs_draft`)."""
+def graph_send_body(mail: MailRequest, *, leave_out_blobs: bool = False) -> dict[str, Any]:
+    """The JSON body of Graph's sendMail for a checked mail, with its inline attachments. A mail with blob
+    attachments can only go as a draft whose attachments are uploaded (`needs_draft`): its body is rendered
+    only when asked to `leave_out_blobs` (the draft's message), never silently without them."""
+    if not leave_out_blobs and any(a.blob is not None for a in mail.attachments):
+        raise ValueError(f"mail {mail.id}: its blob attachments must be uploaded to a draft (needs_draft)")
 
     def recipients(mailboxes: list[Mailbox]) -> list[dict[str, Any]]:
         return [{"emailAddress": {"address": m.address, **({"name": m.name} if m.name else {})}} for m in mailboxes]

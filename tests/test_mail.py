@@ -246,9 +246,12 @@ def test_a_mail_needs_the_draft_path_for_a_blob_or_more_than_3_mib_of_attachment
     assert needs(_blob("tiny.txt", 3))  # a blob is uploaded, whatever its size
 
 
-def test_the_send_mail_body_leaves_blob_attachments_to_the_upload() -> None:
+def test_the_send_mail_body_leaves_blob_attachments_to_the_upload_and_never_drops_them_unasked() -> None:
     mail = check_mail(parse_mail({**BASE, "attachments": [_inline("a.txt", 3), _blob("b.pdf", 9)]}), SETTINGS)
-    assert [a["name"] for a in graph_send_body(mail)["message"]["attachments"]] == ["a.txt"]
+    with pytest.raises(ValueError, match="must be uploaded to a draft"):
+        graph_send_body(mail)
+    draft = graph_send_body(mail, leave_out_blobs=True)["message"]
+    assert [a["name"] for a in draft["attachments"]] == ["a.txt"]
 
 
 def test_the_fingerprint_counts_a_hashed_blob_by_its_content_not_its_random_name() -> None:
