@@ -81,7 +81,10 @@ class MailForm:
         if media_type is not None:
             kind = media_type.split(";")[0].strip().lower()
             if kind != "application/json" and not kind.endswith("+json"):
-                raise UnsupportedMediaType(f"The `{MAIL_PART}` part must be application/json, not {kind or 'empty'}.")
+                raise UnsupportedMediaType(
+                    f"The `{MAIL_PART}` part must be application/json, not {kind or 'empty'} "
+                    f"(with curl: -F '{MAIL_PART}=<mail.json;type=application/json')."
+                )
         content = bytearray()
         for data in self._data():
             content += data
