@@ -39,7 +39,7 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamRefused,
 )
-from .mail import APP_ID_PREFIX, ID_PATTERN, MailRequest, check_mail, parse_mail, payload_hash
+from .mail import APP_ID_PREFIX, ID_PATTERN, MAX_JSON_BYTES, MailRequest, check_mail, parse_mail, payload_hash
 from .outbox import submit_mail
 from .routes import Route
 from .routing_file import NotifyConfig
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notifier.api")
 
-MAX_REQUEST_BYTES = 5 * 1024 * 1024  # 3 MB of attachments is 4 MB of base64, plus the body
+MAX_REQUEST_BYTES = MAX_JSON_BYTES
 MAX_ALERT_REQUEST_BYTES = 4 * 1024 * 1024  # 10,000 alerts of a few hundred bytes; more is a misuse
 
 

@@ -22,7 +22,15 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData, Preamble
 
 from .errors import AppError, Detail, InvalidMessage, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from .mail import MAX_ATTACHMENTS, MAX_BLOB_ATTACHMENT_BYTES, Attachment, MailRequest, message_bytes, parse_mail
+from .mail import (
+    MAX_ATTACHMENTS,
+    MAX_BLOB_ATTACHMENT_BYTES,
+    MAX_JSON_BYTES,
+    Attachment,
+    MailRequest,
+    message_bytes,
+    parse_mail,
+)
 from .text import CONTROL, request_json
 
 if TYPE_CHECKING:
@@ -30,8 +38,7 @@ if TYPE_CHECKING:
 
 MAIL_PART = "mail"
 FILE_PART = "attachment"
-MAX_MAIL_PART_BYTES = 5 * 1024 * 1024  # the JSON body's own limit (shared.api.MAX_REQUEST_BYTES)
-FORM_OVERHEAD_BYTES = MAX_MAIL_PART_BYTES  # a form may be this much larger than the mail it carries
+FORM_OVERHEAD_BYTES = MAX_JSON_BYTES  # a form may be this much larger than the mail it carries
 _CHUNK_BYTES = 1024 * 1024  # the body is handed to the parser in pieces of this size
 # a media type with optional parameters, as RFC 9110 spells it (tokens; quoted parameter values)
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # noqa: S105 (an HTTP token, not a password)
@@ -88,10 +95,10 @@ class MailForm:
         content = bytearray()
         for data in self._data():
             content += data
-            if len(content) > MAX_MAIL_PART_BYTES:
+            if len(content) > MAX_JSON_BYTES:
                 raise PayloadTooLarge(
-                    f"The `{MAIL_PART}` part has more than {MAX_MAIL_PART_BYTES} bytes; send files as file parts.",
-                    [Detail(MAIL_PART, f"more than {MAX_MAIL_PART_BYTES} bytes")],
+                    f"The `{MAIL_PART}` part has more than {MAX_JSON_BYTES} bytes; send files as file parts.",
+                    [Detail(MAIL_PART, f"more than {MAX_JSON_BYTES} bytes")],
                 )
         return parse_mail(request_json(bytes(content), MAIL_PART))
 

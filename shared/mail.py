@@ -36,6 +36,7 @@ MAX_INLINE_ATTACHMENT_BYTES = 3 * 1024 * 1024  # Graph's limit for an attachment
 SEND_MAIL_ATTACHMENT_BYTES = 3 * 1024 * 1024
 MAX_BLOB_ATTACHMENT_BYTES = 150 * 1024 * 1024  # Graph's upload sessions take attachments up to 150 MB
 MAX_ATTACHMENTS = 50
+MAX_JSON_BYTES = 5 * 1024 * 1024  # a mail's JSON (a request body, a form's mail part): 3 MiB inline is 4 MiB of base64
 # a blob reference: the container, then 1-4 path segments of letters, digits and . _ : - (none starting with a
 # dot) and no `..` anywhere, as `shared.store.attachments` names the blobs it writes (`<mail id>/<uuid>-<n>`)
 _SEGMENT = "[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}"
