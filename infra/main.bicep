@@ -68,6 +68,11 @@ param mailSendLeaseSeconds int = 120
 @maxValue(10080)
 param digestScheduleGraceMinutes int = 60
 
+@description('Largest mail in bytes, body and attachments (MAIL_MAX_MESSAGE_BYTES): Exchange Online\'s default is 35 MB; raise it with the mailboxes\' own limit, up to 150 MB.')
+@minValue(1048576)
+@maxValue(157286400)
+param mailMaxMessageBytes int = 36700160
+
 @description('Most instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -120,6 +125,7 @@ var appSettings = {
   MAIL_ALLOWED_SENDERS: mailAllowedSenders
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
+  MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule
