@@ -85,3 +85,8 @@ async def alert_digest(timer: func.TimerRequest) -> None:
 @app.timer_trigger(arg_name="timer", schedule=routes.MAILBOX_DIGEST_SCHEDULE)
 async def mailbox_digest(timer: func.TimerRequest) -> None:
     await handlers.mailbox_digest(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule=routes.BOUNCE_CHECK_SCHEDULE)
+async def bounce_check(timer: func.TimerRequest) -> None:
+    await handlers.bounce_check(timer)

@@ -64,6 +64,7 @@ class Settings:
     audit_recipients: str
     send_lease_seconds: int
     library_log_level: str
+    mail_delivery_mode: str = "auto"
 
     def may_send_as(self, address: str) -> bool:
         """The sending policy: MAIL_ALLOWED_SENDERS (the default sender always included)."""
@@ -240,6 +241,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
+        mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),
         library_log_level=_choice(
             env, "LIBRARY_LOG_LEVEL", "warning", ("debug", "info", "warning", "error", "critical")
         ).upper(),

@@ -45,9 +45,18 @@ class Mailbox(_Strict):
 class Attachment(_Strict):
     name: str = Field(min_length=1, max_length=255)
     content_type: str = Field("application/octet-stream", alias="contentType", max_length=255)
-    content_base64: str = Field(alias="contentBase64")
+    content_base64: str | None = Field(None, alias="contentBase64")
+    blob: str | None = None
+    size: int | None = None
     inline: bool = False
     content_id: str | None = Field(None, alias="contentId", max_length=255)
+
+    def byte_size(self) -> int:
+        """The attachment's bytes: decoded base64, or the blob's size."""
+        if self.blob is not None:
+            return self.size or 0
+        text = (self.content_base64 or "").strip()
+        return len(text) * 3 // 4 - text[-2:].count("=")
 
 
 class MailRequest(_Strict):
@@ -288,12 +297,19 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
             if value is not None and CONTROL.search(value):
                 problems.append(Detail(f"{where}.{name}", "must not contain line breaks or control characters"))
         try:
-            total += len(base64.b64decode(attachment.content_base64, validate=True))
+            total += len(base64.b64decode(attachment.content_base64 or "", validate=True))
         except (binascii.Error, ValueError):
             problems.append(Detail(f"{where}.contentBase64", "not valid base64"))
     if total > MAX_ATTACHMENT_BYTES:
         problems.append(Detail("attachments", f"{total} bytes in all; at most {MAX_ATTACHMENT_BYTES} are allowed"))
     return problems
+
+
+def needs_draft(mail: MailRequest) -> bool:
+    """Whether only the draft path can carry the mail: a blob attachment, or more than sendMail's 4 MB request
+    can hold (3 MB of attachments)."""
+    sizes = [a.byte_size() for a in mail.attachments]
+    return any(a.blob is not None for a in mail.attachments) or sum(sizes) > MAX_ATTACHMENT_BYTES
 
 
 def app_mail_id(kind: str, *parts: str) -> str:

@@ -19,6 +19,7 @@ ALERTS_FLUSH = "alerts-flush"
 # `%NAME%` is resolved by the Functions host from app settings; shared.config reads and checks the same names
 ALERT_DIGEST_SCHEDULE = "%ALERT_DIGEST_SCHEDULE%"
 MAILBOX_DIGEST_SCHEDULE = "%MAILBOX_DIGEST_SCHEDULE%"
+BOUNCE_CHECK_SCHEDULE = "0 */5 * * * *"  # every 5 minutes (UTC): the sending mailboxes' NDRs
 
 _OPTIONAL_LAST_SEGMENT = re.compile(r"/\{(\w+)\?\}$")
 

@@ -117,9 +117,13 @@ def test_timer_schedules_are_placeholders_for_settings_the_app_reads_checks_and_
     triggers: dict[str, dict[str, Any]],
 ) -> None:
     timers = {name: t["schedule"] for name, t in _by_type(triggers, "timerTrigger").items()}
-    assert timers == {"alert_digest": "%ALERT_DIGEST_SCHEDULE%", "mailbox_digest": "%MAILBOX_DIGEST_SCHEDULE%"}
+    assert timers == {
+        "alert_digest": "%ALERT_DIGEST_SCHEDULE%",
+        "mailbox_digest": "%MAILBOX_DIGEST_SCHEDULE%",
+        "bounce_check": "0 */5 * * * *",  # fixed: no setting to resolve
+    }
     example = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
-    for schedule in timers.values():
+    for schedule in (s for s in timers.values() if s.startswith("%")):
         setting = schedule.strip("%")
         # the host resolves the placeholder from app settings only: a missing one disables the function
         assert setting in example, setting

@@ -3,7 +3,7 @@
 `storage` holds the clients and the Storage mechanics (ETags, retries, lazy SDK imports); each other module
 is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (and its claim check),
 `alert_groups`, `alert_queues`, `mail_caps`, `alert_digest` (the digest buffer), `records` (run records: alert notices,
-digest runs), `digest_status`, `audit_log`, `instances`. `store(account)` is the process's `Store`, which
+digest runs), `digest_status`, `audit_log`, `instances`, `mailboxes`. `store(account)` is the process's `Store`, which
 hands them out.
 """
 
@@ -19,6 +19,7 @@ from .digest_status import DigestStatuses
 from .instances import Instances
 from .mail_caps import MailCaps
 from .mail_status import MailStatuses
+from .mailboxes import Mailboxes
 from .outbox_queue import OutboxQueue
 from .records import RunRecords
 from .storage import DIGEST_RUN_CONTAINER, NOTICE_CONTAINER, StatusChanged, Storage
@@ -42,6 +43,7 @@ class Store:
         self.digest_statuses = DigestStatuses(self.storage)
         self.audit = AuditLog(self.storage)
         self.instances = Instances(self.storage)
+        self.mailboxes = Mailboxes(self.storage)
 
     async def ping(self) -> None:
         """A cheap round trip to Table storage (the health check)."""
