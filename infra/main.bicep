@@ -63,6 +63,10 @@ param auditRecipients string = 'hashed'
 @maxValue(3600)
 param mailSendLeaseSeconds int = 120
 
+@description('How mail goes to Graph: auto (drafts where the app has Mail.ReadWrite, else sendMail), draft or sendmail.')
+@allowed(['auto', 'draft', 'sendmail'])
+param mailDeliveryMode string = 'auto'
+
 @description('Most instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -115,6 +119,7 @@ var appSettings = {
   MAIL_ALLOWED_SENDERS: mailAllowedSenders
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
+  MAIL_DELIVERY_MODE: mailDeliveryMode
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule
