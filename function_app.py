@@ -77,14 +77,9 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     await handlers.alerts_flush(message)
 
 
-@app.timer_trigger(arg_name="timer", schedule=routes.ALERT_DIGEST_SCHEDULE)
-async def alert_digest(timer: func.TimerRequest) -> None:
-    await handlers.alert_digest(timer)
-
-
-@app.timer_trigger(arg_name="timer", schedule=routes.MAILBOX_DIGEST_SCHEDULE)
-async def mailbox_digest(timer: func.TimerRequest) -> None:
-    await handlers.mailbox_digest(timer)
+@app.timer_trigger(arg_name="timer", schedule=routes.DIGEST_TICK)
+async def digest_timer(timer: func.TimerRequest) -> None:
+    await handlers.digest_timer(timer)
 
 
 @app.timer_trigger(arg_name="timer", schedule=routes.BOUNCE_CHECK_SCHEDULE)

@@ -28,7 +28,7 @@ MAILS = 2000
 RUNS = 3  # the figures are medians over the runs
 CEILING = {"sendmail": 40.0, "draft": 20.0}  # 4 concurrent requests of 100 ms; a draft mail takes two
 FAULTS = {"latencyMs": 100, "throttle": {"concurrentPerMailbox": 4}}
-OTHERS = ("post_mail", "alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
+OTHERS = ("post_mail", "alerts_inbox", "alerts_flush", "digest_timer")
 
 
 def _enqueue(connection: str, run: str, count: int = MAILS) -> None:

@@ -18,7 +18,7 @@ import httpx
 from common import LocalCloud, local_cloud
 
 MAILS = 300
-OTHERS = ("alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
+OTHERS = ("alerts_inbox", "alerts_flush", "digest_timer")
 
 
 def _accept(host_url: str, run: str) -> list[str]:

@@ -25,7 +25,7 @@ SECONDS = 20.0
 RUNS = 3  # the figures are medians over the runs
 MAIL = {"to": ["alice@contoso.test"], "subject": "Disk full on db-1", "text": "/var is at 97% since 10:02 UTC."}
 ALERT = {"name": "DiskFilling", "severity": "critical", "labels": {"instance": "db-1"}, "summary": "/var at 97%"}
-BACKGROUND = ("mail_outbox", "alerts_inbox", "alerts_flush", "alert_digest", "mailbox_digest")
+BACKGROUND = ("mail_outbox", "alerts_inbox", "alerts_flush", "digest_timer")
 
 
 async def _load(call: Callable[[int], Awaitable[None]]) -> list[float]:

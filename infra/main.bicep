@@ -67,6 +67,11 @@ param mailSendLeaseSeconds int = 120
 @allowed(['auto', 'draft', 'sendmail'])
 param mailDeliveryMode string = 'auto'
 
+@description('Minutes a digest occurrence missed while the app was down may still run late (0-10080).')
+@minValue(0)
+@maxValue(10080)
+param digestScheduleGraceMinutes int = 60
+
 @description('Most instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -123,6 +128,7 @@ var appSettings = {
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule
+  DIGEST_SCHEDULE_GRACE_MINUTES: string(digestScheduleGraceMinutes)
   AUDIT_RECIPIENTS: auditRecipients
   LIBRARY_LOG_LEVEL: 'warning' // the SDKs' request logging would be most of Application Insights' bill
 }

@@ -886,4 +886,4 @@ def get_folder(service: GraphService, call: GraphCall, user: User, params: dict[
     return GraphResult(200, {"@odata.context": context, **_project_folder(documents[0], select)})
 
 
-from . import delta, drafts  # noqa: E402, F401  (their routes register with this dispatcher)
+from . import delta, drafts, folder_delta  # noqa: E402, F401  (their routes register with this dispatcher)

@@ -399,6 +399,21 @@ class Store:
             current = _folder(row) if row else self._create_folder(user.id, current.id, part.strip())
         return current
 
+    def update_folder(
+        self, user: User, folder_id: str, *, display_name: str | None = None, parent_id: str | None = None
+    ) -> None:
+        """Rename a folder or move it under another parent (its id, messages and children stay with it)."""
+        with self.transaction():
+            if display_name is not None:
+                self.db.execute(
+                    "UPDATE folders SET display_name = ? WHERE mailbox = ? AND id = ?",
+                    (display_name, user.id, folder_id),
+                )
+            if parent_id is not None:
+                self.db.execute(
+                    "UPDATE folders SET parent_id = ? WHERE mailbox = ? AND id = ?", (parent_id, user.id, folder_id)
+                )
+
     # -- messages -------------------------------------------------------------------------------------
     def _last_change(self) -> int:
         row = self.db.execute(

@@ -204,16 +204,20 @@ class DigestMailPreview(_Model):
 
 
 class DigestRun(_Model):
-    """What a digest run did; `tagged`, `untagged` and `resumedEarlierRun` are left out of dry runs, which
-    carry the `mail` they would send instead."""
+    """What a digest run did: its kind (`new` since the last digest, or `waiting` unread), counts, notes about
+    the folders read; `tagged`, `untagged`, `tagRequests` (what tagging cost, in `$batch` requests) and
+    `resumedEarlierRun` are left out of dry runs, which carry the `mail` they would send instead."""
 
     name: str
+    report: Literal["new", "waiting"]
     outcome: Literal["sent", "nothing_new", "dry_run"]
     messages: int
     folders: list[FolderCount]
+    notes: list[str] | None = None
     mail_id: str | None = Field(None, alias="mailId")
     tagged: int | None = None
     untagged: int | None = None
+    tag_requests: int | None = Field(None, alias="tagRequests")
     resumed_earlier_run: bool | None = Field(None, alias="resumedEarlierRun")
     mail: DigestMailPreview | None = None
 

@@ -61,6 +61,7 @@ class Settings:
     notify_config: str
     alert_digest_schedule: str
     mailbox_digest_schedule: str
+    digest_grace_minutes: int
     audit_recipients: str
     send_lease_seconds: int
     library_log_level: str
@@ -239,6 +240,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         notify_config=str(APP_ROOT / _text(env, "NOTIFY_CONFIG", "config/notify.yaml")),
         alert_digest_schedule=_schedule(env, "ALERT_DIGEST_SCHEDULE", "0 0 * * * *"),
         mailbox_digest_schedule=_schedule(env, "MAILBOX_DIGEST_SCHEDULE", "0 0 7 * * 1-5"),
+        digest_grace_minutes=_int(env, "DIGEST_SCHEDULE_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
         mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),

@@ -23,8 +23,8 @@ from .alerts.inbox import ingest_message
 from .alerts.notify import Notifier
 from .config import ConfigError, Settings, settings
 from .delivery import delivery_modes
-from .digests.alerts import run_alert_digests
-from .digests.mailbox import check_digest, run_mailbox_digest
+from .digests.mailbox import check_digest
+from .digests.scheduled import run_due_digests
 from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
@@ -224,19 +224,19 @@ async def alerts_flush(message: func.QueueMessage) -> None:
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
 
 
-async def alert_digest(timer: func.TimerRequest) -> None:
+async def digest_timer(timer: func.TimerRequest) -> None:
+    """Every minute: run the digests whose schedule is due, each occurrence once across instances."""
+
+    def graph() -> GraphClient:
+        from .graph import graph_client  # only when a mailbox digest runs
+
+        return graph_client(config)
+
     config = settings()
-    runs = await run_alert_digests(notify_config(config), config, store(config.storage), datetime.now(UTC))
-    log.info(json.dumps({"alertDigest": [run.__dict__ for run in runs], "pastDue": timer.past_due}))
-
-
-async def mailbox_digest(timer: func.TimerRequest) -> None:
-    from .graph import graph_client
-
-    config = settings()
-    for digest in notify_config(config).digests:  # one failing digest does not stop the others
-        run = await run_mailbox_digest(digest, config, graph_client(config), store(config.storage), datetime.now(UTC))
-        log.info(json.dumps({"mailboxDigest": run.answer(), "pastDue": timer.past_due}))
+    ticks = await run_due_digests(notify_config(config), config, store(config.storage), graph, datetime.now(UTC))
+    ran = [{"digest": t.key, "occurrence": t.ran.isoformat(), "outcome": t.outcome} for t in ticks if t.ran]
+    if ran or timer.past_due:
+        log.info(json.dumps({"digestTimer": ran, "pastDue": timer.past_due}))
 
 
 async def bounce_check(timer: func.TimerRequest) -> None:

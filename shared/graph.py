@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 MAILBOX_CONCURRENCY = 4  # Outlook: 4 concurrent requests per app per mailbox
 MAX_IN_PROCESS_WAIT = 10.0  # seconds the SDK may sleep for a Retry-After before we hand it back
 BATCH_LIMIT = 20  # requests per JSON batch
+DELTA_PAGE = 1000  # items per delta page asked for (Prefer: odata.maxpagesize): the fewest requests
+FOLDER_FIELDS = "displayName,parentFolderId,isHidden,unreadItemCount,totalItemCount,childFolderCount"
 _THROTTLED_ONLY = "notifier_throttled_only"  # marks a RetryHandlerOption: retry after a 429 only
 
 # The marker on every draft the delivery engine creates: a named string property in the app's own property
@@ -180,10 +182,18 @@ class GraphClient:
         return json.loads(raw) if raw else None
 
     def _request(
-        self, method: str, url: str, body: Any = None, *, immutable: bool = False, replayable: bool = True
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        immutable: bool = False,
+        replayable: bool = True,
+        page_size: int | None = None,
     ) -> RequestInformation:
-        """A request; `immutable` asks for immutable ids, `replayable=False` retries it in process after a 429
-        only (a lost answer to it must be looked into, not resent)."""
+        """A request; `immutable` asks for immutable ids, `page_size` for pages of that many items (`Prefer:
+        odata.maxpagesize`), `replayable=False` retries it in process after a 429 only (a lost answer to it must
+        be looked into, not resent)."""
         from kiota_abstractions.method import Method
         from kiota_abstractions.request_information import RequestInformation
         from kiota_http.middleware.options import RetryHandlerOption
@@ -191,8 +201,9 @@ class GraphClient:
         info = RequestInformation(Method[method])
         info.url = url
         info.headers.try_add("Accept", "application/json")
-        if immutable:
-            info.headers.try_add("Prefer", IMMUTABLE_IDS)
+        preferences = ([IMMUTABLE_IDS] if immutable else []) + ([f"odata.maxpagesize={page_size}"] if page_size else [])
+        if preferences:
+            info.headers.try_add("Prefer", ", ".join(preferences))
         if body is not None:
             info.set_stream_content(json.dumps(body).encode(), "application/json")
         if not replayable:
@@ -223,8 +234,10 @@ class GraphClient:
         orderby: str | None = None,
         top: int = 100,
         immutable: bool = False,
+        limit: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every matching message, following @odata.nextLink as Graph gives it; immutable ids if asked."""
+        """Every matching message (the first `limit` when given, asking for no page beyond them), following
+        @odata.nextLink as Graph gives it; immutable ids if asked."""
         from urllib.parse import urlencode
 
         path = f"/users/{mailbox}" + (f"/mailFolders/{folder_id}" if folder_id else "") + "/messages"
@@ -236,11 +249,15 @@ class GraphClient:
         if orderby:
             query["$orderby"] = orderby
         url: str | None = self._url(path) + "?" + urlencode(query, safe="$,'():/")
+        given = 0
         while url:
             page = await self._send(mailbox, self._request("GET", url, immutable=immutable))
             for message in page.get("value", []):
+                if limit is not None and given >= limit:
+                    return
+                given += 1
                 yield message
-            url = page.get("@odata.nextLink")
+            url = page.get("@odata.nextLink") if limit is None or given < limit else None
 
     async def list_folders(self, mailbox: str, *, include_hidden: bool = False) -> list[dict[str, Any]]:
         """Every folder of a mailbox, children after their parent, each with a `path` like `Inbox/Escalations`."""
@@ -262,6 +279,51 @@ class GraphClient:
                         pending.append((child_url, folder["path"]))
                 next_url = page.get("@odata.nextLink")
         return folders
+
+    async def folder_changes(
+        self, mailbox: str, link: str | None, *, page_size: int = DELTA_PAGE
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One delta round over the mailbox's folder tree (every folder, flat, with `parentFolderId`): from the
+        start when `link` is None, else the changes since the round that gave `link` (`@removed` for a folder
+        gone). The items, and the delta link of the next round. One request per page."""
+        url = link or self._url(f"/users/{mailbox}/mailFolders/delta?$select={FOLDER_FIELDS}")
+        return await self._delta_round(mailbox, url, page_size)
+
+    async def message_changes(
+        self,
+        mailbox: str,
+        folder_id: str,
+        link: str | None,
+        *,
+        select: list[str],
+        received_since: datetime | None = None,
+        page_size: int = DELTA_PAGE,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One delta round over a folder's messages, with immutable ids: from the start (messages received at or
+        after `received_since`, when given) when `link` is None, else what was created, changed or removed
+        (`@removed`) since the round that gave `link`. The items, and the next round's delta link. One request
+        per page of `page_size`."""
+        if link is None:
+            from urllib.parse import urlencode
+
+            query = {"$select": ",".join(select)}
+            if received_since is not None:
+                query["$filter"] = f"receivedDateTime ge {received_since.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+            path = f"/users/{mailbox}/mailFolders/{folder_id}/messages/delta"
+            link = self._url(path) + "?" + urlencode(query, safe="$,'():/")
+        return await self._delta_round(mailbox, link, page_size, immutable=True)
+
+    async def _delta_round(
+        self, mailbox: str, url: str, page_size: int, *, immutable: bool = False
+    ) -> tuple[list[dict[str, Any]], str]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self._send(mailbox, self._request("GET", url, immutable=immutable, page_size=page_size))
+            items += page.get("value", [])
+            if page.get("@odata.nextLink"):
+                url = page["@odata.nextLink"]
+                continue
+            return items, str(page["@odata.deltaLink"])
 
     async def batch_update(self, mailbox: str, updates: dict[str, dict[str, Any]]) -> dict[str, GraphError | None]:
         """PATCH up to 20 messages in one JSON batch; per message id, None on success or the GraphError."""

@@ -15,12 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import ConfigError, Settings
+from .schedules import Schedule, parse_receiver_schedule, parse_schedule
 from .text import ADDRESS, CONTROL
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FIELD_FIRST = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
 
 
 def parse_duration(text: str) -> float:
@@ -81,6 +83,8 @@ class Receiver(_Model):
     template: str = "default"
     max_groups_per_interval: int = Field(20, ge=1, le=1000)  # group notices mailed per group_interval; then a summary
     regroup: bool = False  # true: group the notifications of pre-grouping sources (Alertmanager, Grafana) again
+    schedule: str | None = None  # a digest receiver's own cron (5 or 6 fields); else ALERT_DIGEST_SCHEDULE (UTC)
+    timezone: str | None = None  # IANA zone the schedule is read in; UTC when left out
 
     @field_validator("to", "cc")
     @classmethod
@@ -113,6 +117,15 @@ class Receiver(_Model):
 
     def seconds(self, name: Literal["group_wait", "group_interval", "repeat_interval"]) -> float:
         return parse_duration(getattr(self, name))
+
+    @model_validator(mode="after")
+    def _schedule(self) -> Receiver:
+        parse_receiver_schedule(self.mode, self.schedule, self.timezone)
+        return self
+
+    def own_schedule(self) -> Schedule | None:
+        """The receiver's own digest schedule, or None to follow ALERT_DIGEST_SCHEDULE."""
+        return parse_receiver_schedule(self.mode, self.schedule, self.timezone)
 
 
 class Route(_Model):
@@ -150,19 +163,62 @@ class SourceAuth(_Model):
 
 
 class MailboxDigest(_Model):
-    """A summary of what waits in a shared mailbox, sent on the mailbox digest schedule."""
+    """A summary of a shared mailbox's folders: what arrived since the last digest (`report: new`, read with
+    delta queries) or what is unread now (`report: waiting`); the messages reported can be tagged (`tag`) or
+    marked read (`mark_read`) after the mail. Without `report` a digest is the tagging digest of earlier
+    versions: unread mail not yet tagged with `category` (default `Digested`), tagged once reported."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     mailbox: str
     sender: str | None = None
+    report: Literal["new", "waiting"] | None = None
     folders: list[str] = Field(["Inbox"], min_length=1)
     include_child_folders: bool = True
     unread_only: bool = True
     since_last_run: bool = False
+    horizon: str = "7d"  # report: new, first run: mail received this long before it
     to: list[str] = Field(min_length=1)
     max_items: int = Field(25, ge=1, le=500)
-    category: str = Field("Digested", min_length=1, max_length=255)
+    tag: str | None = Field(None, min_length=1, max_length=255)
+    category: str | None = Field(None, min_length=1, max_length=255)  # the tag's earlier name
     mark_read: bool = False
+    schedule: str | None = None  # own cron (5 or 6 fields); else MAILBOX_DIGEST_SCHEDULE (UTC)
+    timezone: str | None = None  # IANA zone the schedule is read in; UTC when left out
+
+    @model_validator(mode="after")
+    def _kind(self) -> MailboxDigest:
+        if self.tag is not None and self.category is not None:
+            raise ValueError("set tag or its earlier name category, not both")
+        if self.report == "waiting" and not self.unread_only:
+            raise ValueError("unread_only: report: waiting reports unread mail; use report: new for all new mail")
+        if self.report == "new" and self.since_last_run:
+            raise ValueError("since_last_run: report: new always reports what arrived since the last run")
+        if self.since_last_run and self.tagging is None:
+            raise ValueError("since_last_run: only a digest that tags (tag:) reads from its last run")
+        parse_duration(self.horizon)
+        parse_schedule(self.schedule, self.timezone)
+        return self
+
+    @property
+    def kind(self) -> Literal["new", "waiting"]:
+        return self.report or "waiting"
+
+    @property
+    def tagging(self) -> str | None:
+        """The category put on reported messages: `tag`, or for a digest without `report` its `category`
+        (`Digested` by default, as before)."""
+        if self.report is None:
+            return self.tag or self.category or "Digested"
+        return self.tag or self.category
+
+    @property
+    def patches(self) -> bool:
+        """Whether reported messages are changed after the mail (tagged or marked read)."""
+        return self.tagging is not None or self.mark_read
+
+    def own_schedule(self) -> Schedule | None:
+        """The digest's own schedule, or None to follow MAILBOX_DIGEST_SCHEDULE."""
+        return parse_schedule(self.schedule, self.timezone)
 
     @field_validator("mailbox")
     @classmethod
@@ -263,9 +319,12 @@ def load_notify_config(path: Path | str) -> NotifyConfig:
     except ValidationError as error:
         first = error.errors()[0]
         location = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = str(first["msg"]).removeprefix("Value error, ")
+        field = _FIELD_FIRST.match(message)  # a check across fields names the field it is about first
+        if field:
+            location, message = (*location, field.group(1)), field.group(2)
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".") or "(top)"
         line = _line_of(tree, location)
-        message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{path}{f' line {line}' if line else ''}: {where}: {message}") from None
 
 

@@ -173,9 +173,8 @@ def test_every_setting_the_apps_bindings_name_has_a_value_in_the_local_settings_
     code = [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]  # schedules: shared/routes.py
     named = {name for path in code for name in re.findall(r"\"%([A-Za-z0-9_]+)%\"", path.read_text())}
     values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
-    assert {"ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"} <= named
     assert named - set(values) == set()
-    for name in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):
+    for name in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):  # read by the app, no longer bound
         assert croniter.is_valid(values[name], second_at_beginning=True) and len(values[name].split()) == 6
 
 

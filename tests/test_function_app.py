@@ -113,20 +113,14 @@ def test_queue_triggers_listen_where_the_app_enqueues_through_the_storage_connec
     assert {t["connection"] for t in _by_type(triggers, "queueTrigger").values()} == {"AzureWebJobsStorage"}
 
 
-def test_timer_schedules_are_placeholders_for_settings_the_app_reads_checks_and_ships(
+def test_one_timer_ticks_every_minute_and_the_global_schedules_are_settings_the_app_reads_checks_and_ships(
     triggers: dict[str, dict[str, Any]],
 ) -> None:
     timers = {name: t["schedule"] for name, t in _by_type(triggers, "timerTrigger").items()}
-    assert timers == {
-        "alert_digest": "%ALERT_DIGEST_SCHEDULE%",
-        "mailbox_digest": "%MAILBOX_DIGEST_SCHEDULE%",
-        "bounce_check": "0 */5 * * * *",  # fixed: no setting to resolve
-    }
+    assert timers == {"digest_timer": "0 * * * * *", "bounce_check": "0 */5 * * * *"}  # fixed: no setting
     example = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
-    for schedule in (s for s in timers.values() if s.startswith("%")):
-        setting = schedule.strip("%")
-        # the host resolves the placeholder from app settings only: a missing one disables the function
-        assert setting in example, setting
+    for setting in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):
+        assert setting in example, setting  # shipped, so a deployment sees the default it runs on
         assert getattr(load_settings({**MINIMAL_SETTINGS, setting: "0 30 6 * * *"}), setting.lower()) == "0 30 6 * * *"
         with pytest.raises(ConfigError, match=setting):
             load_settings({**MINIMAL_SETTINGS, setting: "30 6 * * *"})  # five fields: not NCRONTAB

@@ -1,9 +1,10 @@
 """Render the digests: the mailbox digest (per-folder counts, the newest items with sender, subject, age,
 preview and a link to open each, "and N more") and the alert digest (alerts by name and severity, with
-counts, first and last seen, and links). Outlook-safe HTML plus a text part, from `shared/templates/`."""
+counts, first and last seen, and links). Outlook-safe HTML, from `shared/templates/`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -66,9 +67,17 @@ def _age(received: str, now: datetime) -> str:
 
 
 def render_mailbox_digest(
-    digest: MailboxDigest, folders: list[FolderCount], items: list[DigestItem], total: int, now: datetime
+    digest: MailboxDigest,
+    folders: list[FolderCount],
+    items: list[DigestItem],
+    total: int,
+    now: datetime,
+    notes: Sequence[str] = (),
 ) -> RenderedMail:
-    subject = one_line(f"[DIGEST] {total} waiting in {digest.mailbox} ({digest.name})")
+    """The mailbox digest: `new` mail since the last digest, or mail `waiting` (unread); `notes` say what
+    changed about the folders read."""
+    kind = "new" if digest.kind == "new" else "waiting"
+    subject = one_line(f"[DIGEST] {total} {kind} in {digest.mailbox} ({digest.name})")
     by_folder: dict[str, list[DigestItem]] = {}
     for item in items:
         by_folder.setdefault(item.folder, []).append(item)
@@ -81,6 +90,7 @@ def render_mailbox_digest(
         by_folder=by_folder,
         total=total,
         more=max(0, total - len(items)),
+        notes=list(notes),
         now=now,
     )
 

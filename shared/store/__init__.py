@@ -3,7 +3,8 @@
 `storage` holds the clients and the Storage mechanics (ETags, retries, lazy SDK imports); each other module
 is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (and its claim check),
 `alert_groups`, `alert_queues`, `mail_caps`, `alert_digest` (the digest buffer), `records` (run records: alert notices,
-digest runs), `digest_status`, `audit_log`, `instances`, `mailboxes`. `store(account)` is the process's `Store`, which
+digest runs), `digest_status`, `digest_cursors` (where `report: new` digests stand), `digest_schedule` (claimed
+occurrences), `audit_log`, `instances`, `mailboxes`. `store(account)` is the process's `Store`, which
 hands them out.
 """
 
@@ -15,6 +16,8 @@ from .alert_digest import AlertDigestBuffer
 from .alert_groups import AlertGroups
 from .alert_queues import AlertQueues
 from .audit_log import AuditLog
+from .digest_cursors import DigestCursors
+from .digest_schedule import DigestClaims
 from .digest_status import DigestStatuses
 from .instances import Instances
 from .mail_caps import MailCaps
@@ -41,6 +44,8 @@ class Store:
         self.notices = RunRecords(self.storage, NOTICE_CONTAINER)
         self.digest_runs = RunRecords(self.storage, DIGEST_RUN_CONTAINER)
         self.digest_statuses = DigestStatuses(self.storage)
+        self.digest_cursors = DigestCursors(self.storage)
+        self.digest_claims = DigestClaims(self.storage)
         self.audit = AuditLog(self.storage)
         self.instances = Instances(self.storage)
         self.mailboxes = Mailboxes(self.storage)

@@ -53,6 +53,7 @@ ALERTS_FLUSH_POISON = "alerts-flush-poison"
 ALERT_GROUPS_TABLE = "alertgroups"
 ALERT_DIGEST_TABLE = "alertdigest"
 DIGEST_STATUS_TABLE = "digeststatus"
+DIGEST_SCHEDULE_TABLE = "digestschedule"
 INSTANCES_TABLE = "instances"
 MAILBOXES_TABLE = "mailboxes"
 NOTICE_CONTAINER = "alert-notices"
@@ -63,6 +64,7 @@ _TABLES = (
     ALERT_GROUPS_TABLE,
     ALERT_DIGEST_TABLE,
     DIGEST_STATUS_TABLE,
+    DIGEST_SCHEDULE_TABLE,
     INSTANCES_TABLE,
     MAILBOXES_TABLE,
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+EVERY_MINUTE = "0 * * * * *"
 ROUTING = """
 receivers:
   - name: oncall
@@ -36,14 +37,20 @@ digests:
 
 @pytest.fixture
 def digest_app(app_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """`function_app` with the test routing file (queues and alert tables emptied by `app_env`)."""
+    """`function_app` with the test routing file (queues and alert tables emptied by `app_env`), and the global
+    digest schedules every minute, so that the digest timer finds this minute's occurrence due."""
+    from shared.config import settings
     from shared.routing_file import notify_config
 
     routing = tmp_path / "notify.yaml"
     routing.write_text(ROUTING)
     monkeypatch.setenv("NOTIFY_CONFIG", str(routing))
+    monkeypatch.setenv("ALERT_DIGEST_SCHEDULE", EVERY_MINUTE)
+    monkeypatch.setenv("MAILBOX_DIGEST_SCHEDULE", EVERY_MINUTE)
+    settings.cache_clear()
     notify_config.cache_clear()
     import function_app
 
     yield function_app
     notify_config.cache_clear()
+    settings.cache_clear()

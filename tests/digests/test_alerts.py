@@ -63,8 +63,8 @@ def test_the_timer_sends_one_digest_of_the_waiting_alerts_then_nothing(
     digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess
 ) -> None:
     run(_buffer(WAITING))
-    run(user_function(digest_app.alert_digest)(TimerRequest(past_due=False)))
-    run(user_function(digest_app.alert_digest)(TimerRequest(past_due=False)))  # nothing left: no second mail
+    run(user_function(digest_app.digest_timer)(TimerRequest(past_due=False)))  # due: the schedule is every minute
+    run(user_function(digest_app.digest_timer)(TimerRequest(past_due=False)))  # claimed or emptied: no 2nd mail
     _deliver(digest_app, azurite)
     [mail] = sandbox.sent()
     assert mail["subject"] == "[ALERT DIGEST] 4 alerts, 2 kinds (low-priority)"

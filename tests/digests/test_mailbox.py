@@ -211,7 +211,7 @@ def test_a_mailbox_the_app_may_not_read_fails_that_digest_only_recorded_in_statu
     status, answer = _run_digest(digest_app, "forbidden")
     assert status == 502 and answer["error"]["code"] == "ErrorAccessDenied"
 
-    run(user_function(digest_app.mailbox_digest)(TimerRequest(past_due=False)))  # the timer runs both
+    run(user_function(digest_app.digest_timer)(TimerRequest(past_due=False)))  # due for both: every minute
     _deliver_outbox(digest_app, azurite)
     assert [m["subject"] for m in sandbox.sent()] == ["[DIGEST] 3000 waiting in support@contoso.test (support-unread)"]
 

@@ -1,0 +1,49 @@
+"""Claims of digest occurrences: a row per occurrence in the Table `digestschedule`, inserted (never
+overwritten) before the occurrence runs, so that of all instances exactly one runs it (`shared.schedules`
+describes the keys). Each digest keeps its newest claims; older ones are pruned as new ones come."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+from ..schedules import Due, occurrence_key
+from .storage import DIGEST_SCHEDULE_TABLE, StatusChanged, Storage, time_text
+
+KEPT = 20  # claims kept per digest, for the operator to read
+
+
+class DigestClaims:
+    """The `digestschedule` table."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def claimed(self, key: str) -> list[str]:
+        """The occurrences claimed for a digest (RowKeys, oldest first)."""
+        rows = await self._storage.partition_rows(DIGEST_SCHEDULE_TABLE, key)
+        return sorted(str(row["RowKey"]) for row in rows)
+
+    async def claim(self, key: str, due: Due, instance: str) -> bool:
+        """Claim the occurrence `due` names; False when another instance claimed it first."""
+        assert due.occurrence is not None
+        row = {
+            "PartitionKey": key,
+            "RowKey": occurrence_key(due.occurrence),
+            "run": due.run,
+            "reason": due.reason[:1000],
+            "claimedAt": time_text(datetime.now(UTC)),
+            "instance": instance,
+        }
+        return await self._storage.insert_row(DIGEST_SCHEDULE_TABLE, row) is not None
+
+    async def note_outcome(self, key: str, occurrence: datetime, outcome: str) -> None:
+        """What came of a claimed occurrence's run."""
+        row = {"PartitionKey": key, "RowKey": occurrence_key(occurrence), "outcome": outcome[:1000]}
+        await self._storage.merge_rows(DIGEST_SCHEDULE_TABLE, [row])
+
+    async def prune(self, key: str, claimed: list[str]) -> None:
+        """Drop all but the newest KEPT claims of a digest."""
+        for row_key in claimed[:-KEPT]:
+            with contextlib.suppress(StatusChanged):
+                await self._storage.delete_row(DIGEST_SCHEDULE_TABLE, key, row_key)
