@@ -383,3 +383,8 @@ _modes: dict[str, Modes] = {}
 def delivery_modes(setting: str) -> Modes:
     """The process's `Modes` for a MAIL_DELIVERY_MODE value (what it learns outlives one invocation)."""
     return _modes.setdefault(setting, Modes(setting))
+
+
+def forget_delivery_modes() -> None:
+    """Forget what this process learnt about its mailboxes (tests that share one process)."""
+    _modes.clear()

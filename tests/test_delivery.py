@@ -81,9 +81,9 @@ def test_a_mail_goes_out_as_a_marked_draft_and_its_status_names_the_sent_message
 ) -> None:
     async def scenario() -> dict[str, Any]:
         since = sandbox.last_seq()
-        await _post(app, {**MAIL, "id": "draft-1"})
+        await _post(app, {**MAIL, "id": "dm-draft-1"})
         await _trigger(app, azurite).drain()
-        return {"status": await _status(app, "draft-1"), "requests": sandbox.requests(since)}
+        return {"status": await _status(app, "dm-draft-1"), "requests": sandbox.requests(since)}
 
     result = run(scenario())
     status, requests = result["status"], result["requests"]
@@ -94,7 +94,7 @@ def test_a_mail_goes_out_as_a_marked_draft_and_its_status_names_the_sent_message
     assert status["internetMessageId"] == copy["internetMessageId"]
     assert status["graphMessageId"] and status["sentAt"] and "possibleDuplicate" not in status
     assert [m["subject"] for m in sandbox.mailbox("alice@contoso.test")] == [MAIL["subject"]]
-    assert [r["operation"] for r in audit_rows(azurite.connection_string) if r["correlationId"] == "draft-1"] == [
+    assert [r["operation"] for r in audit_rows(azurite.connection_string) if r["correlationId"] == "dm-draft-1"] == [
         "sendDraft"
     ]
 
@@ -106,18 +106,18 @@ def test_every_step_s_lost_answer_is_looked_into_never_repeated(
     marker, the send by its immutable id, and the mail goes out once."""
 
     async def scenario() -> dict[str, Any]:
-        await _post(app, {**MAIL, "id": "lost-answers"})
+        await _post(app, {**MAIL, "id": "dm-lost-answers"})
         sandbox.set_faults(ambiguousRate=1.0, randomSeed=7)
         trigger = _trigger(app, azurite)
         await trigger.poll_once()
-        after_first = await _status(app, "lost-answers")
+        after_first = await _status(app, "dm-lost-answers")
         sandbox.set_faults()
         for _ in range(40):  # the retry comes back after its delay
-            if (await _status(app, "lost-answers"))["status"] == "sent":
+            if (await _status(app, "dm-lost-answers"))["status"] == "sent":
                 break
             await trigger.poll_once()
             await asyncio.sleep(0.5)
-        return {"first": after_first, "final": await _status(app, "lost-answers")}
+        return {"first": after_first, "final": await _status(app, "dm-lost-answers")}
 
     result = run(scenario())
     assert result["first"]["status"] == "sent"  # the send's lost answer was checked: not a draft any more
@@ -140,17 +140,17 @@ def test_a_crash_after_the_draft_was_created_but_not_recorded_finds_it_by_its_ma
         from shared.config import settings
         from shared.store import store
 
-        await _post(app, {**MAIL, "id": "crashed-draft"})
+        await _post(app, {**MAIL, "id": "dm-crashed-draft"})
         statuses = store(settings().storage).statuses
-        row = await statuses.get("crashed-draft")
+        row = await statuses.get("dm-crashed-draft")
         assert row is not None
         row.status, row.attempts, row.lease_until = "sending", 1, datetime.now(UTC)  # type: ignore[assignment]
         await statuses.save(row)
         mail = check_mail(parse_mail(MAIL), settings())
-        await graph_client(settings()).create_draft(SENDER, graph_send_body(mail)["message"], "crashed-draft")
+        await graph_client(settings()).create_draft(SENDER, graph_send_body(mail)["message"], "dm-crashed-draft")
         since = sandbox.last_seq()
         await _trigger(app, azurite).drain()
-        return {"status": await _status(app, "crashed-draft"), "requests": sandbox.requests(since)}
+        return {"status": await _status(app, "dm-crashed-draft"), "requests": sandbox.requests(since)}
 
     result = run(scenario())
     assert result["status"]["status"] == "sent" and result["status"]["attempts"] == 2
@@ -165,17 +165,17 @@ def test_with_mail_send_only_auto_mode_falls_back_to_send_mail_and_health_says_w
 
     async def scenario() -> dict[str, Any]:
         since = sandbox.last_seq()
-        await _post(app, {**MAIL, "id": "fallback-1"})
+        await _post(app, {**MAIL, "id": "dm-fallback-1"})
         await _trigger(app, azurite).drain()
         middle = sandbox.last_seq()
-        await _post(app, {**MAIL, "id": "fallback-2", "subject": "second"})
+        await _post(app, {**MAIL, "id": "dm-fallback-2", "subject": "second"})
         await _trigger(app, azurite).drain()
         end = sandbox.last_seq()
         health = await user_function(app.health_details)(http("GET", "/api/health/details"))
         anonymous = await user_function(app.health)(http("GET", "/api/health"))
         return {
-            "first": await _status(app, "fallback-1"),
-            "second": await _status(app, "fallback-2"),
+            "first": await _status(app, "dm-fallback-1"),
+            "second": await _status(app, "dm-fallback-2"),
             "first_requests": sandbox.requests(since)[: middle - since],
             "second_requests": sandbox.requests(middle)[: end - middle],
             "health": json.loads(health.get_body()),
@@ -206,9 +206,9 @@ def test_draft_mode_without_mail_read_write_fails_the_mail_with_a_clear_code(
     _use_mode(monkeypatch, "draft")
 
     async def scenario() -> dict[str, Any]:
-        await _post(app, {**MAIL, "id": "draft-only"})
+        await _post(app, {**MAIL, "id": "dm-draft-only"})
         await _trigger(app, azurite).drain()
-        return await _status(app, "draft-only")
+        return await _status(app, "dm-draft-only")
 
     status = run(scenario())
     assert status["status"] == "failed" and status["error"]["code"] == "drafts_not_permitted"
@@ -222,25 +222,25 @@ def test_send_mail_mode_marks_a_retry_after_a_lost_answer_as_a_possible_duplicat
     _use_mode(monkeypatch, "sendmail")
 
     async def scenario() -> dict[str, Any]:
-        await _post(app, {**MAIL, "id": "maybe-twice"})
-        await _post(app, {**MAIL, "id": "once", "subject": "clean"})
+        await _post(app, {**MAIL, "id": "dm-maybe-twice"})
+        await _post(app, {**MAIL, "id": "dm-once", "subject": "clean"})
         sandbox.set_faults(ambiguousRate=1.0)
         trigger = _trigger(app, azurite)
         trigger.settings.batch_size = 1
         await trigger.poll_once()
         sandbox.set_faults()
         for _ in range(60):
-            states = [(await _status(app, i))["status"] for i in ("maybe-twice", "once")]
+            states = [(await _status(app, i))["status"] for i in ("dm-maybe-twice", "dm-once")]
             if states == ["sent", "sent"]:
                 break
             await trigger.poll_once()
             await asyncio.sleep(0.5)
-        return {"maybe": await _status(app, "maybe-twice"), "once": await _status(app, "once")}
+        return {"maybe": await _status(app, "dm-maybe-twice"), "dm-once": await _status(app, "dm-once")}
 
     result = run(scenario())
     assert result["maybe"]["status"] == "sent" and result["maybe"]["mode"] == "sendmail"
     assert result["maybe"]["possibleDuplicate"] is True and result["maybe"]["attempts"] == 2
-    assert "possibleDuplicate" not in result["once"]
+    assert "possibleDuplicate" not in result["dm-once"]
     assert _copies(sandbox)[MAIL["subject"]] == 2  # the duplicate window this mode has, and says it has
 
 
@@ -253,13 +253,17 @@ def test_a_bounce_turns_the_mail_s_status_into_bounced_with_the_dsn_code_and_rec
 
     async def scenario() -> dict[str, Any]:
         to = ["alice@contoso.test", "nobody@contoso.test"]
-        await _post(app, {**MAIL, "id": "bounces-1", "to": to})
-        await _post(app, {**MAIL, "id": "delivered-1", "subject": "fine"})
+        await _post(app, {**MAIL, "id": "dm-bounces-1", "to": to})
+        await _post(app, {**MAIL, "id": "dm-delivered-1", "subject": "fine"})
         await _trigger(app, azurite).drain()
         await user_function(app.bounce_check)(TimerRequest(past_due=False))
-        first = await _status(app, "bounces-1")
+        first = await _status(app, "dm-bounces-1")
         await user_function(app.bounce_check)(TimerRequest(past_due=False))  # again: nothing changes
-        return {"bounced": first, "again": await _status(app, "bounces-1"), "fine": await _status(app, "delivered-1")}
+        return {
+            "bounced": first,
+            "again": await _status(app, "dm-bounces-1"),
+            "fine": await _status(app, "dm-delivered-1"),
+        }
 
     result = run(scenario())
     bounce = result["bounced"]
@@ -268,7 +272,7 @@ def test_a_bounce_turns_the_mail_s_status_into_bounced_with_the_dsn_code_and_rec
     assert result["again"] == bounce
     assert result["fine"]["status"] == "sent"
     rows = [r for r in audit_rows(azurite.connection_string) if r["operation"] == "bounce"]
-    assert [(r["correlationId"], r["outcome"]) for r in rows] == [("bounces-1", "bounced")]
+    assert [(r["correlationId"], r["outcome"]) for r in rows] == [("dm-bounces-1", "bounced")]
 
 
 def test_the_message_id_a_mail_is_sent_with_gives_its_id_back() -> None:
