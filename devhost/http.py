@@ -26,6 +26,8 @@ _CONSTRAINTS = {
     "guid": r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}",
 }
 _PARAMETER = re.compile(r"^\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z]+))?(\?)?\}$")
+# The Functions host takes HTTP requests of at most 100 MB (104,857,600 bytes; Microsoft's HTTP trigger limits)
+MAX_BODY_BYTES = 104_857_600
 
 
 @dataclass
@@ -103,6 +105,12 @@ def http_app(functions: list[HostedFunction], prefix: str, invoker: Invoker) -> 
                 "length_required",
                 "send the request body with a Content-Length header: the Functions host passes a body to the "
                 "function only when Content-Length is above 0, so a chunked body would arrive empty",
+            )
+        if length is not None and length > MAX_BODY_BYTES:
+            return _error(
+                413,
+                "payload_too_large",
+                f"the Functions host takes request bodies of at most {MAX_BODY_BYTES} bytes (100 MB), not {length}",
             )
         http_request = func.HttpRequest(
             method=request.method,

@@ -72,6 +72,11 @@ param mailDeliveryMode string = 'auto'
 @maxValue(10080)
 param digestScheduleGraceMinutes int = 60
 
+@description('Largest mail in bytes, body and attachments (MAIL_MAX_MESSAGE_BYTES): Exchange Online\'s default is 35 MB; raise it with the mailboxes\' own limit, up to 150 MB.')
+@minValue(1048576)
+@maxValue(157286400)
+param mailMaxMessageBytes int = 36700160
+
 @description('Most instances the app scales out to.')
 @minValue(1)
 @maxValue(1000)
@@ -125,6 +130,7 @@ var appSettings = {
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
   MAIL_DELIVERY_MODE: mailDeliveryMode
+  MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule

@@ -7,7 +7,6 @@ is acknowledged fast and a cold start stays short.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from .alerts.dispatch import Dispatcher
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
 from .alerts.notify import Notifier
+from .attachments import MailForm, is_form, resolve_attachments
 from .config import Settings
 from .digests.mailbox import run_mailbox_digest
 from .errors import (
@@ -30,7 +30,6 @@ from .errors import (
     Conflict,
     Detail,
     Forbidden,
-    InvalidJson,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -40,19 +39,19 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamRefused,
 )
-from .mail import APP_ID_PREFIX, ID_PATTERN, check_mail, parse_mail
+from .mail import APP_ID_PREFIX, ID_PATTERN, MAX_JSON_BYTES, MailRequest, check_mail, parse_mail, payload_hash
 from .outbox import submit_mail
 from .routes import Route
 from .routing_file import NotifyConfig
 from .store import Store
-from .text import MAX_JSON_DEPTH, json_too_deep
+from .text import request_json
 
 if TYPE_CHECKING:
     from .graph import GraphClient
 
 log = logging.getLogger("notifier.api")
 
-MAX_REQUEST_BYTES = 5 * 1024 * 1024  # 3 MB of attachments is 4 MB of base64, plus the body
+MAX_REQUEST_BYTES = MAX_JSON_BYTES
 MAX_ALERT_REQUEST_BYTES = 4 * 1024 * 1024  # 10,000 alerts of a few hundred bytes; more is a misuse
 
 
@@ -170,19 +169,37 @@ def json_body(request: ApiRequest, limit: int = MAX_REQUEST_BYTES) -> Any:
         raise UnsupportedMediaType(f"Send the body as application/json, not {media_type or 'no media type'}.")
     if len(request.body) > limit:
         raise PayloadTooLarge(f"The body has {len(request.body)} bytes; at most {limit} are accepted.")
-    if json_too_deep(request.body.decode("utf-8", "replace")):
-        message = f"The body's JSON nests deeper than {MAX_JSON_DEPTH} levels."
-        raise InvalidJson(message, [Detail("body", "nested too deep")])
-    try:
-        return json.loads(request.body)
-    except ValueError as error:
-        raise InvalidJson(f"The body is not valid JSON: {error}"[:300], [Detail("body", "not valid JSON")]) from None
+    return request_json(request.body)
 
 
 async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> ApiAnswer:
-    """Validate, record status `queued`, enqueue on `mail-outbox`; idempotent by `id`/`Idempotency-Key`."""
+    """Validate, record status `queued`, enqueue on `mail-outbox`; idempotent by `id`/`Idempotency-Key`.
+
+    The body is the mail's JSON, or a `multipart/form-data` form of it with file parts (`shared.attachments`):
+    the form's mail part is checked before any file is stored, its files are stored as blobs before the mail is
+    submitted, and deleted again when the submission is refused."""
     query_flags(request)
-    mail = check_mail(parse_mail(json_body(request)), settings)
+    content_type = request.headers.get("content-type", "")
+    form = MailForm(request.body, content_type, settings.mail_max_message_bytes) if is_form(content_type) else None
+    mail = form.mail() if form is not None else parse_mail(json_body(request))
+    given_id = _given_id(request, mail)
+    mail = mail.model_copy(update={"id": given_id or uuid.uuid4().hex})
+    mail = check_mail(await resolve_attachments(store, mail, error=InvalidRequest), settings)
+    if form is None:
+        return _queued(mail, await submit_mail(store, mail))
+    try:
+        mail = check_mail(await form.store_files(store, mail), settings)
+        if given_id is not None and await _submitted_before(store, mail):
+            await _delete_blobs(store, form.stored)  # this copy's files: the first submission has its own
+            return _queued(mail, replay=True)
+        return _queued(mail, await submit_mail(store, mail))
+    except Exception:
+        await _delete_blobs(store, form.stored)
+        raise
+
+
+def _given_id(request: ApiRequest, mail: MailRequest) -> str | None:
+    """The id the caller gave the mail, in the body or as `Idempotency-Key` (None: the app makes one up)."""
     key = request.headers.get("idempotency-key")
     if key is not None and not ID_PATTERN.match(key):
         raise InvalidRequest(
@@ -194,15 +211,34 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
             "The body's id and the Idempotency-Key header differ.",
             [Detail("id", "differs from the Idempotency-Key header")],
         )
-    mail_id = mail.id or key or uuid.uuid4().hex
-    if mail_id.lower().startswith(APP_ID_PREFIX):
+    given = mail.id or key
+    if given is not None and given.lower().startswith(APP_ID_PREFIX):
         where = "id" if mail.id else "Idempotency-Key"
         raise InvalidRequest(
             f"Mail ids starting with {APP_ID_PREFIX!r} are the app's own.",
             [Detail(where, f"{APP_ID_PREFIX!r} ids belong to the app's alert and digest mails")],
         )
-    replay = await submit_mail(store, mail.model_copy(update={"id": mail_id}))
-    accepted = ApiAnswer(202, {"id": mail_id, "status": "queued"}, {"Location": f"/api/mail/{mail_id}"})
+    return given
+
+
+async def _submitted_before(store: Store, mail: MailRequest) -> bool:
+    """Whether this very mail was submitted under its id already (a form sent again: its files were stored
+    anew under other names, which the fingerprint leaves out)."""
+    assert mail.id is not None
+    existing = await store.statuses.get(mail.id)
+    return existing is not None and existing.payload_hash == payload_hash(mail.dump())
+
+
+async def _delete_blobs(store: Store, blobs: list[str]) -> None:
+    """Delete the blobs a refused form stored; one that cannot be deleted now is left (and logged)."""
+    outcomes = await asyncio.gather(*(store.attachments.delete(blob) for blob in blobs), return_exceptions=True)
+    for blob, outcome in zip(blobs, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            log.warning("attachment blob %s of a refused mail not deleted: %s", blob, type(outcome).__name__)
+
+
+def _queued(mail: MailRequest, replay: bool) -> ApiAnswer:
+    accepted = ApiAnswer(202, {"id": mail.id, "status": "queued"}, {"Location": f"/api/mail/{mail.id}"})
     if replay:
         accepted.headers["Idempotent-Replay"] = "true"
     return accepted

@@ -19,6 +19,11 @@ DEVELOPMENT_STORAGE = (
     "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 )  # Azurite's well-known development account (public, documented)
 APP_ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings are relative to the app
+# MAIL_MAX_MESSAGE_BYTES: Exchange Online's default maximum message size is 35 MB, raisable to 150 MB, which is
+# also the most Graph's upload sessions take
+DEFAULT_MAX_MESSAGE_BYTES = 35 * 1024 * 1024
+MIN_MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MAX_MESSAGE_BYTES = 150 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -64,6 +69,7 @@ class Settings:
     digest_grace_minutes: int
     audit_recipients: str
     send_lease_seconds: int
+    mail_max_message_bytes: int
     library_log_level: str
     mail_delivery_mode: str = "auto"
 
@@ -244,6 +250,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
         mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),
+        mail_max_message_bytes=_int(
+            env, "MAIL_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES
+        ),
         library_log_level=_choice(
             env, "LIBRARY_LOG_LEVEL", "warning", ("debug", "info", "warning", "error", "critical")
         ).upper(),

@@ -207,7 +207,8 @@ class DraftDelivery:
             read = self._reader(attachment)
             assert callable(read)
             content = base64.b64encode(await read(0, attachment.byte_size())).decode()
-        body = graph_send_body(MailRequest(attachments=[attachment.model_copy(update={"content_base64": content})]))
+        inline = attachment.model_copy(update={"content_base64": content, "blob": None, "size": None, "sha256": None})
+        body = graph_send_body(MailRequest(attachments=[inline]))
         item = body["message"]["attachments"][0]
         try:
             await self.graph.add_attachment(mailbox, status.graph_id, item)

@@ -1,8 +1,12 @@
 """The mail model: the app's request schema, the raw Graph sendMail form, validation, and Graph's JSON.
 
 `parse_mail` turns either accepted form into one `MailRequest`; `check_mail` applies the limits and the
-sending policy; `graph_send_body` renders what Graph's sendMail takes. Every problem is reported with the
-field it is in.
+sending policy; `graph_send_body` renders what Graph's sendMail takes; `needs_draft` says when a mail cannot
+go by sendMail at all. Every problem is reported with the field it is in.
+
+An attachment carries its content inline (`contentBase64`, at most 3 MiB, Graph's inline limit) or names a
+blob in the app's container (`blob`: `mail-attachments/<name>`), whose `size` the app reads from Storage before
+the mail is checked (`shared.attachments.resolve_attachments`): `check_mail` itself does no I/O.
 """
 
 from __future__ import annotations
@@ -12,19 +16,35 @@ import binascii
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from .config import Settings
-from .errors import AppError, Detail, InvalidRequest
+from .errors import AppError, Detail, InvalidRequest, PayloadTooLarge
+from .routes import MAIL_ATTACHMENTS
 from .text import ADDRESS, CONTROL
 
 MAX_RECIPIENTS = 500  # Graph's limit per message
 MAX_SUBJECT = 255
 MAX_BODY_CHARS = 1_000_000
-MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024  # above this Graph needs an upload session
+MAX_INLINE_ATTACHMENT_BYTES = 3 * 1024 * 1024  # Graph's limit for an attachment inside the message (contentBase64)
+# sendMail's request is at most about 4 MB: more than this in attachments altogether (base64 makes them a third
+# larger) and the mail can only go as a draft with upload sessions
+SEND_MAIL_ATTACHMENT_BYTES = 3 * 1024 * 1024
+MAX_BLOB_ATTACHMENT_BYTES = 150 * 1024 * 1024  # Graph's upload sessions take attachments up to 150 MB
 MAX_ATTACHMENTS = 50
+MAX_JSON_BYTES = 5 * 1024 * 1024  # a mail's JSON (a request body, a form's mail part): 3 MiB inline is 4 MiB of base64
+# a blob reference: the container, then 1-4 path segments of letters, digits and . _ : - (none starting with a
+# dot) and no `..` anywhere, as `shared.store.attachments` names the blobs it writes (`<mail id>/<uuid>-<n>`)
+_SEGMENT = "[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}"
+# as the JSON Schema pattern (`$` is the end of the text there); BLOB_REFERENCE is the same rule for Python
+BLOB_PATTERN = rf"^(?!.*\.\.){MAIL_ATTACHMENTS}/(?:{_SEGMENT}/){{0,3}}{_SEGMENT}$"
+BLOB_REFERENCE = re.compile(BLOB_PATTERN.removesuffix("$") + r"\Z")
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_HEADERS = 5  # Graph allows at most 5 custom internet message headers, named x-...
 # the ids of the mails the app writes itself (alert notices and summaries, digests) begin with this; a caller's
 # mail may not, or it could take an alert's place in the outbox before the alert arrives
@@ -42,21 +62,79 @@ class Mailbox(_Strict):
     name: str | None = None
 
 
+def _attachment_schema(schema: dict[str, Any]) -> None:
+    """An attachment's JSON Schema: content or blob, and no `null` default shown for what may only be absent."""
+    schema["oneOf"] = [{"required": ["contentBase64"]}, {"required": ["blob"]}]
+    schema["dependentRequired"] = {"size": ["blob"], "sha256": ["blob"]}
+    for name in ("contentBase64", "blob", "size", "sha256"):
+        schema["properties"][name].pop("default", None)
+
+
 class Attachment(_Strict):
+    """A file attached to a mail: its content inline (`contentBase64`) or in a blob of the app (`blob`), never
+    both. `size` and `sha256` describe a blob's content: the app reads `size` from Storage, and the multipart
+    intake records `sha256` while it stores a file."""
+
+    model_config = ConfigDict(json_schema_extra=_attachment_schema)
+
     name: str = Field(min_length=1, max_length=255)
     content_type: str = Field("application/octet-stream", alias="contentType", max_length=255)
-    content_base64: str | None = Field(None, alias="contentBase64")
-    blob: str | None = None
-    size: int | None = None
+    content_base64: str | SkipJsonSchema[None] = Field(
+        None, alias="contentBase64", description="the content, base64; at most 3 MiB decoded (Graph's inline limit)"
+    )
+    blob: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra={"pattern": BLOB_PATTERN},
+        description=f"a blob in the app's Storage account holding the content: `{MAIL_ATTACHMENTS}/<name>`",
+    )
+    size: Annotated[int, Field(ge=0)] | SkipJsonSchema[None] = Field(
+        None, description="the blob's size in bytes; the app reads it from the blob (whatever is given here)"
+    )
+    sha256: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra={"pattern": SHA256_PATTERN},
+        description="hex SHA-256 of the blob's content (a replay with the same content is recognised by it)",
+    )
     inline: bool = False
     content_id: str | None = Field(None, alias="contentId", max_length=255)
 
+    @field_validator("blob")
+    @classmethod
+    def _in_our_container(cls, value: str | None) -> str | None:
+        if value is not None and not BLOB_REFERENCE.match(value):
+            raise PydanticCustomError(
+                "blob", f"must name a blob of the app's container: {MAIL_ATTACHMENTS}/<name> (no `..`)"
+            )
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value):
+            raise PydanticCustomError("sha256", "must be 64 lower-case hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Attachment:
+        for name in ("content_base64", "blob", "size", "sha256"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                field = type(self).model_fields[name].alias or name
+                raise PydanticCustomError("attachment", "{field} must not be null", {"field": field})
+        if (self.content_base64 is None) == (self.blob is None):
+            raise PydanticCustomError("attachment", "give exactly one of contentBase64 and blob")
+        if self.blob is None and (self.size is not None or self.sha256 is not None):
+            raise PydanticCustomError("attachment", "size and sha256 describe a blob; this attachment has none")
+        return self
+
     def byte_size(self) -> int:
-        """The attachment's bytes: decoded base64, or the blob's size."""
+        """The attachment's size in bytes: decoded for inline content, the blob's `size` for a blob (which must
+        have been looked up: `shared.attachments.resolve_attachments`)."""
         if self.blob is not None:
-            return self.size or 0
-        text = (self.content_base64 or "").strip()
-        return len(text) * 3 // 4 - text[-2:].count("=")
+            if self.size is None:
+                raise ValueError(f"attachment {self.name!r}: the size of {self.blob} has not been looked up")
+            return self.size
+        text = self.content_base64 or ""
+        return len(text) // 4 * 3 - text[-2:].count("=")  # exact for valid base64, which check_mail ensures
 
 
 class MailRequest(_Strict):
@@ -103,10 +181,14 @@ def _field(location: tuple[Any, ...]) -> str:
     return text
 
 
+# the names pydantic gives the members of a union in an error's location ("to.str", "size.constrained-int")
+_UNION_TAGS = {"str", "int", "constrained-int", "function-after[_addresses_as_objects()]"}
+
+
 def _from_validation_error(error: ValidationError, prefix: str = "") -> AppError:
     details = []
     for item in error.errors():
-        location = tuple(p for p in item["loc"] if p not in {"str", "function-after[_addresses_as_objects()]"})
+        location = tuple(p for p in item["loc"] if p not in _UNION_TAGS)
         details.append(Detail(prefix + _field(location) or "body", item["msg"]))
     return InvalidRequest(f"The mail is not valid: {details[0].field}: {details[0].message}", details)
 
@@ -282,34 +364,64 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
         problems.append(Detail("template", f"no template named {mail.template!r} is configured"))
     if problems:
         raise InvalidRequest(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
+    size, limit = message_bytes(mail), settings.mail_max_message_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
+            [Detail("attachments", f"{size} bytes; at most {limit}")],
+        )
     return mail.model_copy(update={"sender": sender})
+
+
+def message_bytes(mail: MailRequest) -> int:
+    """What MAIL_MAX_MESSAGE_BYTES limits: the body that is sent (UTF-8) and the attachments, decoded. (Exchange
+    measures the encoded message, in which base64 makes attachments about a third larger.)"""
+    body = mail.html if mail.html is not None else (mail.text or "")
+    return len(body.encode("utf-8", "surrogatepass")) + sum(a.byte_size() for a in mail.attachments)
+
+
+def needs_draft(mail: MailRequest) -> bool:
+    """Whether a checked mail can only be sent as a draft with upload sessions, not by sendMail: it has a blob
+    attachment, an attachment over Graph's 3 MiB inline limit, or more attachment bytes in all than sendMail's
+    4 MB request holds once base64-encoded."""
+    if any(a.blob is not None for a in mail.attachments):
+        return True
+    sizes = [a.byte_size() for a in mail.attachments]
+    return any(size > MAX_INLINE_ATTACHMENT_BYTES for size in sizes) or sum(sizes) > SEND_MAIL_ATTACHMENT_BYTES
 
 
 def _attachment_problems(mail: MailRequest) -> list[Detail]:
     problems = []
     if len(mail.attachments) > MAX_ATTACHMENTS:
         problems.append(Detail("attachments", f"at most {MAX_ATTACHMENTS} attachments"))
-    total = 0
     for index, attachment in enumerate(mail.attachments):
         where = f"attachments[{index}]"
         for name in ("name", "content_type", "content_id"):
             value = getattr(attachment, name)
             if value is not None and CONTROL.search(value):
                 problems.append(Detail(f"{where}.{name}", "must not contain line breaks or control characters"))
+        if attachment.blob is not None:
+            if not BLOB_REFERENCE.match(attachment.blob):  # as the model does: a mail may be built without it
+                problems.append(
+                    Detail(f"{where}.blob", f"not a blob of the app's container: {MAIL_ATTACHMENTS}/<name>")
+                )
+            if attachment.size is None:
+                problems.append(Detail(f"{where}.size", "unknown: the app reads a blob's size before the check"))
+            continue
         try:
-            total += len(base64.b64decode(attachment.content_base64 or "", validate=True))
+            size = len(base64.b64decode(attachment.content_base64 or "", validate=True))
         except (binascii.Error, ValueError):
             problems.append(Detail(f"{where}.contentBase64", "not valid base64"))
-    if total > MAX_ATTACHMENT_BYTES:
-        problems.append(Detail("attachments", f"{total} bytes in all; at most {MAX_ATTACHMENT_BYTES} are allowed"))
+            continue
+        if size > MAX_INLINE_ATTACHMENT_BYTES:
+            problems.append(
+                Detail(
+                    f"{where}.contentBase64",
+                    f"{size} bytes; inline attachments are at most {MAX_INLINE_ATTACHMENT_BYTES} bytes each: "
+                    "send larger files as multipart file parts or blobs",
+                )
+            )
     return problems
-
-
-def needs_draft(mail: MailRequest) -> bool:
-    """Whether only the draft path can carry the mail: a blob attachment, or more than sendMail's 4 MB request
-    can hold (3 MB of attachments)."""
-    sizes = [a.byte_size() for a in mail.attachments]
-    return any(a.blob is not None for a in mail.attachments) or sum(sizes) > MAX_ATTACHMENT_BYTES
 
 
 def app_mail_id(kind: str, *parts: str) -> str:
@@ -350,8 +462,12 @@ def compose_mail(
     return check_mail(mail, settings)
 
 
-def graph_send_body(mail: MailRequest) -> dict[str, Any]:
-    """The JSON body of Graph's sendMail for a checked mail."""
+def graph_send_body(mail: MailRequest, *, leave_out_blobs: bool = False) -> dict[str, Any]:
+    """The JSON body of Graph's sendMail for a checked mail, with its inline attachments. A mail with blob
+    attachments can only go as a draft whose attachments are uploaded (`needs_draft`): its body is rendered
+    only when asked to `leave_out_blobs` (the draft's message), never silently without them."""
+    if not leave_out_blobs and any(a.blob is not None for a in mail.attachments):
+        raise ValueError(f"mail {mail.id}: its blob attachments must be uploaded to a draft (needs_draft)")
 
     def recipients(mailboxes: list[Mailbox]) -> list[dict[str, Any]]:
         return [{"emailAddress": {"address": m.address, **({"name": m.name} if m.name else {})}} for m in mailboxes]
@@ -380,10 +496,25 @@ def graph_send_body(mail: MailRequest) -> dict[str, Any]:
                 **({"contentId": a.content_id} if a.content_id else {}),
             }
             for a in mail.attachments
+            if a.content_base64 is not None
         ]
     return {"message": message, "saveToSentItems": mail.save_to_sent_items}
 
 
 def payload_hash(payload: dict[str, Any]) -> str:
-    """A fingerprint of a mail's JSON form: the same mail under the same id is a repeat, not a conflict."""
+    """A fingerprint of a mail's JSON form: the same mail under the same id is a repeat, not a conflict.
+
+    A blob attachment counts by its content, not by where it lies: `size` is the app's own reading, and a blob
+    whose `sha256` is known (the multipart intake stores each file under a new random name) counts by that
+    hash, so a replayed form matches the first one. A blob without `sha256` (a producer's) counts by its name."""
+    attachments = payload.get("attachments")
+    if isinstance(attachments, list) and any(isinstance(a, dict) and "blob" in a for a in attachments):
+        payload = {**payload, "attachments": [_fingerprinted(a) for a in attachments]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _fingerprinted(attachment: Any) -> Any:
+    if not isinstance(attachment, dict) or "blob" not in attachment:
+        return attachment
+    dropped = {"size", "blob"} if attachment.get("sha256") else {"size"}
+    return {key: value for key, value in attachment.items() if key not in dropped}

@@ -17,7 +17,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from . import api_models as m
 from . import routes
 from .alerts.intake import SOURCES
-from .mail import ID_PATTERN
+from .attachments import FILE_PART, MAIL_PART
+from .mail import ID_PATTERN, MAX_ATTACHMENTS
 
 SCHEMA_ID = "https://schemas.notifier.invalid/mail.schema.json"
 OPENAPI_VERSION = "3.1.0"
@@ -46,11 +47,22 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Form:
+    """A `multipart/form-data` body besides the JSON one: the JSON body as the part `json_part`, then file parts
+    named `file_part`."""
+
+    json_part: str
+    file_part: str
+    description: str
+
+
+@dataclass(frozen=True)
 class Operation:
     summary: str
     answers: dict[int, Answer]
     body: type[BaseModel] | None = None
     params: tuple[Param, ...] = ()
+    form: Form | None = None
 
 
 _MAIL_ID = {"type": "string", "pattern": ID_PATTERN.pattern}
@@ -71,15 +83,25 @@ OPERATIONS: dict[routes.Route, Operation] = {
                 m.Queued,
                 {"Location": "/api/mail/{id}", "Idempotent-Replay": "`true` when the id was seen before"},
             ),
-            400: _error("Not a valid mail (details name each field)"),
+            400: _error("Not a valid mail or form (details name each field or part)"),
             409: _error("The id is taken by another mail"),
-            413: _error("Body too large"),
-            415: _error("Not JSON"),
+            413: _error(
+                "The mail is larger than MAIL_MAX_MESSAGE_BYTES (the message names its bytes and the limit), or the "
+                "JSON body or mail part over 5 MiB"
+            ),
+            415: _error("Neither JSON nor multipart/form-data, or a mail part that is not JSON"),
             500: _FAILED,
             503: _error("Storage unavailable"),
         },
         body=m.MailSubmission,
         params=(Param("Idempotency-Key", "header", _MAIL_ID, "makes the request idempotent, like the body's id"),),
+        form=Form(
+            MAIL_PART,
+            FILE_PART,
+            f"The mail as the first part, `{MAIL_PART}` (JSON, the same schema), then each file as a part named "
+            f"`{FILE_PART}`: its filename is the attachment's name, its Content-Type the attachment's. At most "
+            f"{MAX_ATTACHMENTS} attachments in all; the files are stored in the app's Storage until the mail is sent.",
+        ),
     ),
     routes.GET_MAIL: Operation(
         "A mail's status",
@@ -211,7 +233,26 @@ def _operation(route: routes.Route, path: str, refs: dict[Any, Any]) -> dict[str
     if operation.body is not None:
         schema = refs[(operation.body, "validation")]
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        if operation.form is not None:
+            result["requestBody"]["content"]["multipart/form-data"] = _form(operation.form, schema)
     return result
+
+
+def _form(form: Form, json_schema: dict[str, Any]) -> dict[str, Any]:
+    files = {"type": "string", "contentMediaType": "application/octet-stream"}  # OpenAPI 3.1: a file's bytes
+    return {
+        "schema": {
+            "type": "object",
+            "description": form.description,
+            "properties": {
+                form.json_part: json_schema,
+                form.file_part: {"type": "array", "items": files, "maxItems": MAX_ATTACHMENTS},
+            },
+            "required": [form.json_part],
+            "additionalProperties": False,
+        },
+        "encoding": {form.json_part: {"contentType": "application/json"}},
+    }
 
 
 def _answer(answer: Answer, refs: dict[Any, Any]) -> dict[str, Any]:

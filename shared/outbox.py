@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from .attachments import resolve_attachments
 from .audit import audit
 from .config import Settings
 from .delivery import (
@@ -187,17 +188,16 @@ class Sender:
         except InvalidMessage as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, None)
         fingerprint = payload_hash(payload)
+        if existing is not None and existing.payload_hash and existing.payload_hash != fingerprint:
+            return await self._refused_copy(envelope, mail_id)  # before its attachments are looked for
         try:
-            mail = check_mail(parse_mail(payload), self.settings)
+            mail = check_mail(await resolve_attachments(self.store, parse_mail(payload)), self.settings)
         except AppError as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, fingerprint)
 
         status = existing or await self._status_for(mail_id, mail, payload)
         if status.payload_hash and status.payload_hash != fingerprint:
-            await self.store.outbox.delete_payload(envelope)  # the refused copy's own blob, never the owner's
-            return Delivery(
-                mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
-            )
+            return await self._refused_copy(envelope, mail_id)
         if status.done:
             return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {status.status}")
         now = datetime.now(UTC)
@@ -214,6 +214,13 @@ class Sender:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
         return await self._send(mail, status, text, payload)
+
+    async def _refused_copy(self, envelope: dict[str, Any], mail_id: str) -> Delivery:
+        """A copy of another mail under a used id (refused at intake): dropped without a Graph call."""
+        await self.store.outbox.delete_payload(envelope)  # the refused copy's own blob, never the owner's
+        return Delivery(
+            mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
+        )
 
     async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
         created = await self.store.statuses.create(
@@ -238,10 +245,7 @@ class Sender:
         status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
         status.outcome_unknown = False
         await self._record_sent(status, claimed_until)
-        try:
-            await self.store.outbox.delete_payload(payload)
-        except Exception as error:  # the mail is sent and recorded; a left-over blob harms nobody
-            log.warning("claim-check blob of mail %s not deleted: %s", status.id, type(error).__name__)
+        await self._drop_blobs(mail, payload)
         await audit(
             self.store,
             self.settings,
@@ -308,7 +312,7 @@ class Sender:
             await self._save_final(status)
             if status.mode == DeliveryMode.DRAFT:
                 await self._drafts().discard(status, sender)
-            await self.store.outbox.delete_payload(payload)
+            await self._drop_blobs(mail, payload)
             outcome, detail = DeliveryOutcome.FAILED, f"Graph {error.status} {error.code}"
         await audit(
             self.store,
@@ -322,6 +326,13 @@ class Sender:
             detail=detail,
         )
         return Delivery(status.id, outcome, detail)
+
+    async def _drop_blobs(self, mail: MailRequest, payload: dict[str, Any]) -> None:
+        """A mail is done with: its claim-check blob and its attachment blobs go (a left-over harms nobody)."""
+        try:
+            await asyncio.gather(self.store.outbox.delete_payload(payload), self.store.attachments.delete_for(mail))
+        except Exception as error:
+            log.warning("blobs of mail %s not deleted: %s", mail.id, type(error).__name__)
 
     async def _record_sent(self, status: MailStatus, claimed_until: float) -> None:
         """Graph has the mail: record that, trying through a Storage outage for as long as our lease keeps

@@ -1,4 +1,4 @@
-"""The app's entry points as constants: HTTP routes, queue names and timer schedules.
+"""The app's entry points as constants: HTTP routes, queue and container names, and timer schedules.
 
 `function_app.py` binds its triggers to these and `shared.openapi` describes the same routes, so the
 published contract and the bindings cannot drift apart. Plain values only: no Azure Functions types here.
@@ -15,6 +15,9 @@ ROUTE_PREFIX = "api"  # host.json's extensions.http.routePrefix (the Functions d
 MAIL_OUTBOX = "mail-outbox"
 ALERTS_INBOX = "alerts-inbox"
 ALERTS_FLUSH = "alerts-flush"
+# the blob container attachments are handed over in: multipart file parts land there, and queue producers upload
+# their own and reference them from a `mail-outbox` message as `mail-attachments/<name>`
+MAIL_ATTACHMENTS = "mail-attachments"
 
 # The one digest timer: every minute (UTC, NCRONTAB) it asks each digest's schedule what is due
 # (`shared.digests.scheduled`); ALERT_DIGEST_SCHEDULE and MAILBOX_DIGEST_SCHEDULE are schedules it evaluates.

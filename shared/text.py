@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from .errors import InvalidMessage
+from .errors import Detail, InvalidJson, InvalidMessage
 
 # Patterns end in \Z, not $: `$` also matches before a trailing newline, which would let "a@b.test\n" through.
 ADDRESS = re.compile(
@@ -52,3 +52,17 @@ def queue_json(text: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidMessage(f"not {what}: not a JSON object")
     return value
+
+
+def request_json(body: bytes, field: str = "body") -> Any:
+    """A request's JSON (the body, or a form's part named `field`); InvalidJson (400) naming the field when it is
+    not JSON or nests too deep."""
+    if json_too_deep(body.decode("utf-8", "replace")):
+        raise InvalidJson(
+            f"The {field}'s JSON nests deeper than {MAX_JSON_DEPTH} levels.", [Detail(field, "nested too deep")]
+        )
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        message = f"The {field} is not valid JSON: {error}"[:300]
+        raise InvalidJson(message, [Detail(field, "not valid JSON")]) from None

@@ -205,7 +205,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
         "attachments[0].name",
     ),
     (
-        "attachments over 3 MB",
+        "an inline attachment over 3 MB",
         {
             "body": {
                 **MAIL,
@@ -215,7 +215,44 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
             }
         },
         400,
-        "attachments",
+        "attachments[0].contentBase64",
+    ),
+    (
+        "attachment with content and blob",
+        {"body": {**MAIL, "attachments": [{"name": "a", "contentBase64": "aGk=", "blob": "mail-attachments/a"}]}},
+        400,
+        "attachments[0]",
+    ),
+    ("attachment blob null", {"body": {**MAIL, "attachments": [{"name": "a", "blob": None}]}}, 400, "attachments[0]"),
+    (
+        "attachment blob in another container",
+        {"body": {**MAIL, "attachments": [{"name": "a", "blob": "mail-payloads/x.json"}]}},
+        400,
+        "attachments[0].blob",
+    ),
+    (
+        "attachment blob climbing out",
+        {"body": {**MAIL, "attachments": [{"name": "a", "blob": "mail-attachments/../mail-payloads/x"}]}},
+        400,
+        "attachments[0].blob",
+    ),
+    (
+        "attachment blob that does not exist",
+        {"body": {**MAIL, "attachments": [{"name": "a", "blob": "mail-attachments/never-uploaded"}]}},
+        400,
+        "attachments[0].blob",
+    ),
+    (
+        "size on an inline attachment",
+        {"body": {**MAIL, "attachments": [{"name": "a", "contentBase64": "aGk=", "size": 2}]}},
+        400,
+        "attachments[0]",
+    ),
+    (
+        "sha256 not hex",
+        {"body": {**MAIL, "attachments": [{"name": "a", "blob": "mail-attachments/a", "sha256": "x" * 64}]}},
+        400,
+        "attachments[0].sha256",
     ),
     ("disallowed sender", {"body": {**MAIL, "from": "ceo@contoso.test"}}, 400, "from"),
     ("sender not an address", {"body": {**MAIL, "from": "ceo"}}, 400, "from"),

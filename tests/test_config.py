@@ -59,6 +59,8 @@ def test_allowed_senders_always_include_the_default_sender() -> None:
         ({"ALERT_DIGEST_SCHEDULE": "*/0 * * * * *"}, "ALERT_DIGEST_SCHEDULE.*step of 0"),
         ({"AUDIT_RECIPIENTS": "everyone"}, "AUDIT_RECIPIENTS"),
         ({"MAIL_SEND_LEASE_SECONDS": "1"}, "MAIL_SEND_LEASE_SECONDS"),
+        ({"MAIL_MAX_MESSAGE_BYTES": "157286401"}, "MAIL_MAX_MESSAGE_BYTES.*157286400"),  # over Graph's 150 MB
+        ({"MAIL_MAX_MESSAGE_BYTES": "35MB"}, "MAIL_MAX_MESSAGE_BYTES"),
     ],
 )
 def test_a_bad_setting_fails_with_a_message_naming_it(override: dict[str, str], named: str) -> None:
@@ -151,6 +153,11 @@ def test_the_store_signs_in_to_identity_based_storage_with_the_managed_identity(
     assert queue_url == "https://stnotifier01.queue.core.windows.net/mail-outbox"
     assert table_url.startswith("https://stnotifier01.table.core.windows.net")
     assert blob == "https://stnotifier01.blob.core.windows.net/:ManagedIdentityCredential"
+
+
+def test_the_largest_mail_is_exchanges_default_35_mib_unless_set_up_to_150_mib() -> None:
+    assert load_settings(BASE).mail_max_message_bytes == 35 * 1024 * 1024
+    assert load_settings({**BASE, "MAIL_MAX_MESSAGE_BYTES": "157286400"}).mail_max_message_bytes == 150 * 1024 * 1024
 
 
 def test_the_sending_and_recipient_policy_is_one_rule_of_the_settings() -> None:

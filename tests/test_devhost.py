@@ -103,6 +103,24 @@ def test_a_body_reaches_the_function_only_with_a_content_length_above_zero(
     assert [m.content for m in echoes.receive_messages(max_messages=8)] == ["with a length", ""]
 
 
+def test_a_body_over_the_hosts_100_mb_is_refused_with_413_before_it_is_read(
+    test_app_host: dict[str, Any], azurite: AzuriteProcess
+) -> None:
+    import socket
+
+    echoes = _queue(azurite, "echoes")
+    echoes.clear_messages()
+    host = test_app_host["host"]
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 104857601\r\n\r\nonly the start of it"
+        )
+        status_line = connection.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert echoes.peek_messages() == []  # the function did not run
+
+
 def test_repeated_query_parameters_arrive_joined_with_commas_and_empty_ones_dropped(
     test_app_host: dict[str, Any],
 ) -> None:

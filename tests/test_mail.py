@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from shared.api import status_of
 from shared.config import load_settings
 from shared.errors import AppError
-from shared.mail import check_mail, graph_send_body, parse_mail, payload_hash
+from shared.mail import check_mail, graph_send_body, message_bytes, needs_draft, parse_mail, payload_hash
 
 SETTINGS = load_settings(
     {
@@ -167,4 +169,101 @@ def test_the_apps_own_mail_ids_fit_64_characters_however_long_the_names_in_them(
     assert ID_PATTERN.match(long_name) and long_name.startswith("app:alertdigest-")
     assert long_name != app_mail_id(
         "alertdigest", "platform-oncall-digest-for-the-night-shif", "20261124T070000", "abc123"
+    )
+
+
+# Attachments: inline or a blob, the message size limit, and which mails need the draft path
+
+MIB = 1024 * 1024
+BASE = {"to": ["alice@contoso.test"], "subject": "s", "text": "t"}
+SMALL_LIMIT = load_settings(
+    {"GRAPH_AUTH_MODE": "managed_identity", "MAIL_DEFAULT_SENDER": "n@contoso.test", "MAIL_MAX_MESSAGE_BYTES": str(MIB)}
+)
+
+
+def _inline(name: str, size: int) -> dict[str, object]:
+    return {"name": name, "contentBase64": base64.b64encode(b"\0" * size).decode()}
+
+
+def _blob(name: str, size: int, **more: object) -> dict[str, object]:
+    return {"name": name, "blob": f"mail-attachments/m-1/{name}", "size": size, **more}
+
+
+def test_an_attachment_is_inline_or_a_blob_never_both_nor_neither() -> None:
+    for attachment, field in [
+        ({"name": "a"}, "attachments[0]"),
+        ({"name": "a", "contentBase64": "aGk=", "blob": "mail-attachments/a"}, "attachments[0]"),
+        ({"name": "a", "blob": "mail-attachments/a", "contentBase64": None}, "attachments[0]"),
+        ({"name": "a", "contentBase64": "aGk=", "sha256": "0" * 64}, "attachments[0]"),
+        ({"name": "a", "blob": "digest-runs/a"}, "attachments[0].blob"),
+        ({"name": "a", "blob": "mail-attachments/../digest-runs/a"}, "attachments[0].blob"),
+        ({"name": "a", "blob": "mail-attachments/a..b"}, "attachments[0].blob"),
+        ({"name": "a", "blob": "mail-attachments/a/"}, "attachments[0].blob"),
+        ({"name": "a", "blob": "mail-attachments/a\n"}, "attachments[0].blob"),
+    ]:
+        with pytest.raises(AppError) as raised:
+            parse_mail({**BASE, "attachments": [attachment]})
+        assert [d.field for d in raised.value.details] == [field], attachment
+        assert status_of(raised.value) == 400
+
+
+def test_a_blob_attachment_counts_its_looked_up_size_and_an_unlooked_one_is_refused() -> None:
+    mail = check_mail(parse_mail({**BASE, "attachments": [_blob("report.pdf", 20 * MIB)]}), SETTINGS)
+    assert mail.attachments[0].byte_size() == 20 * MIB
+    assert message_bytes(mail) == 20 * MIB + 1  # and the one-character text body
+    unlooked = {"name": "r.pdf", "blob": "mail-attachments/m-1/r.pdf"}
+    assert _problems({**BASE, "attachments": [unlooked]}) == [
+        ("attachments[0].size", "unknown: the app reads a blob's size before the check")
+    ]
+
+
+def test_inline_attachments_are_at_most_3_mib_each_however_many() -> None:
+    three = check_mail(parse_mail({**BASE, "attachments": [_inline("a", 3 * MIB), _inline("b", 3 * MIB)]}), SETTINGS)
+    assert [a.byte_size() for a in three.attachments] == [3 * MIB, 3 * MIB]
+    [(field, message)] = _problems({**BASE, "attachments": [_inline("big", 3 * MIB + 1)]})
+    assert field == "attachments[0].contentBase64" and message.startswith(f"{3 * MIB + 1} bytes")
+
+
+def test_a_mail_over_mail_max_message_bytes_is_413_naming_its_size_and_the_limit() -> None:
+    body = {**BASE, "attachments": [_blob("a.bin", MIB)]}  # 1 MiB of attachment and a 1-byte body: 1 byte over
+    with pytest.raises(AppError) as raised:
+        check_mail(parse_mail(body), SMALL_LIMIT)
+    assert status_of(raised.value) == 413
+    assert raised.value.code == "payload_too_large"
+    assert f"{MIB + 1} bytes" in raised.value.message and str(MIB) in raised.value.message
+    assert "MAIL_MAX_MESSAGE_BYTES" in raised.value.message
+    check_mail(parse_mail({**body, "text": ""}), SMALL_LIMIT)  # exactly at the limit is fine
+
+
+def test_a_mail_needs_the_draft_path_for_a_blob_or_more_than_3_mib_of_attachments() -> None:
+    def needs(*attachments: dict[str, object]) -> bool:
+        return needs_draft(check_mail(parse_mail({**BASE, "attachments": list(attachments)}), SETTINGS))
+
+    assert not needs()
+    assert not needs(_inline("a", 3 * MIB))
+    assert not needs(_inline("a", 2 * MIB), _inline("b", MIB))
+    assert needs(_inline("a", 2 * MIB), _inline("b", MIB + 1))  # together over what sendMail's request holds
+    assert needs(_blob("tiny.txt", 3))  # a blob is uploaded, whatever its size
+
+
+def test_the_send_mail_body_leaves_blob_attachments_to_the_upload_and_never_drops_them_unasked() -> None:
+    mail = check_mail(parse_mail({**BASE, "attachments": [_inline("a.txt", 3), _blob("b.pdf", 9)]}), SETTINGS)
+    with pytest.raises(ValueError, match="must be uploaded to a draft"):
+        graph_send_body(mail)
+    draft = graph_send_body(mail, leave_out_blobs=True)["message"]
+    assert [a["name"] for a in draft["attachments"]] == ["a.txt"]
+
+
+def test_the_fingerprint_counts_a_hashed_blob_by_its_content_not_its_random_name() -> None:
+    digest = "ab" * 32
+    first = {**BASE, "attachments": [_blob("r.pdf", 9, sha256=digest)]}
+    again = {**BASE, "attachments": [{**_blob("r.pdf", 9, sha256=digest), "blob": "mail-attachments/m-1/other"}]}
+    assert payload_hash(first) == payload_hash(again)
+    assert payload_hash(first) != payload_hash({**BASE, "attachments": [_blob("r.pdf", 9, sha256="cd" * 32)]})
+    assert payload_hash(first) != payload_hash({**BASE, "attachments": [_blob("renamed.pdf", 9, sha256=digest)]})
+    # a producer's blob without a hash is known by its name; its size is the app's reading, not the mail's
+    named = {**BASE, "attachments": [_blob("r.pdf", 9)]}
+    assert payload_hash(named) == payload_hash({**BASE, "attachments": [_blob("r.pdf", 10)]})
+    assert payload_hash(named) != payload_hash(
+        {**BASE, "attachments": [{**_blob("r.pdf", 9), "blob": "mail-attachments/m-1/other"}]}
     )

@@ -291,3 +291,31 @@ def test_the_apis_real_answers_are_what_the_document_says(app_env: dict[str, str
     assert json.loads(again.get_body())["outcome"] == "nothing_new"
 
     call(function_app.health, "get", "/health")
+
+
+def test_the_document_describes_the_multipart_form_of_a_mail_and_its_answers(app_env: dict[str, str]) -> None:
+    import function_app
+
+    from .test_attachments import FORM_TYPE, file_part, form, mail_part
+
+    document = openapi_document()
+    content = document["paths"]["/mail"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "multipart/form-data"}
+    multipart = content["multipart/form-data"]
+    assert multipart["schema"]["properties"]["mail"] == content["application/json"]["schema"]
+    assert multipart["schema"]["properties"]["attachment"]["items"]["contentMediaType"] == "application/octet-stream"
+    assert multipart["schema"]["required"] == ["mail"]
+    assert multipart["encoding"] == {"mail": {"contentType": "application/json"}}
+    attachment = document["components"]["schemas"]["Attachment"]
+    assert {"blob", "size", "sha256"} <= set(attachment["properties"])
+
+    def post(body: bytes) -> Any:
+        request = http("POST", "/api/mail", raw=body, headers={"Content-Type": FORM_TYPE})
+        response = run(user_function(function_app.post_mail)(request))
+        assert _documented(document, "post", "/mail", response) == [], response.get_body()
+        return response
+
+    assert post(form(mail_part(), file_part("a.pdf", b"%PDF"))).status_code == 202
+    assert post(form(file_part("a.pdf", b"%PDF"))).status_code == 400
+    too_big = form(mail_part(), file_part("a.pdf", b"0" * (41 * 1024 * 1024)))  # the default limit is 35 MiB
+    assert post(too_big).status_code == 413

@@ -2,10 +2,10 @@
 
 `storage` holds the clients and the Storage mechanics (ETags, retries, lazy SDK imports); each other module
 is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (and its claim check),
-`alert_groups`, `alert_queues`, `mail_caps`, `alert_digest` (the digest buffer), `records` (run records: alert notices,
-digest runs), `digest_status`, `digest_cursors` (where `report: new` digests stand), `digest_schedule` (claimed
-occurrences), `audit_log`, `instances`, `mailboxes`. `store(account)` is the process's `Store`, which
-hands them out.
+`attachments` (the attachment blobs producers hand over), `alert_groups`, `alert_queues`, `mail_caps`,
+`alert_digest` (the digest buffer), `records` (run records: alert notices, digest runs), `digest_status`,
+`digest_cursors` (where `report: new` digests stand), `digest_schedule` (claimed occurrences), `audit_log`,
+`instances`, `mailboxes`. `store(account)` is the process's `Store`, which hands them out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ..loop_cache import LoopCache
 from .alert_digest import AlertDigestBuffer
 from .alert_groups import AlertGroups
 from .alert_queues import AlertQueues
+from .attachments import Attachments
 from .audit_log import AuditLog
 from .digest_cursors import DigestCursors
 from .digest_schedule import DigestClaims
@@ -37,6 +38,7 @@ class Store:
         self.storage = Storage(account)
         self.statuses = MailStatuses(self.storage)
         self.outbox = OutboxQueue(self.storage)
+        self.attachments = Attachments(self.storage)
         self.groups = AlertGroups(self.storage)
         self.caps = MailCaps(self.storage)
         self.alert_queues = AlertQueues(self.storage)
