@@ -4,6 +4,7 @@ the mode in force per mailbox, what became of each mail (Graph ids, bounces), an
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -20,8 +21,9 @@ import pytest
 from devhost.azurite import AzuriteProcess
 from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
+from shared.graph import UPLOAD_CHUNK
 
-from .helpers import APP_ID, SENDER, audit_rows, http, run, user_function
+from .helpers import APP_ID, SENDER, audit_rows, bearer, http, mail_sends, run, user_function
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIL = {"to": ["alice@contoso.test"], "subject": "Disk 91% on db-2", "text": "Since 04:10 UTC."}
@@ -381,3 +383,102 @@ def test_a_sender_killed_at_10_random_moments_of_a_drain_sends_every_mail_exactl
     assert states == {"sent": 300}, states
     assert sorted(copies) == sorted(ids) and set(copies.values()) == {1}
     assert len(sandbox.mailbox(SENDER, "drafts")) == 0
+
+
+def _sender_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.drain_process"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log.open("wb")
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == b"draining"
+    return process
+
+
+@pytest.mark.timeout(300)
+def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complete(
+    app_env: dict[str, str],
+    azurite: AzuriteProcess,
+    sandbox: SandboxProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16's figure: the sending process is killed twice in the middle of a 40 MB upload; each restart
+    resumes the same upload session where it stood."""
+    import hashlib
+
+    import httpx
+
+    from shared.attachments import resolve_attachments
+    from shared.config import settings
+    from shared.mail import check_mail, parse_mail
+    from shared.outbox import submit_mail
+    from shared.store import store
+
+    content = os.urandom(40 * 1024 * 1024)
+    monkeypatch.setenv("MAIL_MAX_MESSAGE_BYTES", str(50 * 1024 * 1024))  # over Exchange's default 35 MB
+    settings.cache_clear()
+
+    async def prepare() -> str:
+        target = store(settings().storage)
+        blob = await target.attachments.put("dm-big-1", 0, "export.bin", content)
+        mail = {**MAIL, "id": "dm-big-1", "subject": "Export", "attachments": [{"name": "export.bin", "blob": blob}]}
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
+        return blob
+
+    async def upload_position() -> int | None:
+        """Where the recorded upload session stands (None: no session recorded yet)."""
+        row = await store(settings().storage).statuses.get("dm-big-1")
+        sessions = json.loads(row.uploads or "{}") if row else {}
+        url = next((s["url"] for s in sessions.values() if s.get("url")), None)
+        if url is None:
+            return None
+        async with httpx.AsyncClient(verify=os.environ["SSL_CERT_FILE"]) as client:
+            ranges = (await client.get(url)).json().get("nextExpectedRanges") or ["0"]
+        return int(str(ranges[0]).split("-")[0])
+
+    blob = run(prepare())
+    since = sandbox.last_seq()
+    sandbox.set_faults(uploadLatencyMs=400)  # 11 chunks of 3.75 MiB: about 5 s of upload to interrupt
+    env = {**os.environ, **app_env, "QUEUE_LOCK_SECONDS": "3", "MAIL_SEND_LEASE_SECONDS": "5"}
+    positions = []
+    process = _sender_process(env, tmp_path / "sender-0.log")
+    try:
+        for kill in range(2):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                position = run(upload_position())
+                if position is not None and position >= (kill + 1) * 2 * UPLOAD_CHUNK:  # two more chunks in
+                    break
+                time.sleep(0.1)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            positions.append(run(upload_position()))
+            process = _sender_process(env, tmp_path / f"sender-{kill + 1}.log")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run(_statuses(["dm-big-1"]))["sent"] == 0:
+            time.sleep(0.5)
+    finally:
+        process.kill()
+        process.wait()
+    requests = sandbox.requests(since)
+    [received] = [m for m in sandbox.mailbox("alice@contoso.test") if m["subject"] == "Export"]
+    [attachment] = received["attachments"]
+    assert attachment["name"] == "export.bin" and attachment["size"] == len(content)
+    async def status_row() -> Any:
+        return await store(settings().storage).statuses.get("dm-big-1")
+
+    async def blob_size() -> int | None:
+        return await store(settings().storage).attachments.size(blob)
+
+    row = run(status_row())
+    assert row is not None and row.status == "sent"
+    assert sandbox.control is not None
+    headers = {**bearer(sandbox), "Prefer": 'IdType="ImmutableId"'}
+    answer = sandbox.control.get(f"/v1.0/users/{SENDER}/messages/{row.graph_id}/attachments", headers=headers)
+    [sent_copy] = answer.json()["value"]  # the Sent Items copy, by the immutable id the status recorded
+    stored = base64.b64decode(sent_copy["contentBytes"])
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(content).digest()
+    assert all(p is not None and 0 < p < len(content) for p in positions), positions  # killed mid-upload
+    assert len([r for r in requests if r["path"].endswith("/createUploadSession")]) == 1  # resumed, not restarted
+    assert len([r for r in requests if r["method"] == "POST" and r["path"].endswith("/messages")]) == 1
+    assert len(mail_sends(requests)) == 1
+    assert run(blob_size()) is None  # the blob went with the mail
