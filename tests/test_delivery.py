@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -431,7 +432,8 @@ def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complet
         url = next((s["url"] for s in sessions.values() if s.get("url")), None)
         if url is None:
             return None
-        async with httpx.AsyncClient(verify=os.environ["SSL_CERT_FILE"]) as client:
+        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        async with httpx.AsyncClient(verify=context) as client:
             ranges = (await client.get(url)).json().get("nextExpectedRanges") or ["0"]
         return int(str(ranges[0]).split("-")[0])
 
@@ -463,6 +465,7 @@ def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complet
     [received] = [m for m in sandbox.mailbox("alice@contoso.test") if m["subject"] == "Export"]
     [attachment] = received["attachments"]
     assert attachment["name"] == "export.bin" and attachment["size"] == len(content)
+
     async def status_row() -> Any:
         return await store(settings().storage).statuses.get("dm-big-1")
 
