@@ -63,6 +63,10 @@ param auditRecipients string = 'hashed'
 @maxValue(3600)
 param mailSendLeaseSeconds int = 120
 
+@description('How mail goes to Graph: auto (drafts where the app has Mail.ReadWrite, else sendMail), draft or sendmail.')
+@allowed(['auto', 'draft', 'sendmail'])
+param mailDeliveryMode string = 'auto'
+
 @description('Minutes a digest occurrence missed while the app was down may still run late (0-10080).')
 @minValue(0)
 @maxValue(10080)
@@ -125,6 +129,7 @@ var appSettings = {
   MAIL_ALLOWED_SENDERS: mailAllowedSenders
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
+  MAIL_DELIVERY_MODE: mailDeliveryMode
   MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule

@@ -71,6 +71,7 @@ class Settings:
     send_lease_seconds: int
     mail_max_message_bytes: int
     library_log_level: str
+    mail_delivery_mode: str = "auto"
 
     def may_send_as(self, address: str) -> bool:
         """The sending policy: MAIL_ALLOWED_SENDERS (the default sender always included)."""
@@ -248,6 +249,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         digest_grace_minutes=_int(env, "DIGEST_SCHEDULE_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
+        mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),
         mail_max_message_bytes=_int(
             env, "MAIL_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES
         ),

@@ -112,6 +112,7 @@ def app_env(
     from azure.storage.queue import QueueClient
 
     from shared.config import settings
+    from shared.delivery import forget_delivery_modes
     from shared.store.storage import (
         ALERT_DIGEST_TABLE,
         ALERT_GROUPS_TABLE,
@@ -152,6 +153,7 @@ def app_env(
         for name in (NOTICE_CONTAINER, DIGEST_RUN_CONTAINER):
             with contextlib.suppress(ResourceNotFoundError):
                 blobs.delete_container(name)
+    forget_delivery_modes()  # what an earlier test taught this process about its mailboxes
     yield env
     settings.cache_clear()
 

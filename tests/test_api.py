@@ -343,7 +343,8 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
     body = json.loads(text)
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert body["checks"] == {k: {"ok": True} for k in ("config", "storage", "keyVault", "graphToken", "digests")}
+    kinds = ("config", "storage", "keyVault", "graphToken", "digests", "delivery")
+    assert body["checks"] == {k: {"ok": True} for k in kinds}
     assert APP_SECRET not in text and APP_SECRET not in caplog.text
     details = run(user_function(app.health_details)(http("GET", "/api/health/details")))
     assert set(json.loads(details.get_body())["checks"]) == {
@@ -352,6 +353,7 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
         "keyVault",
         "graphToken",
         "digest:support-unread",
+        "delivery",
     }
     assert APP_SECRET not in details.get_body().decode() and APP_SECRET not in caplog.text
 
