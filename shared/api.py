@@ -42,6 +42,7 @@ from .errors import (
 )
 from .mail import APP_ID_PREFIX, ID_PATTERN, check_mail, parse_mail
 from .outbox import submit_mail
+from .pacer import intake_warning, lane_of
 from .routes import Route
 from .routing_file import NotifyConfig
 from .store import Store
@@ -201,8 +202,13 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
             f"Mail ids starting with {APP_ID_PREFIX!r} are the app's own.",
             [Detail(where, f"{APP_ID_PREFIX!r} ids belong to the app's alert and digest mails")],
         )
-    replay = await submit_mail(store, mail.model_copy(update={"id": mail_id}))
-    accepted = ApiAnswer(202, {"id": mail_id, "status": "queued"}, {"Location": f"/api/mail/{mail_id}"})
+    replay, warning = await asyncio.gather(
+        submit_mail(store, mail.model_copy(update={"id": mail_id})), intake_warning(settings, store, mail)
+    )
+    body: dict[str, Any] = {"id": mail_id, "status": "queued", "lane": str(lane_of(mail))}
+    if warning is not None:
+        body["warning"] = warning
+    accepted = ApiAnswer(202, body, {"Location": f"/api/mail/{mail_id}"})
     if replay:
         accepted.headers["Idempotent-Replay"] = "true"
     return accepted
@@ -295,8 +301,8 @@ async def run_health_checks(
     for name, check in checks.items():
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(check(), timeout=10)
-            results[name] = {"ok": True}
+            outcome = await asyncio.wait_for(check(), timeout=10)
+            results[name] = {"ok": True, **(outcome if isinstance(outcome, dict) else {})}  # what a check reports
         except Exception as error:
             results[name] = {"ok": False, "error": type(error).__name__ + _safe_reason(error)}
             log.warning("health check %s failed: %s", name, results[name]["error"])
@@ -331,10 +337,12 @@ def health_answer(results: dict[str, dict[str, Any]], *, detailed: bool) -> ApiA
     status = 200 if healthy else 503
     if detailed:
         return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": results})
-    summary: dict[str, dict[str, bool]] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
         kind = "digests" if name.startswith("digest:") else name
         summary[kind] = {"ok": summary.get(kind, {"ok": True})["ok"] and bool(result["ok"])}
+        if "highestDayPercent" in result:  # budgets: a share, naming no mailbox
+            summary[kind]["highestDayPercent"] = result["highestDayPercent"]
     return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": summary})
 
 

@@ -24,9 +24,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .audit import audit
+from .budgets import Verdict
 from .config import Settings
 from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
+from .pacer import Pacer
 from .store import StatusChanged, Store
 from .store.mail_status import MailState, MailStatus
 from .text import queue_json
@@ -123,10 +125,11 @@ def _seconds_until(moment: datetime | None) -> float:
 class Sender:
     """Delivers outbox messages; collaborators are passed in so tests use real ones."""
 
-    def __init__(self, settings: Settings, store: Store, graph: GraphClient) -> None:
+    def __init__(self, settings: Settings, store: Store, graph: GraphClient, pacer: Pacer | None = None) -> None:
         self.settings = settings
         self.store = store
         self.graph = graph
+        self.pacer = pacer or Pacer(settings, store)
 
     async def deliver(self, text: str, message_id: str, dequeue_count: int) -> Delivery:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
@@ -192,13 +195,17 @@ class Sender:
         if status.status == MailState.SENDING and status.lease_until is not None and status.lease_until > now:
             await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
+        pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
+        if pacing.verdict is not Verdict.ADMIT:
+            refused = pacing.verdict is Verdict.REFUSE
+            return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)
         try:
             status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
             status = await self.store.statuses.save(status)
         except StatusChanged:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
-        return await self._send(mail, status, text, payload)
+        return await self._send(mail, status, text, payload, pacing.mailbox)
 
     async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
         created = await self.store.statuses.create(
@@ -212,8 +219,9 @@ class Sender:
         )
         return created or await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
 
-    async def _send(self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any]) -> Delivery:
-        sender = mail.sender or self.settings.mail_default_sender
+    async def _send(
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], sender: str
+    ) -> Delivery:
         try:
             await self.graph.send_mail(sender, graph_send_body(mail))
         except GraphError as error:

@@ -292,7 +292,16 @@ def _digest_mail(
 ) -> MailRequest:
     items = [DigestItem.from_graph(m, now) for m in found[: digest.max_items]]
     rendered = render_mailbox_digest(digest, folders, items, len(found), now)
-    return compose_mail(mail_id, digest.sender, digest.to, rendered.subject, rendered.html, settings)
+    return compose_mail(
+        mail_id,
+        digest.sender,
+        digest.to,
+        rendered.subject,
+        rendered.html,
+        settings,
+        priority="bulk",
+        sender_pool=digest.sender_pool,
+    )
 
 
 async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:

@@ -3,8 +3,8 @@
 `storage` holds the clients and the Storage mechanics (ETags, retries, lazy SDK imports); each other module
 is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (and its claim check),
 `alert_groups`, `alert_queues`, `mail_caps`, `alert_digest` (the digest buffer), `records` (run records: alert notices,
-digest runs), `digest_status`, `audit_log`, `instances`. `store(account)` is the process's `Store`, which
-hands them out.
+digest runs), `digest_status`, `audit_log`, `instances`, `mail_budgets` (sending budgets). `store(account)` is
+the process's `Store`, which hands them out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .alert_queues import AlertQueues
 from .audit_log import AuditLog
 from .digest_status import DigestStatuses
 from .instances import Instances
+from .mail_budgets import MailBudgets
 from .mail_caps import MailCaps
 from .mail_status import MailStatuses
 from .outbox_queue import OutboxQueue
@@ -42,6 +43,7 @@ class Store:
         self.digest_statuses = DigestStatuses(self.storage)
         self.audit = AuditLog(self.storage)
         self.instances = Instances(self.storage)
+        self.budgets = MailBudgets(self.storage)
 
     async def ping(self) -> None:
         """A cheap round trip to Table storage (the health check)."""

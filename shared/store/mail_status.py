@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from .storage import STATUS_TABLE, StatusChanged, Storage, read_time, time_text
 
 _ROW = "status"
-_TIMES = ("created", "updated", "lease_until")
+_TIMES = ("created", "updated", "lease_until", "deferred_until")
 
 
 class MailState(StrEnum):
@@ -21,6 +21,7 @@ class MailState(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    DEFERRED = "deferred"  # the sending mailbox's daily budget is short: it goes at `deferred_until`
 
 
 @dataclass
@@ -39,6 +40,10 @@ class MailStatus:
     recipient_count: int = 0
     lease_until: datetime | None = None  # while `sending`: until then no other delivery may send it
     etag: str | None = field(default=None, repr=False)
+    lane: str = ""  # its priority lane (`shared.budgets.Lane`), once the pacer has seen it
+    deferred_until: datetime | None = None  # while `deferred`: when the budget lets it go
+    ticket: int | None = None  # its place in its lane's line at `held_on`, while the pacer holds it
+    held_on: str = ""  # the mailbox (of a pool) whose line it waits in
 
     @property
     def done(self) -> bool:
@@ -52,6 +57,10 @@ class MailStatus:
             "attempts": self.attempts,
             "updated": time_text(self.updated, micro=True),
         }
+        if self.lane:
+            body["lane"] = self.lane
+        if self.status == MailState.DEFERRED and self.deferred_until is not None:
+            body["deferredUntil"] = time_text(self.deferred_until)
         if self.error_code:
             body["error"] = {"code": self.error_code, "message": self.error_message or ""}
         return body
