@@ -19,6 +19,7 @@ from typing import Any
 from .audit import audit
 from .budgets import (
     LANES,
+    PACE_TOLERANCE,
     WARN_SHARE,
     Budget,
     Clock,
@@ -97,7 +98,11 @@ class Pacer:
         key = sticky_key(mail)
         if not (self.limits.per_minute or self.limits.per_day):
             return Pacing(Verdict.ADMIT, pool_order(members, key or status.id)[0])
-        decision = await self._decide(mail, status, lane, members, key)
+        try:
+            decision = await self._decide(mail, status, lane, members, key)
+        except StatusChanged:  # the budget row stayed contended: try again shortly, without spending a dequeue
+            await self.store.outbox.send_again(text, 1)
+            return Pacing(Verdict.HOLD, members[0], "the sending budget was busy; again in 1 s")
         if decision.verdict is Verdict.ADMIT:
             status.ticket, status.held_on, status.deferred_until = None, "", None
             if decision.crossed_warning:
@@ -130,7 +135,9 @@ class Pacer:
         return decision
 
     async def _hold(self, decision: Decision, status: MailStatus, text: str) -> Pacing:
-        delay = max(1.0, math.ceil(decision.at - self.clock.now()))  # queue delays are whole seconds: never early
+        # queue delays are whole seconds: back a little before its turn, which the pace's tolerance lets in, so a
+        # mail is ready when its turn comes (a turn nobody takes is lost)
+        delay = max(1.0, round(decision.at - self.clock.now() - PACE_TOLERANCE / 2))
         status.status, status.ticket, status.held_on = MailState.QUEUED, decision.ticket, decision.mailbox
         await self._save(status)
         await self.store.outbox.send_again(text, delay)
