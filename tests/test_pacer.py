@@ -139,6 +139,7 @@ def _most_in_a_minute(times: list[float]) -> int:
     return max((sum(1 for t in times if start <= t < start + 60) for start in times), default=0)
 
 
+@pytest.mark.timeout(420)  # the figure: 1,000 mails at a pace Exchange would otherwise carry over (2-3 minutes)
 def test_a_critical_alert_goes_out_within_5_s_past_1000_bulk_mails_which_are_all_paced_and_delivered_once(
     budgets_on: Callable[..., Any], azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
 ) -> None:
@@ -169,13 +170,13 @@ def test_a_critical_alert_goes_out_within_5_s_past_1000_bulk_mails_which_are_all
         )
 
         async def body() -> dict[str, Any]:
-            await _until(lambda: len(sent_at) >= 300, 120, "300 bulk mails sent")  # well into the backlog
+            await _until(lambda: len(sent_at) >= 150, 150, "150 bulk mails sent")  # well into the backlog
             alert = {"name": "DatabaseDown", "severity": "critical", "summary": "primary is down"}
             response = await user_function(function_app.post_alerts)(http("POST", "/api/alerts", alert))
             assert response.status_code == 202, response.get_body()
             await _until(lambda: any(k.startswith("app:alert") for k in sent_at), 30, "the alert mail sent")
             backlog_when_alert_sent = 1000 - (len(sent_at) - 1)
-            await _until(lambda: len(sent_at) == 1001, 240, "every bulk mail sent")
+            await _until(lambda: len(sent_at) == 1001, 300, "every bulk mail sent")
             alert_id = next(k for k in sent_at if k.startswith("app:alert"))
             return {"waited": sent_at[alert_id] - flushed[0], "backlog": backlog_when_alert_sent}
 
