@@ -23,7 +23,7 @@ from datetime import datetime
 import httpx
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
-from common import DEFAULT_SEED, SENDER, bench_line, local_cloud
+from common import DEFAULT_SEED, ROOT, SENDER, bench_line, local_cloud
 
 BACKLOG = 1000
 CRITICAL = 5
@@ -72,7 +72,8 @@ def _run(budgets: bool) -> tuple[list[float], list[float]]:
         settings = {**ONLY_MAIL, "MAIL_PRIORITY_SENDERS": SENDER}
         if budgets:
             settings |= {"MAIL_BUDGET_MESSAGES_PER_MINUTE": "25", "MAIL_BUDGET_RECIPIENTS_PER_DAY": "9000"}
-        host = cloud.devhost("budgets" if budgets else "unpaced", settings=settings)
+        example = str(ROOT / "local.settings.json.example")  # the environment given wins over its values
+        host = cloud.devhost("budgets" if budgets else "unpaced", "--settings", example, settings=settings)
         try:
             time.sleep(TAKE_IN_SECONDS)
             waits = []
