@@ -255,7 +255,7 @@ def test_a_pool_of_3_mailboxes_sends_3_times_the_rate_of_one_each_mailbox_within
     sent: list[str] = []
 
     async def scenario() -> None:
-        await _submit(config, [_mail(i, senderPool="bulk") for i in range(480)])
+        await _submit(config, [_mail(i, id=f"pooled-{i}", senderPool="bulk") for i in range(480)])
         outbox = _sender_trigger(azurite, config, seen=lambda d: d.outcome == "sent" and sent.append(d.mail_id))
         await _running([outbox], _until(lambda: len(sent) == 480, 150, "480 mails sent"))
 
