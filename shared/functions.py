@@ -28,6 +28,7 @@ from .digests.scheduled import run_due_digests
 from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
+from .pacer import budget_use
 from .routing_file import NotifyConfig, notify_config
 from .store import Store, store
 
@@ -189,6 +190,8 @@ async def _health_results() -> dict[str, Any]:
     checks["graphToken"] = graph.token_check
     for digest in notify_config(config).digests:
         checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
+    if config.budget_messages_per_minute or config.budget_recipients_per_day:
+        checks["budgets"] = functools.partial(budget_use, config, store(config.storage))
     results = await api.run_health_checks(config, checks)
     results["delivery"] = delivery_modes(config.mail_delivery_mode).health()
     return results

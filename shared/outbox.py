@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attachments import resolve_attachments
 from .audit import audit
+from .budgets import Verdict
 from .config import Settings
 from .delivery import (
     SENT_COPY_PENDING,
@@ -37,6 +38,7 @@ from .delivery import (
 )
 from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, needs_draft, parse_mail, payload_hash
+from .pacer import Pacer
 from .store import StatusChanged, Store
 from .store.mail_status import DeliveryMode, MailState, MailStatus
 from .text import queue_json
@@ -136,11 +138,19 @@ def _seconds_until(moment: datetime | None) -> float:
 class Sender:
     """Delivers outbox messages; collaborators are passed in so tests use real ones."""
 
-    def __init__(self, settings: Settings, store: Store, graph: GraphClient, modes: Modes | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        graph: GraphClient,
+        modes: Modes | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.graph = graph
         self.modes = modes or delivery_modes(settings.mail_delivery_mode)
+        self.pacer = pacer or Pacer(settings, store)
 
     async def deliver(self, text: str, message_id: str, dequeue_count: int) -> Delivery:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
@@ -205,6 +215,13 @@ class Sender:
         if status.status == MailState.SENDING and status.lease_until is not None and status.lease_until > now:
             await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
+        if status.mode and status.sender:  # Graph may hold it in that mailbox already: a pool may not move it
+            mail = mail.model_copy(update={"sender": status.sender, "sender_pool": None})
+        pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
+        if pacing.verdict is not Verdict.ADMIT:
+            refused = pacing.verdict is Verdict.REFUSE
+            return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)
+        status.sender = pacing.mailbox
         if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
             status.outcome_unknown = True
         try:
@@ -213,7 +230,7 @@ class Sender:
         except StatusChanged:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
-        return await self._send(mail, status, text, payload)
+        return await self._send(mail, status, text, payload, pacing.mailbox)
 
     async def _refused_copy(self, envelope: dict[str, Any], mail_id: str) -> Delivery:
         """A copy of another mail under a used id (refused at intake): dropped without a Graph call."""
@@ -234,12 +251,13 @@ class Sender:
         )
         return created or await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
 
-    async def _send(self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any]) -> Delivery:
-        sender = mail.sender or self.settings.mail_default_sender
+    async def _send(
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], sender: str
+    ) -> Delivery:
         try:
             mode = await self._send_by_mode(mail, status, sender)
         except GraphError as error:
-            return await self._graph_failed(mail, status, text, payload, error)
+            return await self._graph_failed(mail, status, text, payload, error, sender)
         self.modes.used(sender, mode)
         claimed_until = time.monotonic() + _seconds_until(status.lease_until)
         status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
@@ -295,9 +313,8 @@ class Sender:
         return DraftDelivery(self.graph, self.store, self._save_final, lease)
 
     async def _graph_failed(
-        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError, sender: str
     ) -> Delivery:
-        sender = mail.sender or self.settings.mail_default_sender
         status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], None
         status.outcome_unknown = status.outcome_unknown or outcome_unknown(error)
         waiting = error.code == SENT_COPY_PENDING  # not a failure: the draft engine ends that wait itself

@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from .storage import STATUS_TABLE, StatusChanged, Storage, read_time, time_text
 
 _ROW = "status"
-_TIMES = ("created", "updated", "lease_until", "sent_at", "drafted_at", "bounced_at")
+_TIMES = ("created", "updated", "lease_until", "sent_at", "drafted_at", "bounced_at", "deferred_until")
 
 
 class MailState(StrEnum):
@@ -21,6 +21,7 @@ class MailState(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    DEFERRED = "deferred"  # the sending mailbox's daily budget is short: it goes at `deferred_until`
     BOUNCED = "bounced"  # sent, and a non-delivery report came back for some or all recipients
 
 
@@ -59,6 +60,10 @@ class MailStatus:
     bounced_recipients: str = ""  # comma-separated
     bounced_at: datetime | None = None
     etag: str | None = field(default=None, repr=False)
+    lane: str = ""  # its priority lane (`shared.budgets.Lane`), once the pacer has seen it
+    deferred_until: datetime | None = None  # while `deferred`: when the budget lets it go
+    ticket: int | None = None  # its place in its lane's line at `held_on`, while the pacer holds it
+    held_on: str = ""  # the mailbox (of a pool) whose line it waits in
 
     @property
     def done(self) -> bool:
@@ -72,6 +77,10 @@ class MailStatus:
             "attempts": self.attempts,
             "updated": time_text(self.updated, micro=True),
         }
+        if self.lane:
+            body["lane"] = self.lane
+        if self.status == MailState.DEFERRED and self.deferred_until is not None:
+            body["deferredUntil"] = time_text(self.deferred_until)
         if self.mode:
             body["mode"] = self.mode
         if self.sender:
