@@ -143,6 +143,7 @@ class Sender:
         settings: Settings,
         store: Store,
         graph: GraphClient,
+        *,
         modes: Modes | None = None,
         pacer: Pacer | None = None,
     ) -> None:

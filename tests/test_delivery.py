@@ -24,7 +24,7 @@ from devhost.queues import QueueSettings, QueueTrigger
 from sandbox.launcher import SandboxProcess
 from shared.graph import UPLOAD_CHUNK
 
-from .helpers import APP_ID, SENDER, audit_rows, bearer, http, mail_sends, run, user_function
+from .helpers import APP_ID, SENDER, SUPPORT, audit_rows, bearer, http, mail_sends, run, user_function
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIL = {"to": ["alice@contoso.test"], "subject": "Disk 91% on db-2", "text": "Since 04:10 UTC."}
@@ -485,3 +485,37 @@ def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complet
     assert len([r for r in requests if r["method"] == "POST" and r["path"].endswith("/messages")]) == 1
     assert len(mail_sends(requests)) == 1
     assert run(blob_size()) is None  # the blob went with the mail
+
+
+def test_a_pool_mail_whose_draft_exists_is_sent_from_that_mailbox_whatever_the_pool_would_choose(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool may move a mail between its mailboxes until Graph may hold it in one: an earlier attempt drafted
+    it in support@ and died before the send, so it goes from support@ although the pool would pick another."""
+    from shared.budgets import pool_order
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.mail import check_mail, graph_send_body, parse_mail
+    from shared.store import store
+
+    members = (SENDER, SUPPORT)
+    monkeypatch.setenv("MAIL_SENDER_POOLS", "duo: " + ", ".join(members))
+    settings.cache_clear()
+    mail_id = next(f"dm-pool-{n}" for n in range(100) if pool_order(members, f"dm-pool-{n}")[0] == SENDER)
+
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": mail_id, "senderPool": "duo"})
+        mail = check_mail(parse_mail({**MAIL, "from": SUPPORT}), settings())
+        draft = await graph_client(settings()).create_draft(SUPPORT, graph_send_body(mail)["message"], mail_id)
+        statuses = store(settings().storage).statuses
+        row = await statuses.get(mail_id)
+        assert row is not None
+        row.mode, row.sender, row.graph_id, row.attempts = "draft", SUPPORT, draft.id, 1
+        await statuses.save(row)
+        await _trigger(app, azurite).drain()
+        return await _status(app, mail_id)
+
+    status = run(scenario())
+    assert status["status"] == "sent" and status["mailbox"] == SUPPORT
+    assert sandbox.mailbox(SENDER, "sentitems") == [] and len(sandbox.mailbox(SUPPORT, "sentitems")) == 1
+    assert _copies(sandbox) == {MAIL["subject"]: 1}

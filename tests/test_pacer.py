@@ -106,7 +106,7 @@ def _sender_trigger(
 
     async def deliver(message: Any) -> None:
         target = store(config.storage)
-        sender = Sender(config, target, graph_client(config), Pacer(config, target, clock, recheck))
+        sender = Sender(config, target, graph_client(config), pacer=Pacer(config, target, clock, recheck))
         delivery = await sender.deliver(message.get_body().decode(), message.id, message.dequeue_count)
         seen(delivery)
 
