@@ -84,6 +84,42 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
   }
 }
 
+// Attachment blobs are deleted by the app once their mail is sent or failed. A blob no mail will ever name
+// (a form whose instance died before the enqueue, a producer's upload never enqueued) is removed by Storage
+// after 14 days untouched: twice a queue message's 7-day lifetime, longer than any deferral (at most a day).
+resource attachmentLifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'orphan-mail-attachments'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                'mail-attachments/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: 14
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
+
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deploymentContainerName

@@ -331,6 +331,7 @@ def test_the_bicep_defaults_are_the_apps_own_defaults() -> None:
 
 CORE = bicep("core.bicep")
 APP = bicep("app.bicep")
+QUEUE_MESSAGE_LIFETIME_DAYS = 7  # Azure Storage queues keep a message 7 days unless told otherwise; the app does not
 
 
 def test_storage_allows_no_shared_key_no_anonymous_blob_and_only_https_with_tls_1_2() -> None:
@@ -342,6 +343,20 @@ def test_storage_allows_no_shared_key_no_anonymous_blob_and_only_https_with_tls_
     assert storage["minimumTlsVersion"] == "TLS1_2"
     container = the_resource(CORE, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert container["config"]["properties"]["publicAccess"] == "None"
+
+
+def test_storage_removes_attachment_blobs_no_mail_will_name_and_nothing_else() -> None:
+    """Orphaned attachment blobs (a form whose instance died before its enqueue) go after 14 days untouched:
+    only in the app's attachment container, and later than any mail still queued could need them."""
+    from shared.routes import MAIL_ATTACHMENTS
+
+    policy = the_resource(CORE, "Microsoft.Storage/storageAccounts/managementPolicies")["config"]
+    assert policy["parent"] == "storage" and policy["name"] == "default"
+    (rule,) = policy["properties"]["policy"]["rules"]
+    assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+    assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": [f"{MAIL_ATTACHMENTS}/"]}
+    days = rule["definition"]["actions"]["baseBlob"]["delete"]["daysAfterModificationGreaterThan"]
+    assert days > QUEUE_MESSAGE_LIFETIME_DAYS
 
 
 def test_key_vault_is_in_rbac_mode_with_soft_delete_and_purge_protection() -> None:
