@@ -1,6 +1,8 @@
 """CPU per delivered mail in the app process: the devhost's CPU time (user + system, from /proc) while it
 drains 1,000 queued mails, divided by the mails, with the sandbox at full speed (no latency, no throttle).
-Baseline in the same run: the CPU per mail of a raw httpx sendMail loop (4 concurrent) in this process.
+Baseline in the same run: the CPU per mail of a raw httpx sendMail loop (4 concurrent) in this process. Also
+measured: the CPU per mail of the Storage calls a delivery makes, made bare (the floor of the status, lease and
+audit guarantees with these SDKs).
 
 Target (issue 19): at most 4x the baseline, sendMail mode.
 """
@@ -8,10 +10,13 @@ Target (issue 19): at most 4x the baseline, sendMail mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 from common import SENDER, bench_line, local_cloud, median
@@ -51,6 +56,56 @@ async def _raw(cloud: object) -> float:
         return (time.process_time() - started) / MAILS
 
 
+async def _storage_floor(connection: str) -> float:
+    """CPU per mail of the Storage calls one delivery makes, bare (Storage SDKs only, 4 concurrent): the
+    host's receive (16 a batch) and delete, the status row read (none yet: the mails were enqueued directly),
+    created, leased (`sending`, ETag) and marked `sent`, and the audit row."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.data.tables.aio import TableServiceClient
+    from azure.storage.queue import TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    options: dict[str, Any] = {"use_env_settings": False}
+    queue = QueueClient.from_connection_string(
+        connection, "floor-outbox", message_encode_policy=TextBase64EncodePolicy(), **options
+    )
+    service = TableServiceClient.from_connection_string(connection, **options)
+    async with queue, service:
+        with contextlib.suppress(ResourceExistsError):
+            await queue.create_queue()
+        for name in ("floorstatus", "flooraudit"):
+            with contextlib.suppress(ResourceExistsError):
+                await service.create_table(name)
+        statuses, audit = service.get_table_client("floorstatus"), service.get_table_client("flooraudit")
+        text = '{"id": "x", "to": ["alice@contoso.test"], "subject": "floor", "text": "cpu"}'
+        await asyncio.gather(*(queue.send_message(text) for _ in range(MAILS)))
+        started = time.process_time()
+
+        async def deliver(message: Any) -> None:
+            key = uuid.uuid4().hex
+            with contextlib.suppress(ResourceNotFoundError):
+                await statuses.get_entity(key, "status")
+            row = {"PartitionKey": key, "RowKey": "status", "status": "queued", "attempts": 0}
+            etag = (await statuses.create_entity(row))["etag"]
+            for state in ("sending", "sent"):
+                etag = (
+                    await statuses.update_entity(
+                        {**row, "status": state}, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+                )["etag"]
+            await audit.create_entity({"PartitionKey": "2026-11-24", "RowKey": key, "operation": "sendMail"})
+            await queue.delete_message(message)
+
+        done = 0
+        while done < MAILS:
+            batch = [m async for m in queue.receive_messages(messages_per_page=16, max_messages=16)]
+            for start in range(0, len(batch), 4):
+                await asyncio.gather(*(deliver(m) for m in batch[start : start + 4]))
+            done += len(batch)
+        return (time.process_time() - started) / done
+
+
 def _drained_cpu(cloud: object, run: str) -> float:
     """CPU seconds per mail of a devhost draining MAILS queued mails."""
     settings = {f"AzureWebJobs.{name}.Disabled": "true" for name in OTHERS}
@@ -73,9 +128,19 @@ def main() -> None:
     with local_cloud() as cloud:
         raws = [asyncio.run(_raw(cloud)) for _ in range(RUNS)]
         apps = [_drained_cpu(cloud, f"cpu{n}") for n in range(RUNS)]
-    raw, per_mail = median(raws), median(apps)
+        floors = [asyncio.run(_storage_floor(cloud.azurite.connection_string)) for _ in range(RUNS)]
+    raw, per_mail, floor = median(raws), median(apps), median(floors)
     print(f"app process: {[round(a * 1000, 1) for a in apps]} ms CPU per mail ({MAILS} mails a run)")
     print(f"raw httpx sendMail loop: {[round(r * 1000, 2) for r in raws]} ms CPU per mail; ratio {per_mail / raw:.1f}x")
+    print(f"bare Storage calls of one delivery: {[round(f * 1000, 2) for f in floors]} ms CPU per mail")
+    bench_line(
+        "cpu_per_mail_storage_floor",
+        floor * 1000,
+        "ms",
+        f"raw httpx sendMail loop {raw * 1000:.2f} ms",
+        ratio=floor / raw,
+        target="reported (6 Storage calls a mail, SDKs only)",
+    )
     bench_line(
         "cpu_per_mail",
         per_mail * 1000,
