@@ -45,7 +45,7 @@ run: setup
 	@test -f local.settings.json || cp local.settings.json.example local.settings.json
 	$(BIN)/python -m devhost.run $(RUN_ARGS)
 
-BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost deployment_size
+BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost lane_latency deployment_size
 
 # every figure of the README's benchmark table; one script each, each printing `BENCH <name> <value> <unit> | ...`
 # lines; bench/summary.py runs them in turn and ends with the one summary table (output in bench/results/)

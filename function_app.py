@@ -80,3 +80,8 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule=routes.DIGEST_TICK)
 async def digest_timer(timer: func.TimerRequest) -> None:
     await handlers.digest_timer(timer)
+
+
+@app.timer_trigger(arg_name="timer", schedule=routes.BOUNCE_CHECK_SCHEDULE)
+async def bounce_check(timer: func.TimerRequest) -> None:
+    await handlers.bounce_check(timer)

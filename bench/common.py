@@ -41,6 +41,8 @@ class LocalCloud:
             **self.sandbox.env,
             "AzureWebJobsStorage": self.azurite.connection_string,
             "NOTIFY_CONFIG": str(ROOT / "config" / "notify.yaml"),
+            "MAIL_BUDGET_MESSAGES_PER_MINUTE": "0",  # as the seed's Exchange limits: off for bulk benchmarks
+            "MAIL_BUDGET_RECIPIENTS_PER_DAY": "0",
         }
 
     def devhost(self, name: str, *args: str, settings: dict[str, str] | None = None) -> DevhostProcess:

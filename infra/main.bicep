@@ -63,6 +63,10 @@ param auditRecipients string = 'hashed'
 @maxValue(3600)
 param mailSendLeaseSeconds int = 120
 
+@description('How mail goes to Graph: auto (drafts where the app has Mail.ReadWrite, else sendMail), draft or sendmail.')
+@allowed(['auto', 'draft', 'sendmail'])
+param mailDeliveryMode string = 'auto'
+
 @description('Minutes a digest occurrence missed while the app was down may still run late (0-10080).')
 @minValue(0)
 @maxValue(10080)
@@ -72,6 +76,27 @@ param digestScheduleGraceMinutes int = 60
 @minValue(1048576)
 @maxValue(157286400)
 param mailMaxMessageBytes int = 36700160
+
+@description('Messages per minute each sending mailbox hands to Graph (Exchange allows 30; 0 = not paced).')
+@minValue(0)
+@maxValue(2000)
+param mailBudgetMessagesPerMinute int = 25
+
+@description('Recipients per rolling 24 hours per sending mailbox (Exchange allows 10,000; 0 = not counted).')
+@minValue(0)
+@maxValue(10000000)
+param mailBudgetRecipientsPerDay int = 9000
+
+@description('Percent of each mailbox\'s daily recipients kept for alert mail (0-90).')
+@minValue(0)
+@maxValue(90)
+param mailBudgetAlertReservePercent int = 20
+
+@description('Comma list of senders whose mail may claim the alert lanes (critical, alert); empty = only the app\'s own alert mail.')
+param mailPrioritySenders string = ''
+
+@description('Sender pools, `name: a@x, b@x; other: c@x`; every member must be an allowed sender.')
+param mailSenderPools string = ''
 
 @description('Most instances the app scales out to.')
 @minValue(1)
@@ -125,7 +150,13 @@ var appSettings = {
   MAIL_ALLOWED_SENDERS: mailAllowedSenders
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
+  MAIL_DELIVERY_MODE: mailDeliveryMode
   MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
+  MAIL_BUDGET_MESSAGES_PER_MINUTE: string(mailBudgetMessagesPerMinute)
+  MAIL_BUDGET_RECIPIENTS_PER_DAY: string(mailBudgetRecipientsPerDay)
+  MAIL_BUDGET_ALERT_RESERVE_PERCENT: string(mailBudgetAlertReservePercent)
+  MAIL_PRIORITY_SENDERS: mailPrioritySenders
+  MAIL_SENDER_POOLS: mailSenderPools
   NOTIFY_CONFIG: notifyConfig
   ALERT_DIGEST_SCHEDULE: alertDigestSchedule
   MAILBOX_DIGEST_SCHEDULE: mailboxDigestSchedule

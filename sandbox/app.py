@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import time
@@ -198,6 +199,9 @@ async def upload_endpoint(request: Request) -> Response:
     """An attachment upload URL (Outlook's `AttachmentSessions`), outside Graph's token checks and faults."""
     sandbox: Sandbox = request.app.state.sandbox
     headers = {name.lower(): value for name, value in request.headers.items()}
+    latency = sandbox.faults.faults.upload_latency_ms
+    if latency and request.method == "PUT":
+        await asyncio.sleep(latency / 1000)
     try:
         body = await read_body(request, uploads.CHUNK_LIMIT)
         answer = uploads.handle(

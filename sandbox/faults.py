@@ -42,6 +42,7 @@ class Faults(BaseModel):
     random_seed: int | None = Field(None, alias="randomSeed")
     ambiguous_rate: float = Field(0, alias="ambiguousRate", ge=0, le=1)
     sent_items_delay_ms: float = Field(0, alias="sentItemsDelayMs", ge=0, le=86_400_000)
+    upload_latency_ms: float = Field(0, alias="uploadLatencyMs", ge=0, le=60_000)  # each chunk PUT to an upload URL
 
 
 @dataclass

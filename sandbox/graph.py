@@ -559,7 +559,11 @@ def _validated_message(message: dict[str, Any], user: User, *, draft: bool = Fal
     attachments = fields.get("attachments") or []
     if not isinstance(attachments, list):
         raise _type_error("attachments", "an array")
+    message_id = fields.get("internetMessageId")  # the client may set it on a new message (RFC 5322 msg-id)
+    if message_id is not None and (not isinstance(message_id, str) or not _MESSAGE_ID.match(message_id)):
+        raise GraphError(400, "ErrorInvalidInternetMessageId", "internetMessageId must look like <left@right>.")
     return {
+        **({"internetMessageId": message_id} if message_id else {}),
         "subject": subject,
         "body": body,
         "importance": importance.lower(),
@@ -568,6 +572,9 @@ def _validated_message(message: dict[str, Any], user: User, *, draft: bool = Fal
         "attachments": [_validated_attachment(a, i) for i, a in enumerate(attachments)],
         EXTENDED: validated_extended_properties(fields.get(EXTENDED) or []),
     }
+
+
+_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>\Z")
 
 
 def validated_extended_properties(value: Any) -> list[dict[str, str]]:

@@ -9,7 +9,8 @@
     Admin step 2 of README "Deploy to Azure". Run it after scripts/entra-app.sh. It:
       1. registers the app's service principal in Exchange Online (New-ServicePrincipal);
       2. creates or updates a management scope with exactly the sending mailboxes (New-/Set-ManagementScope),
-         and, when -DigestMailboxes is given, a second one with the mailboxes digests read and tag;
+         and a second one with the mailboxes the app reads and writes: the sending mailboxes (the exactly-once
+         draft delivery and bounce tracking; left out with -SendMailOnly) and the digests' mailboxes;
       3. assigns "Application Mail.Send" on the first scope and "Application Mail.ReadWrite" on the second
          (New-ManagementRoleAssignment -App -Role -CustomResourceScope);
       4. checks every mailbox is in scope (Test-ServicePrincipalAuthorization), and that -OutsideMailbox is not;
@@ -45,10 +46,18 @@ param(
     [string] $Name = 'graph-mail-notifier',
 
     # Keep the tenant-wide Entra grant (not recommended: every mailbox stays reachable)
-    [switch] $KeepTenantWideGrant
+    [switch] $KeepTenantWideGrant,
+
+    # No Mail.ReadWrite on the sending mailboxes: the app then sends with sendMail (MAIL_DELIVERY_MODE auto
+    # falls back to it), where a retry after a lost answer can duplicate a mail, and bounces are not tracked
+    [switch] $SendMailOnly
 )
 
 $ErrorActionPreference = 'Stop'
+$ReadWriteMailboxes = [System.Collections.Generic.List[string]]::new()
+foreach ($mailbox in @(if (-not $SendMailOnly) { $Mailboxes }) + $DigestMailboxes) {
+    if (-not $ReadWriteMailboxes.Contains($mailbox)) { $ReadWriteMailboxes.Add($mailbox) }
+}
 $GraphAppId = '00000003-0000-0000-c000-000000000000'  # Microsoft Graph's well-known application id
 
 function Get-RecipientFilter([string[]] $Addresses) {
@@ -97,7 +106,7 @@ Write-Host @"
 This script will, for app $AppId:
   - register its service principal in Exchange Online (if not yet there);
   - scope "Application Mail.Send" to: $($Mailboxes -join ', ')
-$(if ($DigestMailboxes.Count -gt 0) { "  - scope `"Application Mail.ReadWrite`" to: $($DigestMailboxes -join ', ')" } else { '  - grant no mailbox read access (no -DigestMailboxes)' })
+$(if ($ReadWriteMailboxes.Count -gt 0) { "  - scope `"Application Mail.ReadWrite`" to: $($ReadWriteMailboxes -join ', ')" } else { '  - grant no mailbox read access (-SendMailOnly, no -DigestMailboxes)' })
   - check the scopes with Test-ServicePrincipalAuthorization
 $(if ($KeepTenantWideGrant) { '  - KEEP the tenant-wide Entra Mail.* grant (-KeepTenantWideGrant)' } else { '  - then remove the tenant-wide Entra Mail.* grant, so the scopes are what applies' })
 Sign-in prompts follow: Microsoft Graph (AppRoleAssignment.ReadWrite.All), then Exchange Online.
@@ -132,8 +141,8 @@ try {
     Write-Host '2. Management scopes and 3. role assignments'
     Set-NotifierScope "$Name-send" $Mailboxes
     Set-NotifierAssignment "$Name-mail-send" 'Application Mail.Send' "$Name-send" $principalId
-    if ($DigestMailboxes.Count -gt 0) {
-        Set-NotifierScope "$Name-digest" $DigestMailboxes
+    if ($ReadWriteMailboxes.Count -gt 0) {
+        Set-NotifierScope "$Name-digest" $ReadWriteMailboxes
         Set-NotifierAssignment "$Name-mail-readwrite" 'Application Mail.ReadWrite' "$Name-digest" $principalId
     }
 
@@ -147,7 +156,7 @@ try {
     foreach ($mailbox in $Mailboxes) {
         $allGood = (Test-NotifierScope $principalId $mailbox 'Application Mail.Send' $true) -and $allGood
     }
-    foreach ($mailbox in $DigestMailboxes) {
+    foreach ($mailbox in $ReadWriteMailboxes) {
         $allGood = (Test-NotifierScope $principalId $mailbox 'Application Mail.ReadWrite' $true) -and $allGood
     }
     if ($OutsideMailbox) {

@@ -10,6 +10,7 @@ from typing import Any
 from .alerts.model import AlertGroup
 from .alerts.notify import alert_mail
 from .config import Settings
+from .mail import app_mail_id
 from .routing_file import NotifyConfig, Receiver
 
 
@@ -65,7 +66,7 @@ def receipts(groups: list[AlertGroup], config: NotifyConfig, mails: dict[str, st
 
 def preview(group: AlertGroup, receiver: Receiver, settings: Settings, now: datetime) -> dict[str, Any]:
     """The mail a group would get if it were flushed now (a dry run): nothing is stored or sent."""
-    mail = alert_mail(group, receiver, settings, "dry-run", now)
+    mail = alert_mail(group, receiver, settings, app_mail_id("alert", "dry-run"), now)  # the app's own, as sent
     fields = mail.model_dump(by_alias=True, include={"sender", "to", "cc", "subject", "html"})
     return {
         "group": group.key,

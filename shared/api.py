@@ -41,6 +41,7 @@ from .errors import (
 )
 from .mail import APP_ID_PREFIX, ID_PATTERN, MAX_JSON_BYTES, MailRequest, check_mail, parse_mail, payload_hash
 from .outbox import submit_mail
+from .pacer import intake_warning, lane_of
 from .routes import Route
 from .routing_file import NotifyConfig
 from .store import Store
@@ -186,13 +187,13 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
     mail = mail.model_copy(update={"id": given_id or uuid.uuid4().hex})
     mail = check_mail(await resolve_attachments(store, mail, error=InvalidRequest), settings)
     if form is None:
-        return _queued(mail, await submit_mail(store, mail))
+        return await _submit(store, settings, mail)
     try:
         mail = check_mail(await form.store_files(store, mail), settings)
         if given_id is not None and await _submitted_before(store, mail):
             await _delete_blobs(store, form.stored)  # this copy's files: the first submission has its own
             return _queued(mail, replay=True)
-        return _queued(mail, await submit_mail(store, mail))
+        return await _submit(store, settings, mail)
     except Exception:
         await _delete_blobs(store, form.stored)
         raise
@@ -237,8 +238,17 @@ async def _delete_blobs(store: Store, blobs: list[str]) -> None:
             log.warning("attachment blob %s of a refused mail not deleted: %s", blob, type(outcome).__name__)
 
 
-def _queued(mail: MailRequest, replay: bool) -> ApiAnswer:
-    accepted = ApiAnswer(202, {"id": mail.id, "status": "queued"}, {"Location": f"/api/mail/{mail.id}"})
+async def _submit(store: Store, settings: Settings, mail: MailRequest) -> ApiAnswer:
+    """Submit a checked mail; its answer says its lane, and warns when its mailbox's budget is short."""
+    replay, warning = await asyncio.gather(submit_mail(store, mail), intake_warning(settings, store, mail))
+    return _queued(mail, replay, warning)
+
+
+def _queued(mail: MailRequest, replay: bool, warning: dict[str, Any] | None = None) -> ApiAnswer:
+    body: dict[str, Any] = {"id": mail.id, "status": "queued", "lane": str(lane_of(mail))}
+    if warning is not None:
+        body["warning"] = warning
+    accepted = ApiAnswer(202, body, {"Location": f"/api/mail/{mail.id}"})
     if replay:
         accepted.headers["Idempotent-Replay"] = "true"
     return accepted
@@ -331,8 +341,8 @@ async def run_health_checks(
     for name, check in checks.items():
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(check(), timeout=10)
-            results[name] = {"ok": True}
+            outcome = await asyncio.wait_for(check(), timeout=10)
+            results[name] = {"ok": True, **(outcome if isinstance(outcome, dict) else {})}  # what a check reports
         except Exception as error:
             results[name] = {"ok": False, "error": type(error).__name__ + _safe_reason(error)}
             log.warning("health check %s failed: %s", name, results[name]["error"])
@@ -367,10 +377,12 @@ def health_answer(results: dict[str, dict[str, Any]], *, detailed: bool) -> ApiA
     status = 200 if healthy else 503
     if detailed:
         return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": results})
-    summary: dict[str, dict[str, bool]] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
         kind = "digests" if name.startswith("digest:") else name
         summary[kind] = {"ok": summary.get(kind, {"ok": True})["ok"] and bool(result["ok"])}
+        if "highestDayPercent" in result:  # budgets: a share, naming no mailbox
+            summary[kind]["highestDayPercent"] = result["highestDayPercent"]
     return ApiAnswer(status, {"status": "ok" if healthy else "degraded", "checks": summary})
 
 

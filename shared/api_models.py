@@ -128,9 +128,21 @@ class AlertPayload(RootModel[dict[str, Any]]):
 # Answers
 
 
+Lane = Literal["critical", "alert", "normal", "bulk"]
+
+
+class BudgetWarning(_Model):
+    code: Literal["budget_short", "backlog"]
+    message: str
+
+
 class Queued(_Model):
     id: str
     status: Literal["queued"]
+    lane: Lane = Field(description="the priority lane it waits in (README: Sending budgets)")
+    warning: BudgetWarning | None = Field(
+        None, description="its sending mailbox's daily budget is nearly used up, or a backlog waits before it"
+    )
 
 
 class FailureReason(_Model):
@@ -142,9 +154,13 @@ class MailStatus(_Model):
     """A mail's status (`GET /api/mail/{id}`); `error` when its last attempt failed (then or before a retry)."""
 
     id: str
-    status: Literal["queued", "sending", "sent", "failed"]
+    status: Literal["queued", "sending", "sent", "failed", "deferred"]
     attempts: int
     updated: datetime
+    lane: Lane | None = None
+    deferred_until: datetime | None = Field(
+        None, alias="deferredUntil", description="while `deferred`: when its sending budget lets it go"
+    )
     error: FailureReason | None = None
 
 
@@ -224,6 +240,9 @@ class DigestRun(_Model):
 
 class HealthCheck(_Closed):
     ok: bool
+    highest_day_percent: float | None = Field(
+        None, alias="highestDayPercent", description="budgets: the most any sending mailbox used of its day"
+    )
 
 
 class Health(_Closed):
@@ -236,6 +255,9 @@ class HealthCheckDetails(_Model):
     ms: float | None = None
     mode: str | None = Field(None, description="config: the Graph auth mode")
     error: str | None = Field(None, description="the error's type and a reason that carries no secret")
+    mailboxes: dict[str, dict[str, Any]] | None = Field(
+        None, description="budgets: per sending mailbox, the minute's and the day's use and mail waiting per lane"
+    )
 
 
 class HealthDetails(_Model):

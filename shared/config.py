@@ -71,6 +71,12 @@ class Settings:
     send_lease_seconds: int
     mail_max_message_bytes: int
     library_log_level: str
+    mail_delivery_mode: str = "auto"
+    budget_messages_per_minute: int = 25
+    budget_recipients_per_day: int = 9000
+    budget_alert_reserve_percent: int = 20
+    mail_priority_senders: frozenset[str] = frozenset()
+    mail_sender_pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def may_send_as(self, address: str) -> bool:
         """The sending policy: MAIL_ALLOWED_SENDERS (the default sender always included)."""
@@ -80,6 +86,15 @@ class Settings:
         """The recipient policy: MAIL_ALLOWED_RECIPIENT_DOMAINS, where empty allows every domain."""
         domains = self.mail_allowed_recipient_domains
         return not domains or address.rsplit("@", 1)[-1].lower() in domains
+
+    def may_use_alert_lanes(self, senders: tuple[str, ...]) -> bool:
+        """Whether mail from these mailboxes (one sender, or a pool's members) may claim the alert lanes:
+        MAIL_PRIORITY_SENDERS lists every one of them."""
+        return bool(senders) and all(s.lower() in self.mail_priority_senders for s in senders)
+
+    def sender_pool(self, name: str) -> tuple[str, ...] | None:
+        """The members of a sender pool (MAIL_SENDER_POOLS), or None when there is no pool of that name."""
+        return dict(self.mail_sender_pools).get(name)
 
     @property
     def graph_host(self) -> str:
@@ -211,6 +226,32 @@ def _storage(env: Mapping[str, str]) -> StorageAccount:
     )
 
 
+_POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+
+
+def _pools(env: Mapping[str, str], allowed: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`MAIL_SENDER_POOLS`: `name: a@x, b@x; other: c@x, d@x`, each member an allowed sender."""
+    name = "MAIL_SENDER_POOLS"
+    pools: dict[str, tuple[str, ...]] = {}
+    for part in _text(env, name, "").split(";"):
+        if not part.strip():
+            continue
+        pool, colon, members = part.partition(":")
+        pool = pool.strip().lower()
+        if not colon or not _POOL_NAME.match(pool):
+            raise ConfigError(f"setting {name}: {part.strip()!r} is not `name: mailbox, mailbox` (names: a-z 0-9 -)")
+        if pool in pools:
+            raise ConfigError(f"setting {name}: pool {pool!r} is defined twice")
+        addresses = tuple(dict.fromkeys(_address(name, m.strip()) for m in members.split(",") if m.strip()))
+        if not addresses:
+            raise ConfigError(f"setting {name}: pool {pool!r} has no mailboxes")
+        for address in addresses:
+            if address not in allowed:
+                raise ConfigError(f"setting {name}: {address} (pool {pool!r}) is not in MAIL_ALLOWED_SENDERS")
+        pools[pool] = addresses
+    return tuple(pools.items())
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Read and check every setting; raises ConfigError naming the first bad one."""
     mode = _choice(env, "GRAPH_AUTH_MODE", "keyvault", ("keyvault", "managed_identity"))
@@ -227,6 +268,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             if not DOMAIN.match(domain.strip()):
                 raise ConfigError(f"setting MAIL_ALLOWED_RECIPIENT_DOMAINS: {domain.strip()!r} is not a domain")
             domains.add(domain.strip().lower())
+    allowed = senders | {sender}
     return Settings(
         graph_auth_mode=mode,
         graph_tenant_id=_text(env, "GRAPH_TENANT_ID", None if keyvault else ""),
@@ -239,7 +281,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         graph_base_url=_https_url(env, "GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
         key_vault_verify_challenge_resource=_bool(env, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", True),
         mail_default_sender=sender,
-        mail_allowed_senders=frozenset(senders | {sender}),
+        mail_allowed_senders=frozenset(allowed),
         mail_allowed_recipient_domains=frozenset(domains),
         storage=_storage(env),
         notify_config=str(APP_ROOT / _text(env, "NOTIFY_CONFIG", "config/notify.yaml")),
@@ -248,12 +290,22 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         digest_grace_minutes=_int(env, "DIGEST_SCHEDULE_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
+        mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),
         mail_max_message_bytes=_int(
             env, "MAIL_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES
         ),
         library_log_level=_choice(
             env, "LIBRARY_LOG_LEVEL", "warning", ("debug", "info", "warning", "error", "critical")
         ).upper(),
+        budget_messages_per_minute=_int(env, "MAIL_BUDGET_MESSAGES_PER_MINUTE", 25, 0, 2000),
+        budget_recipients_per_day=_int(env, "MAIL_BUDGET_RECIPIENTS_PER_DAY", 9000, 0, 10_000_000),
+        budget_alert_reserve_percent=_int(env, "MAIL_BUDGET_ALERT_RESERVE_PERCENT", 20, 0, 90),
+        mail_priority_senders=frozenset(
+            _address("MAIL_PRIORITY_SENDERS", s.strip())
+            for s in _text(env, "MAIL_PRIORITY_SENDERS", "").split(",")
+            if s.strip()
+        ),
+        mail_sender_pools=_pools(env, allowed),
     )
 
 

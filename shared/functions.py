@@ -22,11 +22,13 @@ from .alerts.dispatch import Dispatcher
 from .alerts.inbox import ingest_message
 from .alerts.notify import Notifier
 from .config import ConfigError, Settings, settings
+from .delivery import delivery_modes
 from .digests.mailbox import check_digest
 from .digests.scheduled import run_due_digests
 from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import LoopCache, close_all
+from .pacer import budget_use
 from .routing_file import NotifyConfig, notify_config
 from .store import Store, store
 
@@ -42,6 +44,8 @@ def start_up() -> None:
     config = settings()
     quiet_libraries(config.library_log_level)
     notify_config(config)
+    modes = delivery_modes(config.mail_delivery_mode)
+    log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", modes.setting, modes.describe()["why"])
 
 
 def _query(req: func.HttpRequest) -> dict[str, str]:
@@ -186,7 +190,11 @@ async def _health_results() -> dict[str, Any]:
     checks["graphToken"] = graph.token_check
     for digest in notify_config(config).digests:
         checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
-    return await api.run_health_checks(config, checks)
+    if config.budget_messages_per_minute or config.budget_recipients_per_day:
+        checks["budgets"] = functools.partial(budget_use, config, store(config.storage))
+    results = await api.run_health_checks(config, checks)
+    results["delivery"] = delivery_modes(config.mail_delivery_mode).health()
+    return results
 
 
 def dispatcher(config: Settings) -> Dispatcher:
@@ -232,6 +240,15 @@ async def digest_timer(timer: func.TimerRequest) -> None:
     ran = [{"digest": t.key, "occurrence": t.ran.isoformat(), "outcome": t.outcome} for t in ticks if t.ran]
     if ran or timer.past_due:
         log.info(json.dumps({"digestTimer": ran, "pastDue": timer.past_due}))
+
+
+async def bounce_check(timer: func.TimerRequest) -> None:
+    from .bounces import check_bounces
+    from .graph import graph_client
+
+    config = settings()
+    checks = await check_bounces(config, store(config.storage), graph_client(config), datetime.now(UTC))
+    log.info(json.dumps({"bounceCheck": [check.__dict__ for check in checks], "pastDue": timer.past_due}))
 
 
 async def mail_outbox(message: func.QueueMessage) -> None:

@@ -219,8 +219,9 @@ class GraphClient:
 
     # -- operations -----------------------------------------------------------------------------------
     async def send_mail(self, mailbox: str, body: dict[str, Any]) -> None:
-        """POST /users/{mailbox}/sendMail with a rendered sendMail body; 202 means accepted."""
-        info = self._request("POST", self._url(f"/users/{mailbox}/sendMail"), body)
+        """POST /users/{mailbox}/sendMail with a rendered sendMail body; 202 means accepted. Retried in process
+        after a 429 only: after a 5xx or no answer Graph may have sent it, and the caller decides (and marks)."""
+        info = self._request("POST", self._url(f"/users/{mailbox}/sendMail"), body, replayable=False)
         await self._send(mailbox, info, expect_body=False)
 
     async def list_messages(
@@ -493,6 +494,28 @@ class GraphClient:
         after a lost answer: `get_message` tells whether it is still a draft. One request."""
         url = self._url(f"/users/{mailbox}/messages/{message_id}/send")
         await self._send(mailbox, self._request("POST", url, immutable=True, replayable=False), expect_body=False)
+
+    async def add_attachment(self, mailbox: str, message_id: str, attachment: dict[str, Any]) -> None:
+        """POST .../messages/{id}/attachments: one file attachment of at most 3 MB (Graph's fileAttachment JSON)
+        added to a draft. Not resent after a lost answer: `list_attachments` tells whether it is there. One
+        request."""
+        url = self._url(f"/users/{mailbox}/messages/{message_id}/attachments")
+        await self._send(mailbox, self._request("POST", url, attachment, immutable=True, replayable=False))
+
+    async def list_attachments(self, mailbox: str, message_id: str) -> list[str]:
+        """The names of a message's attachments, one entry per attachment. One request."""
+        url = self._url(f"/users/{mailbox}/messages/{message_id}/attachments?$select=id,name")
+        answer = await self._send(mailbox, self._request("GET", url, immutable=True))
+        return [str(a.get("name", "")) for a in answer.get("value", [])]
+
+    async def delete_message(self, mailbox: str, message_id: str) -> None:
+        """DELETE a message (a draft the app gave up on); gone already is fine. One request."""
+        url = self._url(f"/users/{mailbox}/messages/{message_id}")
+        try:
+            await self._send(mailbox, self._request("DELETE", url, immutable=True), expect_body=False)
+        except GraphError as error:
+            if error.status != 404:
+                raise
 
     async def list_bounces(self, mailbox: str, *, since: datetime | None = None) -> list[Bounce]:
         """The non-delivery reports in the mailbox's Inbox (received at or after `since`), each with the bounced

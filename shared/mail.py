@@ -155,6 +155,16 @@ class MailRequest(_Strict):
     headers: dict[str, str] = {}
     template: str | None = None
     data: dict[str, Any] | None = None
+    priority: Literal["critical", "alert", "normal", "bulk"] | None = Field(
+        None,
+        description="The mail's lane (see the README's Sending budgets): `critical` and `alert` only for the app's "
+        "alert mail and senders in MAIL_PRIORITY_SENDERS; `normal` by default.",
+    )
+    sender_pool: str | None = Field(
+        None,
+        alias="senderPool",
+        description="A pool of sending mailboxes (MAIL_SENDER_POOLS) to send from instead of `from`.",
+    )
 
     # the published schema shows what callers may send: one address, or a list of addresses and mailboxes
     @field_validator("to", "cc", "bcc", "reply_to", mode="before", json_schema_input_type=str | list[str | Mailbox])
@@ -325,10 +335,24 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     if mail.id is not None and not ID_PATTERN.match(mail.id):
         problems.append(Detail("id", "must be 1-64 letters, digits or . _ : - and start with a letter or digit"))
     sender = (mail.sender or settings.mail_default_sender).lower()
-    if not ADDRESS.match(sender):
+    pool = settings.sender_pool(mail.sender_pool) if mail.sender_pool is not None else None
+    if mail.sender_pool is not None:
+        if mail.sender is not None:
+            problems.append(Detail("senderPool", "give either from or senderPool, not both"))
+        elif pool is None:
+            problems.append(Detail("senderPool", f"no sender pool named {mail.sender_pool!r} (MAIL_SENDER_POOLS)"))
+    elif not ADDRESS.match(sender):
         problems.append(Detail("from", "not an email address"))
     elif not settings.may_send_as(sender):
         problems.append(Detail("from", f"{sender} is not an allowed sender (MAIL_ALLOWED_SENDERS)"))
+    own = mail.id is not None and mail.id.lower().startswith(APP_ID_PREFIX)
+    if mail.priority in ("critical", "alert") and not own and not settings.may_use_alert_lanes(pool or (sender,)):
+        problems.append(
+            Detail(
+                "priority",
+                f"{mail.priority!r} is kept for alert mail: only senders in MAIL_PRIORITY_SENDERS may use it",
+            )
+        )
     for group in ("to", "cc", "bcc", "reply_to"):
         for index, mailbox in enumerate(getattr(mail, group)):
             where = f"{'replyTo' if group == 'reply_to' else group}[{index}]"
@@ -370,6 +394,8 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
             f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
             [Detail("attachments", f"{size} bytes; at most {limit}")],
         )
+    if pool is not None:
+        return mail.model_copy(update={"sender_pool": mail.sender_pool})
     return mail.model_copy(update={"sender": sender})
 
 
@@ -444,13 +470,17 @@ def compose_mail(
     cc: list[str] | None = None,
     importance: Literal["low", "normal", "high"] = "normal",
     headers: dict[str, str] | None = None,
+    priority: Literal["critical", "alert", "normal", "bulk"] = "normal",
+    sender_pool: str | None = None,
 ) -> MailRequest:
-    """A mail the app writes itself (alert notices, digests), checked like any caller's mail; the default
-    sender when none is given."""
+    """A mail the app writes itself (alert notices, digests), checked like any caller's mail; from its sender
+    pool when one is given, else from `sender`, else from the default sender."""
+    origin = {"senderPool": sender_pool} if sender_pool else {"from": sender or settings.mail_default_sender}
     mail = MailRequest.model_validate(
         {
             "id": mail_id,
-            "from": sender or settings.mail_default_sender,
+            **origin,
+            "priority": priority,
             "to": to,
             "cc": cc or [],
             "subject": subject,

@@ -23,12 +23,24 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from .attachments import resolve_attachments
 from .audit import audit
+from .budgets import Verdict
 from .config import Settings
+from .delivery import (
+    SENT_COPY_PENDING,
+    DraftDelivery,
+    DraftsRefused,
+    Modes,
+    delivery_modes,
+    marked_send_body,
+    outcome_unknown,
+)
 from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
-from .mail import ID_PATTERN, MailRequest, check_mail, graph_send_body, parse_mail, payload_hash
+from .mail import ID_PATTERN, MailRequest, check_mail, needs_draft, parse_mail, payload_hash
+from .pacer import Pacer
 from .store import StatusChanged, Store
-from .store.mail_status import MailState, MailStatus
+from .store.mail_status import DeliveryMode, MailState, MailStatus
 from .text import queue_json
 
 if TYPE_CHECKING:
@@ -98,6 +110,9 @@ class DeliveryOutcome(StrEnum):
     BUSY = "busy"
 
 
+_OPERATION = {DeliveryMode.DRAFT: "sendDraft", DeliveryMode.SENDMAIL: "sendMail"}
+
+
 class SentNotRecorded(Exception):
     """Graph accepted the mail, and Storage refused its `sent` status for as long as the lease allowed."""
 
@@ -123,10 +138,20 @@ def _seconds_until(moment: datetime | None) -> float:
 class Sender:
     """Delivers outbox messages; collaborators are passed in so tests use real ones."""
 
-    def __init__(self, settings: Settings, store: Store, graph: GraphClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        graph: GraphClient,
+        *,
+        modes: Modes | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.graph = graph
+        self.modes = modes or delivery_modes(settings.mail_delivery_mode)
+        self.pacer = pacer or Pacer(settings, store)
 
     async def deliver(self, text: str, message_id: str, dequeue_count: int) -> Delivery:
         """Deliver one outbox message; raises (for the host to redeliver) only on the unexpected."""
@@ -174,17 +199,16 @@ class Sender:
         except InvalidMessage as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, None)
         fingerprint = payload_hash(payload)
+        if existing is not None and existing.payload_hash and existing.payload_hash != fingerprint:
+            return await self._refused_copy(envelope, mail_id)  # before its attachments are looked for
         try:
-            mail = check_mail(parse_mail(payload), self.settings)
+            mail = check_mail(await resolve_attachments(self.store, parse_mail(payload)), self.settings)
         except AppError as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, fingerprint)
 
         status = existing or await self._status_for(mail_id, mail, payload)
         if status.payload_hash and status.payload_hash != fingerprint:
-            await self.store.outbox.delete_payload(envelope)  # the refused copy's own blob, never the owner's
-            return Delivery(
-                mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
-            )
+            return await self._refused_copy(envelope, mail_id)
         if status.done:
             return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {status.status}")
         now = datetime.now(UTC)
@@ -192,13 +216,29 @@ class Sender:
         if status.status == MailState.SENDING and status.lease_until is not None and status.lease_until > now:
             await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
+        if status.mode and status.sender:  # Graph may hold it in that mailbox already: a pool may not move it
+            mail = mail.model_copy(update={"sender": status.sender, "sender_pool": None})
+        pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
+        if pacing.verdict is not Verdict.ADMIT:
+            refused = pacing.verdict is Verdict.REFUSE
+            return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)
+        status.sender = pacing.mailbox
+        if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
+            status.outcome_unknown = True
         try:
             status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
             status = await self.store.statuses.save(status)
         except StatusChanged:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
-        return await self._send(mail, status, text, payload)
+        return await self._send(mail, status, text, payload, pacing.mailbox)
+
+    async def _refused_copy(self, envelope: dict[str, Any], mail_id: str) -> Delivery:
+        """A copy of another mail under a used id (refused at intake): dropped without a Graph call."""
+        await self.store.outbox.delete_payload(envelope)  # the refused copy's own blob, never the owner's
+        return Delivery(
+            mail_id, DeliveryOutcome.DUPLICATE, "another mail holds this id; this copy was refused at intake"
+        )
 
     async def _status_for(self, mail_id: str, mail: MailRequest, payload: dict[str, Any]) -> MailStatus:
         created = await self.store.statuses.create(
@@ -212,37 +252,74 @@ class Sender:
         )
         return created or await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
 
-    async def _send(self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any]) -> Delivery:
-        sender = mail.sender or self.settings.mail_default_sender
+    async def _send(
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], sender: str
+    ) -> Delivery:
         try:
-            await self.graph.send_mail(sender, graph_send_body(mail))
+            mode = await self._send_by_mode(mail, status, sender)
         except GraphError as error:
-            return await self._graph_failed(mail, status, text, payload, error)
+            return await self._graph_failed(mail, status, text, payload, error, sender)
+        self.modes.used(sender, mode)
         claimed_until = time.monotonic() + _seconds_until(status.lease_until)
         status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
+        status.outcome_unknown = False
         await self._record_sent(status, claimed_until)
-        try:
-            await self.store.outbox.delete_payload(payload)
-        except Exception as error:  # the mail is sent and recorded; a left-over blob harms nobody
-            log.warning("claim-check blob of mail %s not deleted: %s", status.id, type(error).__name__)
+        await self._drop_blobs(mail, payload)
         await audit(
             self.store,
             self.settings,
-            operation="sendMail",
+            operation=_OPERATION[mode],
             mailbox=sender,
             outcome="sent",
             caller="mail-outbox",
             correlation_id=status.id,
             recipients=mail.recipients(),
+            detail="a retry after an unknown outcome: possibly a duplicate" if status.possible_duplicate else "",
         )
         return Delivery(status.id, DeliveryOutcome.SENT)
 
+    async def _send_by_mode(self, mail: MailRequest, status: MailStatus, sender: str) -> DeliveryMode:
+        """Send the mail by the mailbox's mode (a mail begun as a draft stays one); the mode used."""
+        large = needs_draft(mail)
+        mode = DeliveryMode.DRAFT if status.mode == DeliveryMode.DRAFT else self.modes.mode(sender, large)
+        if mode == DeliveryMode.DRAFT:
+            try:
+                await self._drafts().deliver(mail, status, sender)
+                return mode
+            except DraftsRefused as refused:
+                if self.modes.setting != "auto" or large:
+                    needed = "attachments over 3 MB need" if large else "MAIL_DELIVERY_MODE=draft needs"
+                    raise GraphError(
+                        403, "drafts_not_permitted", f"{needed} Mail.ReadWrite in {sender}: {refused.error.message}"
+                    ) from None
+                self.modes.refused(sender, refused.error)
+                status.mode = ""
+        if large:
+            raise GraphError(
+                400,
+                "draft_required",
+                "Attachments over 3 MB need the draft delivery mode (MAIL_DELIVERY_MODE auto or draft, and "
+                f"Mail.ReadWrite in {sender}).",
+            )
+        status.mode = DeliveryMode.SENDMAIL
+        if status.outcome_unknown:  # Graph may have taken an earlier attempt: this send may duplicate it
+            status.possible_duplicate = True
+        body = marked_send_body(mail.model_copy(update={"sender": sender}), status.id)
+        await self.graph.send_mail(sender, body)
+        status.sent_at, status.internet_message_id = datetime.now(UTC), body["message"]["internetMessageId"]
+        return DeliveryMode.SENDMAIL
+
+    def _drafts(self) -> DraftDelivery:
+        lease = timedelta(seconds=self.settings.send_lease_seconds)
+        return DraftDelivery(self.graph, self.store, self._save_final, lease)
+
     async def _graph_failed(
-        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError, sender: str
     ) -> Delivery:
-        sender = mail.sender or self.settings.mail_default_sender
         status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], None
-        if error.transient and status.attempts < MAX_ATTEMPTS:
+        status.outcome_unknown = status.outcome_unknown or outcome_unknown(error)
+        waiting = error.code == SENT_COPY_PENDING  # not a failure: the draft engine ends that wait itself
+        if error.transient and (status.attempts < MAX_ATTEMPTS or waiting):
             delay = error.retry_after if error.retry_after is not None else min(300, 5 * 2**status.attempts)
             status.status = MailState.QUEUED
             await self._save_final(status)
@@ -251,12 +328,14 @@ class Sender:
         else:
             status.status = MailState.FAILED
             await self._save_final(status)
-            await self.store.outbox.delete_payload(payload)
+            if status.mode == DeliveryMode.DRAFT:
+                await self._drafts().discard(status, sender)
+            await self._drop_blobs(mail, payload)
             outcome, detail = DeliveryOutcome.FAILED, f"Graph {error.status} {error.code}"
         await audit(
             self.store,
             self.settings,
-            operation="sendMail",
+            operation=_OPERATION.get(DeliveryMode(status.mode or "sendmail"), "sendMail"),
             mailbox=sender,
             outcome=outcome,
             caller="mail-outbox",
@@ -265,6 +344,13 @@ class Sender:
             detail=detail,
         )
         return Delivery(status.id, outcome, detail)
+
+    async def _drop_blobs(self, mail: MailRequest, payload: dict[str, Any]) -> None:
+        """A mail is done with: its claim-check blob and its attachment blobs go (a left-over harms nobody)."""
+        try:
+            await asyncio.gather(self.store.outbox.delete_payload(payload), self.store.attachments.delete_for(mail))
+        except Exception as error:
+            log.warning("blobs of mail %s not deleted: %s", mail.id, type(error).__name__)
 
     async def _record_sent(self, status: MailStatus, claimed_until: float) -> None:
         """Graph has the mail: record that, trying through a Storage outage for as long as our lease keeps
@@ -305,6 +391,7 @@ class Sender:
                 return
             status.status = MailState.FAILED if last else MailState.QUEUED
             status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, None
+            status.outcome_unknown = True
             await self._save_final(status)
         except Exception:
             log.exception("could not record the failure of mail %s", mail_id)

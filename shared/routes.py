@@ -22,6 +22,7 @@ MAIL_ATTACHMENTS = "mail-attachments"
 # The one digest timer: every minute (UTC, NCRONTAB) it asks each digest's schedule what is due
 # (`shared.digests.scheduled`); ALERT_DIGEST_SCHEDULE and MAILBOX_DIGEST_SCHEDULE are schedules it evaluates.
 DIGEST_TICK = "0 * * * * *"
+BOUNCE_CHECK_SCHEDULE = "0 */5 * * * *"  # every 5 minutes (UTC): the sending mailboxes' NDRs
 
 _OPTIONAL_LAST_SEGMENT = re.compile(r"/\{(\w+)\?\}$")
 

@@ -74,6 +74,7 @@ class Receiver(_Model):
     to: list[str] = Field(min_length=1)
     cc: list[str] = []
     sender: str | None = None
+    sender_pool: str | None = None  # a pool of MAIL_SENDER_POOLS instead of one sender
     mode: Literal["immediate", "digest"] = "immediate"
     group_by: list[str] = ["alertname"]
     group_wait: str = "30s"
@@ -172,6 +173,7 @@ class MailboxDigest(_Model):
     mailbox: str
     sender: str | None = None
     report: Literal["new", "waiting"] | None = None
+    sender_pool: str | None = None
     folders: list[str] = Field(["Inbox"], min_length=1)
     include_child_folders: bool = True
     unread_only: bool = True
@@ -334,11 +336,15 @@ def notify_config(settings: Settings) -> NotifyConfig:
     to send (MAIL_ALLOWED_SENDERS, MAIL_ALLOWED_RECIPIENT_DOMAINS), and source secrets need KEY_VAULT_URL."""
     config = load_notify_config(settings.notify_config)
     where = settings.notify_config
-    senders = [("receiver", r.name, r.sender, r.to + r.cc) for r in config.receivers]
-    senders += [("digest", d.name, d.sender, d.to) for d in config.digests]
-    for kind, name, sender, recipients in senders:
+    senders = [("receiver", r.name, r.sender, r.sender_pool, r.to + r.cc) for r in config.receivers]
+    senders += [("digest", d.name, d.sender, d.sender_pool, d.to) for d in config.digests]
+    for kind, name, sender, pool, recipients in senders:
         address = sender or settings.mail_default_sender
-        if not settings.may_send_as(address):
+        if pool is not None and (sender is not None or settings.sender_pool(pool) is None):
+            problem = "names both sender and sender_pool" if sender else f"names sender_pool {pool!r}, which"
+            problem += "" if sender else " MAIL_SENDER_POOLS does not define"
+            raise ConfigError(f"{where}: {kind} {name!r} {problem}")
+        if pool is None and not settings.may_send_as(address):
             raise ConfigError(f"{where}: {kind} {name!r} sends as {address}, which MAIL_ALLOWED_SENDERS does not allow")
         outside = next((r for r in recipients if not settings.may_mail(r)), None)
         if outside is not None:

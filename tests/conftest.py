@@ -112,6 +112,7 @@ def app_env(
     from azure.storage.queue import QueueClient
 
     from shared.config import settings
+    from shared.delivery import forget_delivery_modes
     from shared.store.storage import (
         ALERT_DIGEST_TABLE,
         ALERT_GROUPS_TABLE,
@@ -133,6 +134,9 @@ def app_env(
         "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
         "MAIL_ALLOWED_SENDERS": "notifications@contoso.test,support@contoso.test,alice@contoso.test",
         "AzureWebJobsStorage": azurite.connection_string,
+        # as the test seed turns Exchange's limits off; tests of the budgets turn them on (tests/test_budgets.py)
+        "MAIL_BUDGET_MESSAGES_PER_MINUTE": "0",
+        "MAIL_BUDGET_RECIPIENTS_PER_DAY": "0",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -152,6 +156,7 @@ def app_env(
         for name in (NOTICE_CONTAINER, DIGEST_RUN_CONTAINER):
             with contextlib.suppress(ResourceNotFoundError):
                 blobs.delete_container(name)
+    forget_delivery_modes()  # what an earlier test taught this process about its mailboxes
     yield env
     settings.cache_clear()
 

@@ -224,3 +224,10 @@ def dispatch_with(store: Any) -> Any:
 
     config = settings()
     return Dispatcher(notify_config(config), store, Notifier(config, store))
+
+
+def mail_sends(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sandbox request log's sends, in either delivery mode: sendMail calls and draft sends."""
+    return [
+        e for e in entries if e["path"].endswith("/sendMail") or (e["method"] == "POST" and e["path"].endswith("/send"))
+    ]

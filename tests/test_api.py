@@ -64,11 +64,11 @@ def test_a_repeated_id_or_idempotency_key_returns_the_first_answer_and_the_mail_
 ) -> None:
     first = _post(app, {**MAIL, "id": "alert-4711"})
     again = _post(app, {**MAIL, "id": "alert-4711"})
-    assert first[:2] == again[:2] == (202, {"id": "alert-4711", "status": "queued"})
+    assert first[:2] == again[:2] == (202, {"id": "alert-4711", "status": "queued", "lane": "normal"})
     assert again[2]["Idempotent-Replay"] == "true"
     by_header = _post(app, MAIL, headers={"Idempotency-Key": "deploy-99"})
     by_header_again = _post(app, MAIL, headers={"Idempotency-Key": "deploy-99"})
-    assert by_header[1] == by_header_again[1] == {"id": "deploy-99", "status": "queued"}
+    assert by_header[1] == by_header_again[1] == {"id": "deploy-99", "status": "queued", "lane": "normal"}
     assert {m["id"] for m in _queued(azurite)} == {"alert-4711", "deploy-99"}
     # a replay may leave a copy of the message; the sender sends each mail once
     run(drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox))
@@ -343,7 +343,8 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
     body = json.loads(text)
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert body["checks"] == {k: {"ok": True} for k in ("config", "storage", "keyVault", "graphToken", "digests")}
+    kinds = ("config", "storage", "keyVault", "graphToken", "digests", "delivery")
+    assert body["checks"] == {k: {"ok": True} for k in kinds}
     assert APP_SECRET not in text and APP_SECRET not in caplog.text
     details = run(user_function(app.health_details)(http("GET", "/api/health/details")))
     assert set(json.loads(details.get_body())["checks"]) == {
@@ -352,6 +353,7 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
         "keyVault",
         "graphToken",
         "digest:support-unread",
+        "delivery",
     }
     assert APP_SECRET not in details.get_body().decode() and APP_SECRET not in caplog.text
 

@@ -306,7 +306,7 @@ def test_a_40_mb_form_through_the_devhost_is_accepted_and_its_file_stored_comple
     finally:
         host.stop()
     assert answer.status_code == 202, answer.text
-    assert answer.json() == {"id": "report-40mb", "status": "queued"}
+    assert answer.json() == {"id": "report-40mb", "status": "queued", "lane": "normal"}
     [queued] = _queued(azurite)  # 40 MB of blobs, a small message: no claim check needed
     inline, pdf, csv = queued["attachments"]
     assert inline == {
@@ -333,7 +333,7 @@ def test_the_same_form_again_is_a_replay_and_leaves_no_second_copy_of_its_files(
     by_key = _post_form(
         app, form(mail_part(), file_part("week.pdf", b"%PDF week 7")), **{"Idempotency-Key": "weekly-7"}
     )
-    assert first[:2] == again[:2] == by_key[:2] == (202, {"id": "weekly-7", "status": "queued"})
+    assert first[:2] == again[:2] == by_key[:2] == (202, {"id": "weekly-7", "status": "queued", "lane": "normal"})
     assert "Idempotent-Replay" not in first[2]
     assert again[2]["Idempotent-Replay"] == by_key[2]["Idempotent-Replay"] == "true"
     [queued] = _queued(azurite)

@@ -179,3 +179,29 @@ def test_the_sending_and_recipient_policy_is_one_rule_of_the_settings() -> None:
 def test_a_number_that_is_not_ascii_digits_is_refused_naming_the_setting(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({**BASE, name: value})
+
+
+def test_budget_settings_default_to_exchanges_limits_less_a_margin_and_pools_must_be_allowed_senders() -> None:
+    settings = load_settings(BASE)
+    assert (settings.budget_messages_per_minute, settings.budget_recipients_per_day) == (25, 9000)
+    assert settings.budget_alert_reserve_percent == 20 and settings.mail_sender_pools == ()
+    pooled = load_settings(
+        {
+            **BASE,
+            "MAIL_ALLOWED_SENDERS": "a@contoso.test,b@contoso.test",
+            "MAIL_SENDER_POOLS": "bulk: a@contoso.test, B@contoso.test; alerts: a@contoso.test",
+            "MAIL_PRIORITY_SENDERS": "a@contoso.test",
+        }
+    )
+    assert pooled.sender_pool("bulk") == ("a@contoso.test", "b@contoso.test")
+    assert pooled.may_use_alert_lanes(("a@contoso.test",)) and not pooled.may_use_alert_lanes(
+        ("a@contoso.test", "b@contoso.test")
+    )
+    with pytest.raises(
+        ConfigError, match=r"MAIL_SENDER_POOLS: x@contoso.test \(pool 'bulk'\) is not in MAIL_ALLOWED_SENDERS"
+    ):
+        load_settings({**BASE, "MAIL_SENDER_POOLS": "bulk: x@contoso.test"})
+    with pytest.raises(ConfigError, match="MAIL_SENDER_POOLS"):
+        load_settings({**BASE, "MAIL_SENDER_POOLS": "no colon here"})
+    with pytest.raises(ConfigError, match="MAIL_BUDGET_ALERT_RESERVE_PERCENT"):
+        load_settings({**BASE, "MAIL_BUDGET_ALERT_RESERVE_PERCENT": "95"})

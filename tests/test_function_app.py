@@ -117,7 +117,7 @@ def test_one_timer_ticks_every_minute_and_the_global_schedules_are_settings_the_
     triggers: dict[str, dict[str, Any]],
 ) -> None:
     timers = {name: t["schedule"] for name, t in _by_type(triggers, "timerTrigger").items()}
-    assert timers == {"digest_timer": "0 * * * * *"}
+    assert timers == {"digest_timer": "0 * * * * *", "bounce_check": "0 */5 * * * *"}  # fixed: no setting
     example = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
     for setting in ("ALERT_DIGEST_SCHEDULE", "MAILBOX_DIGEST_SCHEDULE"):
         assert setting in example, setting  # shipped, so a deployment sees the default it runs on

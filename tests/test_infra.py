@@ -320,6 +320,9 @@ def test_the_bicep_defaults_are_the_apps_own_defaults() -> None:
     assert parameters["auditRecipients"]["default"] == defaults.audit_recipients
     assert parameters["mailSendLeaseSeconds"]["default"] == defaults.send_lease_seconds
     assert parameters["mailMaxMessageBytes"]["default"] == defaults.mail_max_message_bytes
+    assert parameters["mailBudgetMessagesPerMinute"]["default"] == defaults.budget_messages_per_minute
+    assert parameters["mailBudgetRecipientsPerDay"]["default"] == defaults.budget_recipients_per_day
+    assert parameters["mailBudgetAlertReservePercent"]["default"] == defaults.budget_alert_reserve_percent
     assert str(config.APP_ROOT / parameters["notifyConfig"]["default"]) == defaults.notify_config
     assert parameters["mailDefaultSender"]["default"] is None, "azd asks for it: no safe default exists"
 

@@ -267,3 +267,27 @@ def test_the_fingerprint_counts_a_hashed_blob_by_its_content_not_its_random_name
     assert payload_hash(named) != payload_hash(
         {**BASE, "attachments": [{**_blob("r.pdf", 9), "blob": "mail-attachments/m-1/other"}]}
     )
+
+
+def test_the_alert_lanes_are_only_for_priority_senders_and_a_pool_replaces_the_sender() -> None:
+    settings = load_settings(
+        {
+            "GRAPH_AUTH_MODE": "managed_identity",
+            "MAIL_DEFAULT_SENDER": "notifications@contoso.test",
+            "MAIL_ALLOWED_SENDERS": "alerts@contoso.test,a@contoso.test,b@contoso.test",
+            "MAIL_PRIORITY_SENDERS": "alerts@contoso.test",
+            "MAIL_SENDER_POOLS": "bulk: a@contoso.test, b@contoso.test",
+        }
+    )
+    mail = {"to": ["alice@contoso.test"], "subject": "s", "text": "t"}
+    with pytest.raises(AppError) as refused:
+        check_mail(parse_mail({**mail, "priority": "critical"}), settings)
+    assert refused.value.details[0].field == "priority" and status_of(refused.value) == 400
+    assert check_mail(parse_mail({**mail, "priority": "critical", "from": "alerts@contoso.test"}), settings)
+    assert check_mail(parse_mail({**mail, "priority": "bulk"}), settings).priority == "bulk"
+    pooled = check_mail(parse_mail({**mail, "senderPool": "bulk"}), settings)
+    assert pooled.sender is None and pooled.sender_pool == "bulk"
+    for bad in ({"senderPool": "nope"}, {"senderPool": "bulk", "from": "a@contoso.test"}):
+        with pytest.raises(AppError) as error:
+            check_mail(parse_mail({**mail, **bad}), settings)
+        assert error.value.details[0].field == "senderPool"

@@ -42,6 +42,8 @@ def alert_mail(group: AlertGroup, receiver: Receiver, settings: Settings, mail_i
         cc=receiver.cc,
         importance="high" if critical else "normal",
         headers={GROUP_HEADER: group.key},
+        priority="critical" if critical else "alert",
+        sender_pool=receiver.sender_pool,
     )
 
 

@@ -120,7 +120,15 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
             break
         shown //= 2
     return compose_mail(
-        mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, settings, cc=receiver.cc
+        mail_id,
+        receiver.sender,
+        receiver.to,
+        rendered.subject,
+        rendered.html,
+        settings,
+        cc=receiver.cc,
+        priority="alert",
+        sender_pool=receiver.sender_pool,
     )
 
 

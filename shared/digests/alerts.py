@@ -84,7 +84,15 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = app_mail_id("alertdigest", receiver.name, now.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
     mail = compose_mail(
-        mail_id, receiver.sender, receiver.to, rendered.subject, rendered.html, settings, cc=receiver.cc
+        mail_id,
+        receiver.sender,
+        receiver.to,
+        rendered.subject,
+        rendered.html,
+        settings,
+        cc=receiver.cc,
+        priority="bulk",
+        sender_pool=receiver.sender_pool,
     )
     record: dict[str, Any] = {
         "mail": mail.dump(),

@@ -369,7 +369,16 @@ def _tagging(digest: MailboxDigest, categories: list[str]) -> dict[str, Any]:
 def _digest_mail(digest: MailboxDigest, settings: Settings, report: Report, mail_id: str, now: datetime) -> MailRequest:
     items = [DigestItem.from_graph(m, now) for m in report.found[: digest.max_items]]
     rendered = render_mailbox_digest(digest, report.folders, items, report.total, now, report.notes)
-    return compose_mail(mail_id, digest.sender, digest.to, rendered.subject, rendered.html, settings)
+    return compose_mail(
+        mail_id,
+        digest.sender,
+        digest.to,
+        rendered.subject,
+        rendered.html,
+        settings,
+        priority="bulk",
+        sender_pool=digest.sender_pool,
+    )
 
 
 async def _note(store: Store, digest: MailboxDigest, run: DigestRun, now: datetime) -> None:

@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..config import Settings
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("notifier.digests")
 
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
+STALE_CLAIM = timedelta(minutes=15)  # a claim this old with no outcome: its instance died running it
 
 
 @dataclass(frozen=True)
@@ -86,24 +87,35 @@ async def _tick(
     run: Callable[[], Awaitable[str]],
 ) -> Ticked:
     try:
-        claimed = await store.digest_claims.claimed(key)
+        claims = await store.digest_claims.claims(key)
+        claimed = [str(row["RowKey"]) for row in claims]
 
         async def claim(key: str, due: Due) -> bool:
             return await store.digest_claims.claim(key, due, INSTANCE)
 
         turn: Turn = await take_turn(key, schedule, last_claimed(claimed), now, grace, claim)
+        resumed = None
+        if turn.run is None and claims and now - (last_claimed(claimed) or now) <= grace:
+            stale_before = datetime.now(UTC) - STALE_CLAIM  # claims carry the real time they were made
+            if await store.digest_claims.take_over(key, claims[-1], INSTANCE, stale_before):
+                resumed = claims[-1]
     except Exception:
         log.exception("digest %s: its schedule could not be evaluated; the others go on", key)
         return Ticked(key, "schedule not evaluated", outcome="failed")
     if turn.due.occurrence is not None:
         log.info("digest %s: %s", key, turn.reason)
         await store.digest_claims.prune(key, claimed)
-    if turn.run is None:
+    if turn.run is None and resumed is None:
         return Ticked(key, turn.reason)
+    reason = turn.reason
+    if resumed is not None:  # its instance died mid-run: the digest's run record lets this finish it, one mail
+        reason = f"occurrence {resumed['RowKey']} claimed at {resumed.get('claimedAt')} never finished: run again"
+        log.warning("digest %s: %s", key, reason)
     try:
         outcome = await run()
     except Exception as error:  # one failing digest does not stop the others
         log.exception("digest %s failed; the others go on", key)
         outcome = f"failed: {type(error).__name__}"
-    await store.digest_claims.note_outcome(key, turn.run, outcome)
-    return Ticked(key, turn.reason, turn.run, outcome)
+    occurrence = turn.run if turn.run is not None else str(claims[-1]["RowKey"])
+    await store.digest_claims.note_outcome(key, occurrence, outcome)
+    return Ticked(key, reason, turn.run or last_claimed(claimed), outcome)

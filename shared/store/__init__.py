@@ -5,7 +5,8 @@ is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (an
 `attachments` (the attachment blobs producers hand over), `alert_groups`, `alert_queues`, `mail_caps`,
 `alert_digest` (the digest buffer), `records` (run records: alert notices, digest runs), `digest_status`,
 `digest_cursors` (where `report: new` digests stand), `digest_schedule` (claimed occurrences), `audit_log`,
-`instances`. `store(account)` is the process's `Store`, which hands them out.
+`instances`, `mailboxes`, `mail_budgets` (sending budgets). `store(account)` is the process's `Store`, which
+hands them out.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from .digest_cursors import DigestCursors
 from .digest_schedule import DigestClaims
 from .digest_status import DigestStatuses
 from .instances import Instances
+from .mail_budgets import MailBudgets
 from .mail_caps import MailCaps
 from .mail_status import MailStatuses
+from .mailboxes import Mailboxes
 from .outbox_queue import OutboxQueue
 from .records import RunRecords
 from .storage import DIGEST_RUN_CONTAINER, NOTICE_CONTAINER, StatusChanged, Storage
@@ -49,6 +52,8 @@ class Store:
         self.digest_claims = DigestClaims(self.storage)
         self.audit = AuditLog(self.storage)
         self.instances = Instances(self.storage)
+        self.mailboxes = Mailboxes(self.storage)
+        self.budgets = MailBudgets(self.storage)
 
     async def ping(self) -> None:
         """A cheap round trip to Table storage (the health check)."""

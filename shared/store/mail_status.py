@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from .storage import STATUS_TABLE, StatusChanged, Storage, read_time, time_text
 
 _ROW = "status"
-_TIMES = ("created", "updated", "lease_until")
+_TIMES = ("created", "updated", "lease_until", "sent_at", "drafted_at", "bounced_at", "deferred_until")
 
 
 class MailState(StrEnum):
@@ -21,6 +21,15 @@ class MailState(StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    DEFERRED = "deferred"  # the sending mailbox's daily budget is short: it goes at `deferred_until`
+    BOUNCED = "bounced"  # sent, and a non-delivery report came back for some or all recipients
+
+
+class DeliveryMode(StrEnum):
+    """How a mail goes to Graph: a marked draft and its send (exactly once), or one sendMail call."""
+
+    DRAFT = "draft"
+    SENDMAIL = "sendmail"
 
 
 @dataclass
@@ -38,12 +47,28 @@ class MailStatus:
     sender: str = ""
     recipient_count: int = 0
     lease_until: datetime | None = None  # while `sending`: until then no other delivery may send it
+    mode: str = ""  # a DeliveryMode, once a delivery chose one
+    graph_id: str = ""  # the draft's immutable id (it stays the message's id once sent)
+    internet_message_id: str = ""
+    drafted_at: datetime | None = None
+    uploads: str = ""  # JSON: the attachments added to the draft after it was created (never answered)
+    sent_at: datetime | None = None
+    outcome_unknown: bool = False  # the last attempt ended without knowing whether Graph took the mail
+    possible_duplicate: bool = False  # sendMail mode: sent by a retry after an unknown outcome
+    bounce_code: str = ""
+    bounce_diagnostic: str = ""
+    bounced_recipients: str = ""  # comma-separated
+    bounced_at: datetime | None = None
     etag: str | None = field(default=None, repr=False)
+    lane: str = ""  # its priority lane (`shared.budgets.Lane`), once the pacer has seen it
+    deferred_until: datetime | None = None  # while `deferred`: when the budget lets it go
+    ticket: int | None = None  # its place in its lane's line at `held_on`, while the pacer holds it
+    held_on: str = ""  # the mailbox (of a pool) whose line it waits in
 
     @property
     def done(self) -> bool:
-        """Sent or failed: nothing more will happen to this mail."""
-        return self.status in (MailState.SENT, MailState.FAILED)
+        """Sent, bounced or failed: the app will not send this mail (again)."""
+        return self.status in (MailState.SENT, MailState.FAILED, MailState.BOUNCED)
 
     def answer(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -52,6 +77,29 @@ class MailStatus:
             "attempts": self.attempts,
             "updated": time_text(self.updated, micro=True),
         }
+        if self.lane:
+            body["lane"] = self.lane
+        if self.status == MailState.DEFERRED and self.deferred_until is not None:
+            body["deferredUntil"] = time_text(self.deferred_until)
+        if self.mode:
+            body["mode"] = self.mode
+        if self.sender:
+            body["mailbox"] = self.sender
+        if self.sent_at is not None:
+            body["sentAt"] = time_text(self.sent_at, micro=True)
+        if self.graph_id:
+            body["graphMessageId"] = self.graph_id
+        if self.internet_message_id:
+            body["internetMessageId"] = self.internet_message_id
+        if self.possible_duplicate:
+            body["possibleDuplicate"] = True
+        if self.status == MailState.BOUNCED:
+            body["bounce"] = {
+                "code": self.bounce_code,
+                "diagnostic": self.bounce_diagnostic,
+                "recipients": [r for r in self.bounced_recipients.split(",") if r],
+                "at": time_text(self.bounced_at, micro=True),
+            }
         if self.error_code:
             body["error"] = {"code": self.error_code, "message": self.error_message or ""}
         return body

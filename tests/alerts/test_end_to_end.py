@@ -194,5 +194,5 @@ def test_a_storm_of_10000_alerts_becomes_one_mail_per_group_and_none_is_lost_whi
         body = mail["body"]["content"]
         listed = set(re.findall(r"Storm\d\d on host-(\d{3})", body))
         assert len(listed) == 50 and f"and {PER_GROUP - 50} more firing" in body
-    throttled = [e for e in sandbox.requests(since) if e["path"].endswith("/sendMail") and e["status"] == 429]
+    throttled = [e for e in sandbox.requests(since) if e["status"] == 429]
     assert throttled, "the sandbox's throttle should have refused some sends"

@@ -148,6 +148,13 @@ def test_receivers_and_digests_must_be_able_to_send_under_the_mail_settings(tmp_
     path.write_text(TREE + "sources:\n  grafana: {hmac_secret: g}\n")
     with pytest.raises(ConfigError, match="KEY_VAULT_URL"):
         notify_config(load_settings(env))
+    path.write_text(
+        TREE + "digests:\n  - {name: d, mailbox: s@contoso.test, sender_pool: bulk, to: [a@contoso.test]}\n"
+    )
+    with pytest.raises(ConfigError, match="digest 'd' names sender_pool 'bulk', which MAIL_SENDER_POOLS does not"):
+        notify_config(load_settings(env))
+    pools = {**env, "MAIL_ALLOWED_SENDERS": "s@contoso.test", "MAIL_SENDER_POOLS": "bulk: s@contoso.test"}
+    assert notify_config(load_settings(pools)).digests[0].sender_pool == "bulk"
 
 
 def test_a_digest_that_mails_outside_the_allowed_domains_stops_the_app_at_start_up(

@@ -87,3 +87,34 @@ def test_a_berlin_digest_runs_at_7_local_once_across_instances_in_summer_and_win
         return await store(settings().storage).digest_claims.claimed("mailbox:morning")
 
     assert run(claims()) == ["2026-07-01T05:00:00Z", "2026-12-01T06:00:00Z", "2026-12-02T06:00:00Z"]
+
+
+def test_an_occurrence_whose_instance_died_mid_run_is_run_again_once_by_another(
+    scheduled: Any, sandbox: SandboxProcess, azurite: AzuriteProcess
+) -> None:
+    """An instance claimed 07:00 and died before noting an outcome: 15 minutes on, another instance takes the
+    claim over and runs it (the digest's run record makes that one mail), once."""
+    from datetime import timedelta
+
+    from shared.store.storage import DIGEST_SCHEDULE_TABLE, time_text
+
+    async def crashed_claim() -> None:
+        row = {
+            "PartitionKey": "mailbox:morning",
+            "RowKey": "2026-07-01T05:00:00Z",
+            "run": True,
+            "reason": "due",
+            "claimedAt": time_text(datetime.now(UTC) - timedelta(minutes=20)),
+            "instance": "died:1",
+        }
+        await store(settings().storage).storage.insert_row(DIGEST_SCHEDULE_TABLE, row)
+
+    run(crashed_claim())
+    now = datetime(2026, 7, 1, 5, 20, tzinfo=UTC)  # 07:20 CEST, within the grace
+    assert _tick(scheduled, now)["mailbox:morning"] == ("2026-07-01T05:00:00+00:00", "sent")
+    assert _tick(scheduled, now)["mailbox:morning"] == (None, "")  # finished now: not run a third time
+
+    import function_app
+
+    run(drain_queue(azurite.connection_string, "mail-outbox", function_app.mail_outbox))
+    assert len(sandbox.sent()) == 1
