@@ -47,9 +47,10 @@ run: setup
 
 BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost lane_latency deployment_size
 
-# every figure of the README's benchmark table; one script each, each ending in `BENCH <name> <value> <unit>`
+# every figure of the README's benchmark table; one script each, each printing `BENCH <name> <value> <unit> | ...`
+# lines; bench/summary.py runs them in turn and ends with the one summary table (output in bench/results/)
 bench: setup
-	@for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
+	$(BIN)/python bench/summary.py $(BENCHMARKS)
 
 # the mail path under injected faults (Storage stopped mid-drain; Graph errors and dropped connections)
 faults: setup

@@ -2,7 +2,8 @@
 mail a cold worker sends (import, managed identity -> Key Vault -> Entra token, sendMail to the sandbox with
 no added latency, status rows in Azurite). Baseline in the same run: a bare `import azure.functions`.
 
-Targets (2-core machine, medians of 7 runs): import + index <= 300 ms and <= 90 MB peak RSS; first mail <= 1.0 s.
+Targets (issue 19; 2-core machine, medians of 7 runs): import + index at most 2x the bare import, peak RSS
+<= 90 MB; first mail <= 500 ms.
 """
 
 from __future__ import annotations
@@ -76,10 +77,15 @@ def _child(script: str, env: dict[str, str], *args: str) -> dict[str, float]:
 
 def main() -> None:
     with local_cloud() as cloud:
-        env = cloud.env
+        # bytecode cached, as a deployed app that has started once has it (a shell with PYTHONDONTWRITEBYTECODE
+        # would have every run compile the app's own modules, about 50 ms on this machine)
+        env = {name: value for name, value in cloud.env.items() if name != "PYTHONDONTWRITEBYTECODE"}
         _child(IMPORT_AND_INDEX, env)  # warm the OS file cache once, as a deployed app's would be
-        base = [_child(IMPORT_ONLY, env) for _ in range(RUNS)]
-        app = [_child(IMPORT_AND_INDEX, env) for _ in range(RUNS)]
+        _child(FIRST_MAIL, env, f"warm-{uuid.uuid4().hex[:8]}")
+        base, app = [], []
+        for _ in range(RUNS):  # alternately, so a change in the machine's load meets both alike
+            base.append(_child(IMPORT_ONLY, env))
+            app.append(_child(IMPORT_AND_INDEX, env))
         mails = [_child(FIRST_MAIL, env, f"cold-{uuid.uuid4().hex[:8]}") for _ in range(RUNS)]
     assert all(m["status"] == "sent" for m in mails), mails
     print(f"import azure.functions: {[round(r['ms']) for r in base]} ms")
@@ -87,9 +93,27 @@ def main() -> None:
     print(f"peak RSS after import + index: {[round(r['rss_mb'], 1) for r in app]} MB")
     print(f"first mail by a cold worker: {[round(r['ms']) for r in mails]} ms")
     base_ms, base_mb = median([r["ms"] for r in base]), median([r["rss_mb"] for r in base])
-    bench_line("cold_import_index", median([r["ms"] for r in app]), "ms", f"import azure.functions {base_ms:.0f} ms")
-    bench_line("cold_peak_rss", median([r["rss_mb"] for r in app]), "MB", f"import azure.functions {base_mb:.1f} MB")
-    bench_line("cold_first_mail", median([r["ms"] for r in mails]), "ms", f"import azure.functions {base_ms:.0f} ms")
+    index_ms, index_mb = median([r["ms"] for r in app]), median([r["rss_mb"] for r in app])
+    first_ms = median([r["ms"] for r in mails])
+    bench_line(
+        "cold_import_index",
+        index_ms,
+        "ms",
+        f"import azure.functions {base_ms:.0f} ms",
+        ratio=index_ms / base_ms,
+        target="<= 2x baseline",
+        met=index_ms <= 2 * base_ms,
+    )
+    bench_line(
+        "cold_peak_rss",
+        index_mb,
+        "MB",
+        f"import azure.functions {base_mb:.1f} MB",
+        ratio=index_mb / base_mb,
+        target="<= 90 MB",
+        met=index_mb <= 90,
+    )
+    bench_line("cold_first_mail", first_ms, "ms", target="<= 500 ms", met=first_ms <= 500)
 
 
 if __name__ == "__main__":

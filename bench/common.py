@@ -1,5 +1,5 @@
 """What the benchmarks share: the local cloud (Azurite + the sandbox) with the app's settings pointing at it,
-devhosts of the real app, medians, and the `BENCH <name> <value> <unit>` lines."""
+devhosts of the real app, medians, and the `BENCH <name> <value> <unit> | baseline ... | met ...` lines."""
 
 from __future__ import annotations
 
@@ -70,8 +70,36 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def bench_line(name: str, value: float, unit: str, baseline: str = "") -> None:
-    """The figure's last line, as `make bench` and the README expect it."""
-    print(
-        f"BENCH {name} {value:.{1 if value < 100 else 0}f} {unit}" + (f"  (baseline: {baseline})" if baseline else "")
-    )
+def bench_line(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str = "",
+    *,
+    ratio: float | None = None,
+    target: str = "",
+    met: bool | None = None,
+) -> None:
+    """The figure's line, as `make bench`'s summary (`bench/summary.py`) and the README read it:
+    `BENCH <name> <value> <unit> | baseline: ... | ratio: 2.50x | target: ... | met: yes`, the fields after
+    the first only when given. `ratio` is the result over the same-run baseline."""
+    fields = [f"BENCH {name} {_number(value)} {unit}"]
+    if baseline:
+        fields.append(f"baseline: {baseline}")
+    if ratio is not None:
+        fields.append(f"ratio: {ratio:.2f}x")
+    if target:
+        fields.append(f"target: {target}")
+    if met is not None:
+        fields.append(f"met: {'yes' if met else 'no'}")
+    print(" | ".join(fields), flush=True)
+
+
+def _number(value: float) -> str:
+    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
+
+
+def vm_peak_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024

@@ -136,7 +136,18 @@ def main() -> None:
     bound = folders + messages + 1 + math.ceil(run["messages"] / 20)
     print(f"tagging bound: {bound}; spent {folders + messages + batches + 1}")
     first = results["new, first run"]
-    bench_line("digest_new_10000", float(first["total"]), "s", f"tagging digest {float(tagging['total']):.1f} s")
+    seconds, tagging_seconds = float(first["total"]), float(tagging["total"])
+    folders, messages, batches, other = first["pages"]
+    within = other == 0 and batches == 0 and seconds < 5
+    bench_line(
+        "digest_new_10000",
+        seconds,
+        "s",
+        f"tagging digest {tagging_seconds:.1f} s",
+        ratio=seconds / tagging_seconds,
+        target="< 5 s, folder + delta pages + 1 requests",
+        met=within,
+    )
 
 
 if __name__ == "__main__":

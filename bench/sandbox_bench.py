@@ -1,7 +1,8 @@
 """Sandbox speed: start-up, sendMail throughput, and a 1000-message page (faults off).
 
 Run with `make bench` (or `.venv/bin/python bench/sandbox_bench.py`). Prints one `BENCH <name> <value> <unit>`
-line per figure; the README quotes them. The client runs on the same 2-core machine and shares its CPU.
+line per figure (`bench/common.py`); the README quotes them. The client runs on the same 2-core machine and
+shares its CPU.
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import bench_line  # puts the project on sys.path
 
 from sandbox.launcher import SandboxProcess
 
@@ -125,10 +124,16 @@ def main() -> None:
         f"max {max(pages):.0f} ms over {PAGE_RUNS} runs"
     )
     print(f"sequential GET mailFolders/inbox: median {statistics.median(small):.1f} ms over {len(small)}")
-    print(f"BENCH sandbox_get_latency {statistics.median(small):.1f} ms")
-    print(f"BENCH sandbox_startup {statistics.median(startups):.2f} s")
-    print(f"BENCH sandbox_page_1000 {statistics.median(pages):.0f} ms")
-    print(f"BENCH sandbox_sendmail {statistics.median(rates):.0f} mails/s")
+    latency, startup, page, rate = (
+        statistics.median(small),
+        statistics.median(startups),
+        statistics.median(pages),
+        statistics.median(rates),
+    )
+    bench_line("sandbox_get_latency", latency, "ms", target="< 5 ms (no per-request stall)", met=latency < 5)
+    bench_line("sandbox_startup", startup, "s", target="< 3 s", met=startup < 3)
+    bench_line("sandbox_page_1000", page, "ms", target="< 200 ms", met=page < 200)
+    bench_line("sandbox_sendmail", rate, "mails/s", target=">= 300 mails/s", met=rate >= 300)
 
 
 if __name__ == "__main__":

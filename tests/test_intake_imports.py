@@ -45,3 +45,26 @@ def test_posting_a_mail_or_an_alert_imports_no_msgraph_kiota_or_identity(app_env
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["status"] == [202, 202]
     assert outcome["heavy"] == []
+
+
+INDEX = """
+import json, sys
+import function_app
+function_app.app.get_functions()
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules if m.startswith(("jinja2", "msgraph", "kiota"))})))
+"""
+
+
+def test_importing_and_indexing_the_app_loads_no_jinja2_or_msgraph(app_env: dict[str, str]) -> None:
+    """What every cold start pays: Jinja2 waits for the first mail rendered, msgraph for the first Graph call."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", INDEX],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

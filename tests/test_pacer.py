@@ -274,3 +274,35 @@ def test_a_pool_of_3_mailboxes_sends_3_times_the_rate_of_one_each_mailbox_within
     for times in per_mailbox.values():
         steady = times[16:]
         assert (len(steady) - 1) / (steady[-1] - steady[0]) <= paced * 1.25  # each within its own pace
+
+
+def test_with_budgets_off_the_pacer_reads_and_writes_no_budget_row(
+    budgets_on: Callable[..., Any], azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAIL_BUDGET_* = 0 costs a mail nothing: no budget row is read or changed (with budgets on, each is)."""
+    from shared.store.mail_budgets import MailBudgets
+
+    calls: list[str] = []
+    for name in ("get", "save", "change"):
+        real = getattr(MailBudgets, name)
+
+        def spied(self: MailBudgets, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(MailBudgets, name, spied)
+
+    def delivered(config: Any, index: int) -> list[str]:
+        calls.clear()
+        sent: list[Any] = []
+
+        async def scenario() -> None:
+            await _submit(config, [_mail(index)])
+            await _sender_trigger(azurite, config, seen=sent.append).drain()
+
+        run(scenario())
+        assert [str(d.outcome) for d in sent if d.mail_id == _mail(index)["id"]] == ["sent"]
+        return list(calls)
+
+    assert delivered(budgets_on(MAIL_BUDGET_MESSAGES_PER_MINUTE="0", MAIL_BUDGET_RECIPIENTS_PER_DAY="0"), 9001) == []
+    assert delivered(budgets_on(MAIL_BUDGET_MESSAGES_PER_MINUTE="750", MAIL_BUDGET_RECIPIENTS_PER_DAY="0"), 9002)

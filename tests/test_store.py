@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,76 @@ def test_times_read_from_rows_written_by_earlier_versions_are_written_back_as_th
     assert time_text(moment, micro=True) == precise
     assert time_text(read_time(second)) == second
     assert read_time("") is None and time_text(None) == ""
+
+
+def test_first_use_on_an_account_already_set_up_creates_nothing_and_makes_what_is_missing(
+    azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold start lists the tables and queues (2 requests) instead of sending a create per table and queue
+    that Storage answers 409; a table or queue that is missing is still made."""
+    from azure.data.tables import TableServiceClient
+    from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
+    from azure.storage.queue import QueueClient as SyncQueueClient
+    from azure.storage.queue.aio import QueueClient
+
+    from shared.store.storage import AUDIT_TABLE, OUTBOX_POISON
+
+    async def first_use() -> None:
+        store = Store(StorageAccount(azurite.connection_string))
+        try:
+            await store.storage.ensure()
+        finally:
+            await store.close()
+
+    run(first_use())  # the account is set up
+    creates: list[str] = []
+    create_table, create_queue = AsyncTableServiceClient.create_table, QueueClient.create_queue
+
+    async def counted_table(self: AsyncTableServiceClient, name: str, **kwargs: object) -> object:
+        creates.append(name)
+        return await create_table(self, name, **kwargs)
+
+    async def counted_queue(self: QueueClient, **kwargs: object) -> object:
+        creates.append(self.queue_name)
+        return await create_queue(self, **kwargs)
+
+    monkeypatch.setattr(AsyncTableServiceClient, "create_table", counted_table)
+    monkeypatch.setattr(QueueClient, "create_queue", counted_queue)
+    run(first_use())
+    assert creates == []
+
+    TableServiceClient.from_connection_string(azurite.connection_string).delete_table(AUDIT_TABLE)
+    SyncQueueClient.from_connection_string(azurite.connection_string, OUTBOX_POISON).delete_queue()
+    run(first_use())
+    assert sorted(creates) == sorted([AUDIT_TABLE, OUTBOX_POISON])
+
+
+def test_first_use_where_listing_is_refused_creates_every_table_and_queue(
+    azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An identity allowed single queues and tables but not the account's listing (403) still gets its tables
+    and queues: it creates them all, as before the listing, and tolerates those that exist."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue.aio import QueueServiceClient
+
+    from shared.store.storage import APP_QUEUES, STATUS_TABLE
+
+    async def refused(self: QueueServiceClient, **kwargs: object) -> AsyncIterator[object]:
+        raise HttpResponseError("This request is not authorized to perform this operation.")  # Azurite has no roles
+        yield  # the listing is a pager: the answer comes as it is read
+
+    monkeypatch.setattr(QueueServiceClient, "list_queues", refused)
+    TableServiceClient.from_connection_string(azurite.connection_string).delete_table(STATUS_TABLE)
+
+    async def first_use() -> None:
+        store = Store(StorageAccount(azurite.connection_string))
+        try:
+            await store.storage.ensure()
+            await store.storage.send_message(APP_QUEUES[0], "{}")
+        finally:
+            await store.close()
+
+    run(first_use())
+    tables = {t.name for t in TableServiceClient.from_connection_string(azurite.connection_string).list_tables()}
+    assert STATUS_TABLE in tables

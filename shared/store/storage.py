@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 
 from .. import routes
 from ..config import StorageAccount
@@ -39,7 +44,7 @@ if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a 
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
     from azure.storage.blob.aio import BlobClient, BlobServiceClient
-    from azure.storage.queue.aio import QueueClient
+    from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 OUTBOX = routes.MAIL_OUTBOX
 OUTBOX_POISON = "mail-outbox-poison"
@@ -121,14 +126,32 @@ class Storage:
         await asyncio.shield(self._ready)
 
     async def _create(self) -> None:
+        """Two listings, then a create for what is missing only: once the account is set up, a cold start
+        sends 2 requests here instead of 15 creates answered 409."""
+
         async def create(call: Any) -> None:
-            with contextlib.suppress(ResourceExistsError):
+            with contextlib.suppress(ResourceExistsError):  # another instance made it meanwhile
                 await call
 
+        try:
+            async with self._queue_service() as queues:
+                tables, queue_names = await asyncio.gather(
+                    _names(self._tables.list_tables()), _names(queues.list_queues())
+                )
+        except HttpResponseError:  # not allowed to list (a role scoped to single queues or tables): create all
+            tables, queue_names = set(), set()
         await asyncio.gather(
-            *(create(self._tables.create_table(name)) for name in _TABLES),
-            *(create(self.queue(name).create_queue()) for name in APP_QUEUES),
+            *(create(self._tables.create_table(name)) for name in _TABLES if name not in tables),
+            *(create(self.queue(name).create_queue()) for name in APP_QUEUES if name not in queue_names),
         )
+
+    def _queue_service(self) -> QueueServiceClient:
+        """A queue service client for listing queues (the per-queue clients keep the base64 policies)."""
+        from azure.storage.queue.aio import QueueServiceClient
+
+        if self._account.connection_string is None:
+            return QueueServiceClient(self._account.queue_url, credential=self._credential, **_QUEUE_BLOB_OPTIONS)
+        return QueueServiceClient.from_connection_string(self._account.connection_string, **_QUEUE_BLOB_OPTIONS)
 
     async def blob(self, container: str, name: str) -> BlobClient:
         """A blob's client; the Blob SDK is loaded and the containers are made when the first blob is used."""
@@ -300,6 +323,10 @@ class Storage:
             await self._blobs.close()
         if self._credential is not None:
             await self._credential.close()
+
+
+async def _names(listing: AsyncIterator[Any]) -> set[str]:
+    return {item.name async for item in listing}
 
 
 def time_text(moment: datetime | None, *, micro: bool = False) -> str:
