@@ -34,6 +34,9 @@ class ExchangeLimits(_Model):
     messages_per_minute: int | None = Field(30, alias="messagesPerMinute", ge=1)
     recipients_per_day: int | None = Field(10_000, alias="recipientsPerDay", ge=1)
     max_message_size_mb: float | None = Field(35, alias="maxMessageSizeMB", gt=0)
+    # Outlook's upload sessions (not Exchange's transport): bytes an app may upload into the mailbox in any 5
+    # minutes; `enabled: false` leaves it on, `null` lifts it
+    upload_mb_per_5_minutes: float | None = Field(150, alias="uploadMBPer5Minutes", gt=0)
 
 
 class SeedUser(_Model):

@@ -25,7 +25,6 @@ from .store import Store
 CHUNK_LIMIT = 4 * 1024 * 1024
 CHUNK_UNIT = 320 * 1024
 UPLOAD_WINDOW_SECONDS = 300
-UPLOAD_WINDOW_BYTES = 150 * 1024 * 1024
 _PATH = re.compile(
     r"^Users\('(?P<user>[^']+)'\)/Messages\('(?P<message>[^']+)'\)/AttachmentSessions\('(?P<session>[^']+)'\)$"
 )
@@ -104,13 +103,14 @@ def _put(
     if start != received:
         raise GraphError(416, "RequestedRangeNotSatisfiable", f"The next expected range starts at {received}.")
     mailbox, app = session["mailbox"], session["app"]
+    window_mb = store.exchange_limits(store.user(mailbox)).upload_mb_per_5_minutes
     used, oldest = store.uploaded_bytes(app, mailbox, CLOCK.time() - UPLOAD_WINDOW_SECONDS)
-    if used + len(body) > UPLOAD_WINDOW_BYTES:
+    if window_mb is not None and used + len(body) > window_mb * 1024 * 1024:
         wait = max(1, math.ceil((oldest or CLOCK.time()) + UPLOAD_WINDOW_SECONDS - CLOCK.time()))
         raise GraphError(
             429,
             "ApplicationThrottled",
-            "Application is over its upload limit of 150 MB per 5 minutes for this mailbox.",
+            f"Application is over its upload limit of {window_mb:g} MB per 5 minutes for this mailbox.",
             {"Retry-After": str(wait)},
         )
     store.add_chunk(session["id"], start, body, app, mailbox)

@@ -519,3 +519,88 @@ def test_a_pool_mail_whose_draft_exists_is_sent_from_that_mailbox_whatever_the_p
     assert status["status"] == "sent" and status["mailbox"] == SUPPORT
     assert sandbox.mailbox(SENDER, "sentitems") == [] and len(sandbox.mailbox(SUPPORT, "sentitems")) == 1
     assert _copies(sandbox) == {MAIL["subject"]: 1}
+
+
+def test_uploads_over_outlooks_limit_per_5_minutes_wait_their_retry_after_and_resume_their_session(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    """Outlook takes 150 MB of uploads per app and mailbox in any 5 minutes (scaled here to 12 MB, and the
+    window crossed by moving the sandbox's clock): a mail whose upload meets the limit is handed back with
+    Graph's Retry-After, keeps its draft and its upload session, and goes on from where the upload stood."""
+    import hashlib
+
+    from shared.attachments import resolve_attachments
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.mail import check_mail, parse_mail
+    from shared.outbox import submit_mail
+    from shared.store import store
+
+    seed = json.loads(json.dumps(test_seed))
+    seed["exchange"]["uploadMBPer5Minutes"] = 12
+    sandbox.reset(seed)
+    files = {"dm-window-1": os.urandom(8 * 1024 * 1024), "dm-window-2": os.urandom(8 * 1024 * 1024)}
+
+    async def submit(mail_id: str) -> None:
+        target = store(settings().storage)
+        blob = await target.attachments.put(mail_id, 0, "export.bin", files[mail_id])
+        attachment = {"name": "export.bin", "blob": blob}
+        mail = {**MAIL, "id": mail_id, "subject": f"Export {mail_id}", "attachments": [attachment]}
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
+
+    async def throttled_at() -> int:
+        """Where the second mail's recorded upload session stands once Outlook refused a chunk."""
+        statuses = store(settings().storage).statuses
+        deadline = time.monotonic() + 30
+        while (row := await statuses.get("dm-window-2")) is None or row.error_code != "ApplicationThrottled":
+            assert time.monotonic() < deadline, "the second upload was never throttled"
+            await asyncio.sleep(0.1)
+        assert row.status == "queued"
+        [session] = json.loads(row.uploads or "{}").values()
+        return await graph_client(settings()).upload_position(SENDER, session["url"]) or 0
+
+    async def scenario() -> int:
+        trigger = _trigger(app, azurite)
+        await submit("dm-window-1")
+        await trigger.drain()
+        assert sandbox.control is not None
+        sandbox.control.put("/_sandbox/clock", json={"advanceSeconds": 296}).raise_for_status()
+        await submit("dm-window-2")  # 8 MB of the window's 12 are used, for 4 more seconds of its 300
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(trigger.run(stop))
+        try:
+            position = await throttled_at()
+            deadline = time.monotonic() + 60
+            while (await _statuses(["dm-window-2"]))["sent"] == 0:
+                assert time.monotonic() < deadline, "the throttled mail was not sent after its Retry-After"
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await running
+        return position
+
+    since = sandbox.last_seq()
+    position = run(scenario())
+    assert 0 < position < len(files["dm-window-2"])  # refused mid-upload, the session kept what it had
+    received = {m["subject"]: m for m in sandbox.mailbox("alice@contoso.test") if m["subject"].startswith("Export")}
+    assert sorted(received) == ["Export dm-window-1", "Export dm-window-2"]
+    headers = {**bearer(sandbox), "Prefer": 'IdType="ImmutableId"'}
+
+    async def status_row(mail_id: str) -> Any:
+        return await store(settings().storage).statuses.get(mail_id)
+
+    for mail_id, content in files.items():
+        row = run(status_row(mail_id))
+        assert row is not None and row.status == "sent" and row.sender == SENDER
+        answer = sandbox.control.get(f"/v1.0/users/{SENDER}/messages/{row.graph_id}/attachments", headers=headers)
+        [stored] = answer.json()["value"]
+        assert hashlib.sha256(base64.b64decode(stored["contentBytes"])).digest() == hashlib.sha256(content).digest()
+    requests = sandbox.requests(since)
+    assert len([r for r in requests if r["path"].endswith("/createUploadSession")]) == 2  # one each: resumed
+    assert len([r for r in requests if r["method"] == "POST" and r["path"].endswith("/messages")]) == 2
+    assert _copies(sandbox) == {"Export dm-window-1": 1, "Export dm-window-2": 1}
+    rows = [r for r in audit_rows(azurite.connection_string) if r["correlationId"] == "dm-window-2"]
+    assert sorted((r["outcome"], "ApplicationThrottled" in r.get("detail", "")) for r in rows) == [
+        ("retry_later", True),
+        ("sent", False),
+    ]
