@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bounces import message_id_for
 from .errors import GraphError
-from .mail import Attachment, MailRequest, graph_send_body
+from .mail import GRAPH_REQUEST_BYTES, REQUEST_HEADROOM_BYTES, Attachment, MailRequest, graph_send_body, request_bytes
 from .store.mail_status import DeliveryMode, MailStatus
 
 if TYPE_CHECKING:
@@ -69,18 +69,33 @@ class _Extra:
 
 def split_attachments(mail: MailRequest) -> tuple[list[int], list[_Extra]]:
     """Which attachments ride in the draft's own request (inline ones, in order, while they fit together in
-    3 MB) and which are added afterwards. Depends on the mail alone, so every attempt splits it alike."""
+    3 MB and the request, body included, in Graph's 4 MB) and which are added afterwards: by a POST of their
+    own when that request fits, else through an upload session. Depends on the mail alone, so every attempt
+    splits it alike."""
     carried: list[int] = []
     extras: list[_Extra] = []
     room = INLINE_DRAFT_BYTES
+    request_room = GRAPH_REQUEST_BYTES - REQUEST_HEADROOM_BYTES
+    request_room -= request_bytes(graph_send_body(mail.model_copy(update={"attachments": []})))
     for index, attachment in enumerate(mail.attachments):
         size = attachment.byte_size()
-        if attachment.blob is None and size <= room and not extras:
+        encoded = _encoded_bytes(attachment)
+        if attachment.blob is None and size <= room and encoded <= request_room and not extras:
             carried.append(index)
-            room -= size
+            room, request_room = room - size, request_room - encoded
         else:
-            extras.append(_Extra(index, attachment, size > INLINE_ATTACHMENT_BYTES))
+            alone = encoded + REQUEST_HEADROOM_BYTES > GRAPH_REQUEST_BYTES
+            extras.append(_Extra(index, attachment, size > INLINE_ATTACHMENT_BYTES or alone))
     return carried, extras
+
+
+def _encoded_bytes(attachment: Attachment) -> int:
+    """An attachment's share of a Graph request: its base64 (computed for a blob's size), its texts as JSON
+    writes them, and the fixed keys of a fileAttachment (under 200 bytes)."""
+    content = attachment.content_base64
+    base64_bytes = len(content) if content is not None else 4 * -(-attachment.byte_size() // 3)
+    texts = [attachment.name, attachment.content_type, attachment.content_id]
+    return base64_bytes + len(json.dumps(texts).encode()) + 200
 
 
 class DraftDelivery:
@@ -105,10 +120,16 @@ class DraftDelivery:
         _record_sent(status, current)
 
     async def discard(self, status: MailStatus, mailbox: str) -> None:
-        """Delete the draft of a mail that failed for good, so it does not linger in Drafts."""
+        """Delete the draft of a mail that failed for good, so it does not linger in Drafts; only while it is
+        a draft: an immutable id names the sent copy too, and that is the mailbox's record of the send."""
+        from .graph import MessageGone
+
         if not status.graph_id:
             return
         try:
+            state = await self.graph.get_message(mailbox, status.graph_id)
+            if isinstance(state, MessageGone) or not state.is_draft:
+                return
             await self.graph.delete_message(mailbox, status.graph_id)
         except GraphError as error:
             log.warning("draft of mail %s not deleted: %s", status.id, error.code)
@@ -126,8 +147,14 @@ class DraftDelivery:
         return None
 
     async def _marked(self, status: MailStatus, mailbox: str) -> MessageState | None:
-        """The message carrying this mail's marker (a sent one before a draft), recorded; None if none."""
-        found = await self.graph.find_marked(mailbox, status.id)
+        """The message carrying this mail's marker (a sent one before a draft), recorded; None if none. A
+        mailbox the app may not read (403) is one it may not draft in either: no draft of ours can be there."""
+        try:
+            found = await self.graph.find_marked(mailbox, status.id)
+        except GraphError as error:
+            if error.status == 403:
+                raise DraftsRefused(mailbox, error) from None
+            raise
         if not found:
             return None
         state = min(found, key=lambda m: m.is_draft)
@@ -193,21 +220,24 @@ class DraftDelivery:
                 if extra.upload:
                     await self._upload(status, mailbox, extra, entry, uploads, present, attached)
                 else:
-                    await self._post(status, mailbox, extra)
+                    await self._post(status, mailbox, extra, attached.count(name) + 1)
             entry.pop("url", None)  # done with: a finished session's URL is no use to anyone
             entry["done"] = True
             attached.append(name)
             status.uploads = json.dumps(uploads, separators=(",", ":"))
             await self._record(status)
 
-    async def _post(self, status: MailStatus, mailbox: str, extra: _Extra) -> None:
+    async def _post(self, status: MailStatus, mailbox: str, extra: _Extra, expected: int) -> None:
+        """One attachment by POST; after an unknown outcome, it counts as there when the draft has `expected`
+        attachments of its name (two may share one)."""
         attachment = extra.attachment
         content = attachment.content_base64
         if attachment.blob is not None:
             read = self._reader(attachment)
             assert callable(read)
             content = base64.b64encode(await read(0, attachment.byte_size())).decode()
-        inline = attachment.model_copy(update={"content_base64": content, "blob": None, "size": None, "sha256": None})
+        fields = attachment.model_dump(by_alias=True, exclude={"blob", "size", "sha256"}, exclude_none=True)
+        inline = Attachment.model_validate({**fields, "contentBase64": content})  # a blob's bytes read in
         body = graph_send_body(MailRequest(attachments=[inline]))
         item = body["message"]["attachments"][0]
         try:
@@ -216,7 +246,7 @@ class DraftDelivery:
             if not outcome_unknown(error):
                 raise
             names = await self.graph.list_attachments(mailbox, status.graph_id)
-            if attachment.name not in names:
+            if names.count(attachment.name) < expected:
                 raise
 
     async def _upload(

@@ -34,6 +34,8 @@ MAX_INLINE_ATTACHMENT_BYTES = 3 * 1024 * 1024  # Graph's limit for an attachment
 # sendMail's request is at most about 4 MB: more than this in attachments altogether (base64 makes them a third
 # larger) and the mail can only go as a draft with upload sessions
 SEND_MAIL_ATTACHMENT_BYTES = 3 * 1024 * 1024
+GRAPH_REQUEST_BYTES = 4 * 1024 * 1024  # Graph answers 413 to a request body over about 4 MB
+REQUEST_HEADROOM_BYTES = 16 * 1024  # what the sender adds to a mail's own request: marker, internetMessageId
 MAX_BLOB_ATTACHMENT_BYTES = 150 * 1024 * 1024  # Graph's upload sessions take attachments up to 150 MB
 MAX_ATTACHMENTS = 50
 MAX_JSON_BYTES = 5 * 1024 * 1024  # a mail's JSON (a request body, a form's mail part): 3 MiB inline is 4 MiB of base64
@@ -394,6 +396,14 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
             f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
             [Detail("attachments", f"{size} bytes; at most {limit}")],
         )
+    bare = request_bytes(graph_send_body(mail.model_copy(update={"attachments": []}))) + REQUEST_HEADROOM_BYTES
+    if bare > GRAPH_REQUEST_BYTES:  # the body alone: no attachment left out of the request makes room
+        field = "html" if mail.html is not None else "text"
+        raise PayloadTooLarge(
+            f"The mail's body makes a Graph request of {bare} bytes (JSON escapes each non-ASCII character); "
+            f"Graph takes at most {GRAPH_REQUEST_BYTES}.",
+            [Detail(field, f"{bare} bytes as a Graph request; at most {GRAPH_REQUEST_BYTES}")],
+        )
     if pool is not None:
         return mail.model_copy(update={"sender_pool": mail.sender_pool})
     return mail.model_copy(update={"sender": sender})
@@ -408,12 +418,19 @@ def message_bytes(mail: MailRequest) -> int:
 
 def needs_draft(mail: MailRequest) -> bool:
     """Whether a checked mail can only be sent as a draft with upload sessions, not by sendMail: it has a blob
-    attachment, an attachment over Graph's 3 MiB inline limit, or more attachment bytes in all than sendMail's
-    4 MB request holds once base64-encoded."""
+    attachment, an attachment over Graph's 3 MiB inline limit, or its sendMail request (body and base64
+    attachments) would pass Graph's 4 MB."""
     if any(a.blob is not None for a in mail.attachments):
         return True
     sizes = [a.byte_size() for a in mail.attachments]
-    return any(size > MAX_INLINE_ATTACHMENT_BYTES for size in sizes) or sum(sizes) > SEND_MAIL_ATTACHMENT_BYTES
+    if any(size > MAX_INLINE_ATTACHMENT_BYTES for size in sizes) or sum(sizes) > SEND_MAIL_ATTACHMENT_BYTES:
+        return True
+    return request_bytes(graph_send_body(mail)) + REQUEST_HEADROOM_BYTES > GRAPH_REQUEST_BYTES
+
+
+def request_bytes(body: dict[str, Any]) -> int:
+    """A Graph request body's size as `shared.graph` sends it (`json.dumps`, which escapes non-ASCII)."""
+    return len(json.dumps(body).encode())
 
 
 def _attachment_problems(mail: MailRequest) -> list[Detail]:

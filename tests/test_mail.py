@@ -240,8 +240,9 @@ def test_a_mail_needs_the_draft_path_for_a_blob_or_more_than_3_mib_of_attachment
         return needs_draft(check_mail(parse_mail({**BASE, "attachments": list(attachments)}), SETTINGS))
 
     assert not needs()
-    assert not needs(_inline("a", 3 * MIB))
-    assert not needs(_inline("a", 2 * MIB), _inline("b", MIB))
+    assert not needs(_inline("a", 3 * MIB - 64 * 1024))
+    assert not needs(_inline("a", 2 * MIB), _inline("b", MIB - 64 * 1024))
+    assert needs(_inline("a", 3 * MIB))  # within the inline limit, but its base64 alone fills a 4 MiB request
     assert needs(_inline("a", 2 * MIB), _inline("b", MIB + 1))  # together over what sendMail's request holds
     assert needs(_blob("tiny.txt", 3))  # a blob is uploaded, whatever its size
 
@@ -291,3 +292,14 @@ def test_the_alert_lanes_are_only_for_priority_senders_and_a_pool_replaces_the_s
         with pytest.raises(AppError) as error:
             check_mail(parse_mail({**mail, **bad}), settings)
         assert error.value.details[0].field == "senderPool"
+
+
+def test_a_body_whose_graph_request_can_never_fit_4_mb_is_refused_with_413_naming_the_field() -> None:
+    """700,000 CJK characters are within MAX_BODY_CHARS, but JSON escapes each to six bytes: 4.2 MB of request
+    that no attachment left out could shrink. The same count of ASCII is fine."""
+    with pytest.raises(AppError) as raised:
+        check_mail(parse_mail({"to": ["alice@contoso.test"], "subject": "s", "text": "\u6f22" * 700_000}), SETTINGS)
+    assert status_of(raised.value) == 413
+    assert [d.field for d in raised.value.details] == ["text"]
+    ascii_mail = check_mail(parse_mail({"to": ["alice@contoso.test"], "subject": "s", "text": "a" * 700_000}), SETTINGS)
+    assert not needs_draft(ascii_mail)
