@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -53,6 +54,7 @@ INSTANCE_ID = uuid.uuid4().hex  # this worker process, among the instances sendi
 SHARE_REFRESH_SECONDS = 2.0
 SHARE_ALIVE_SECONDS = 10.0
 _share_checked = 0.0
+_claimed: ContextVar[bool] = ContextVar("claimed", default=False)  # whether this delivery holds its mail
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
 RECORD_FIRST_RETRY_SECONDS = 0.5  # recording a sent mail through a Storage outage: first pause, doubling
 RECORD_MAX_RETRY_SECONDS = 5.0
@@ -169,10 +171,11 @@ class Sender:
             envelope["id"] = fallback_id
             text = json.dumps(envelope, separators=(",", ":"))
         mail_id: str = envelope["id"]
+        _claimed.set(False)
         try:
             return await self._deliver(text, envelope, mail_id)
         except Exception as error:
-            await self._record_crash(mail_id, error, dequeue_count)
+            await self._record_crash(mail_id, error, dequeue_count, claimed=_claimed.get())
             raise
 
     async def _share_mailboxes(self) -> None:
@@ -218,16 +221,17 @@ class Sender:
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
         if status.mode and status.sender:  # Graph may hold it in that mailbox already: a pool may not move it
             mail = mail.model_copy(update={"sender": status.sender, "sender_pool": None})
+        if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
+            status.outcome_unknown = True  # before pacing, whose hold or deferral saves the status
         pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
         if pacing.verdict is not Verdict.ADMIT:
             refused = pacing.verdict is Verdict.REFUSE
             return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)
         status.sender = pacing.mailbox
-        if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
-            status.outcome_unknown = True
         try:
             status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
             status = await self.store.statuses.save(status)
+            _claimed.set(True)
         except StatusChanged:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
@@ -376,8 +380,9 @@ class Sender:
             status.etag = None
             await self.store.statuses.save(status)
 
-    async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int) -> None:
-        """Hand the mail back for the host's redelivery; on the last dequeue, record why it failed."""
+    async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int, *, claimed: bool) -> None:
+        """Hand the mail back for the host's redelivery; on the last dequeue, record why it failed. A delivery
+        that crashed before claiming the mail leaves another's `sending` claim alone while its lease runs."""
         last = dequeue_count >= MAX_DEQUEUE_COUNT
         reason = f"{type(error).__name__} on delivery attempt {dequeue_count}"
         if last:
@@ -388,6 +393,10 @@ class Sender:
                 return
             status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
             if status.status == MailState.SENT:
+                return
+            lease = status.lease_until if status.status == MailState.SENDING else None
+            if not claimed and lease is not None and lease > datetime.now(UTC):
+                log.warning("mail %s: %s before its claim; another delivery holds it", mail_id, reason)
                 return
             status.status = MailState.FAILED if last else MailState.QUEUED
             status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, None

@@ -198,6 +198,34 @@ def test_with_mail_send_only_auto_mode_falls_back_to_send_mail_and_health_says_w
     assert SENDER not in result["anonymous"]
 
 
+def test_with_mail_send_only_a_retried_mail_in_a_new_instance_falls_back_to_send_mail_too(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    """A retry (here after a lost sendMail answer) reaches an instance that has not learnt the mailbox refuses
+    drafts: looking for an earlier draft by its marker is refused (403) like the draft itself, so the mail
+    goes by sendMail, marked as a possible duplicate, instead of failing."""
+    from shared.delivery import forget_delivery_modes
+
+    sandbox.reset(_send_only_seed(test_seed))
+
+    async def scenario() -> dict[str, Any]:
+        sandbox.set_faults(ambiguousRate=1.0)  # Graph takes the first send and its answer is lost
+        await _post(app, {**MAIL, "id": "dm-fallback-retry", "subject": "retried"})
+        await _trigger(app, azurite).poll_once()
+        sandbox.set_faults(ambiguousRate=0.0)
+        forget_delivery_modes()  # a new instance takes the retry
+        deadline = time.monotonic() + 30
+        while (status := await _status(app, "dm-fallback-retry"))["status"] == "queued":
+            assert time.monotonic() < deadline, status
+            await _trigger(app, azurite).poll_once()
+            await asyncio.sleep(0.5)
+        return status
+
+    status = run(scenario())
+    assert status["status"] == "sent" and status["mode"] == "sendmail", status
+    assert status["possibleDuplicate"] is True
+
+
 def test_draft_mode_without_mail_read_write_fails_the_mail_with_a_clear_code(
     app: Any,
     azurite: AzuriteProcess,
@@ -604,3 +632,81 @@ def test_uploads_over_outlooks_limit_per_5_minutes_wait_their_retry_after_and_re
         ("retry_later", True),
         ("sent", False),
     ]
+
+
+def test_discarding_a_failed_mails_draft_never_deletes_its_sent_copy(
+    app_env: dict[str, str], sandbox: SandboxProcess
+) -> None:
+    """A mail may be failed while Graph had sent it (its send's answer lost on the last attempt); the
+    immutable id it recorded names the sent copy then, and discarding leaves that copy where it is."""
+    from datetime import timedelta
+
+    from shared.config import settings
+    from shared.delivery import DraftDelivery
+    from shared.graph import graph_client
+    from shared.mail import check_mail, graph_send_body, parse_mail
+    from shared.store import store
+    from shared.store.mail_status import MailState, MailStatus
+
+    async def unchanged(status: MailStatus) -> MailStatus:
+        return status
+
+    async def scenario() -> tuple[bool, bool]:
+        graph = graph_client(settings())
+        engine = DraftDelivery(graph, store(settings().storage), unchanged, timedelta(seconds=60))
+        drafts = {}
+        for mail_id in ("dm-discard-sent", "dm-discard-draft"):
+            mail = check_mail(parse_mail({**MAIL, "id": mail_id, "subject": mail_id}), settings())
+            drafts[mail_id] = await graph.create_draft(SENDER, graph_send_body(mail)["message"], mail_id)
+        await graph.send_draft(SENDER, drafts["dm-discard-sent"].id)
+        for mail_id, draft in drafts.items():
+            await engine.discard(MailStatus(id=mail_id, status=MailState.FAILED, graph_id=draft.id), SENDER)
+        kept = await graph.get_message(SENDER, drafts["dm-discard-sent"].id)
+        return getattr(kept, "is_draft", None) is False
+
+    assert run(scenario())  # the sent copy is still there, by its immutable id
+    assert [m["subject"] for m in sandbox.mailbox(SENDER, "sentitems")] == ["dm-discard-sent"]
+    assert [m["subject"] for m in sandbox.mailbox(SENDER, "drafts")] == []  # the unsent draft went
+
+
+def test_a_mail_whose_request_would_pass_graphs_4_mb_has_its_file_added_to_the_draft_apart_not_a_413(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """A 3,100,000-byte file is under the 3 MiB inline limit, but with a 150 KB body its base64 makes the
+    draft's request 4.3 MB, which Graph refuses (413): the file is added to the draft by a request of its own.
+    (Before, the draft was created with it, refused with 413, and the mail failed.)"""
+    import hashlib
+
+    from shared.config import settings
+    from shared.mail import check_mail, needs_draft, parse_mail
+    from shared.outbox import submit_mail
+    from shared.store import store
+
+    content = os.urandom(3_100_000)
+    mail = {
+        **MAIL,
+        "id": "dm-request-size",
+        "subject": "Near the limit",
+        "html": "<p>" + "x" * 150_000 + "</p>",
+        "attachments": [{"name": "report.pdf", "contentBase64": base64.b64encode(content).decode()}],
+    }
+    mail.pop("text")
+    checked = check_mail(parse_mail(mail), settings())
+    assert needs_draft(checked)  # sendMail's request would be over 4 MB too
+
+    async def scenario() -> Any:
+        await submit_mail(store(settings().storage), checked)
+        await _trigger(app, azurite).drain()
+        return await store(settings().storage).statuses.get("dm-request-size")
+
+    since = sandbox.last_seq()
+    row = run(scenario())
+    assert row is not None and row.status == "sent", row
+    requests = sandbox.requests(since)
+    assert all(r["status"] != 413 for r in requests)
+    assert len([r for r in requests if r["method"] == "POST" and r["path"].endswith("/attachments")]) == 1
+    assert sandbox.control is not None
+    headers = {**bearer(sandbox), "Prefer": 'IdType="ImmutableId"'}
+    answer = sandbox.control.get(f"/v1.0/users/{SENDER}/messages/{row.graph_id}/attachments", headers=headers)
+    [stored] = answer.json()["value"]
+    assert hashlib.sha256(base64.b64decode(stored["contentBytes"])).digest() == hashlib.sha256(content).digest()

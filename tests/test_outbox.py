@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -546,3 +547,41 @@ def test_a_mail_sent_while_its_status_could_not_be_recorded_is_recorded_sent_nev
     assert result["status"]["status"] == "sent"
     assert result["again"] == "duplicate"
     assert len(sandbox.sent()) == 1
+
+
+def test_a_delivery_that_crashes_before_its_claim_leaves_another_instances_claim_alone(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Two copies of one mail: this one reads it `queued`, another instance claims it meanwhile, and this one
+    then crashes (its Table call for the budget fails). The crash record used to turn the other's `sending`
+    back into `queued`, so a third copy could claim the mail while the other was still sending it."""
+    from datetime import timedelta
+
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.outbox import Sender
+    from shared.pacer import Pacer
+    from shared.store import store
+
+    class _ClaimedMeanwhile(Pacer):
+        async def pace(self, mail: Any, status: Any, text: str, payload: Any) -> Any:
+            other = await self.store.statuses.get(status.id)
+            other.status, other.attempts = "sending", other.attempts + 1
+            other.lease_until = datetime.now(UTC) + timedelta(seconds=120)
+            await self.store.statuses.save(other)  # the other instance's claim
+            raise ConnectionError("the budget table did not answer")
+
+    async def scenario() -> Any:
+        await _post(app, {**MAIL, "id": "claimed-meanwhile"})
+        [message] = _queue(azurite).receive_messages(visibility_timeout=30)
+        config = settings()
+        target = store(config.storage)
+        sender = Sender(config, target, graph_client(config), pacer=_ClaimedMeanwhile(config, target))
+        with pytest.raises(ConnectionError):
+            await sender.deliver(base64.b64decode(message.content).decode(), message.id, 1)
+        _queue(azurite).delete_message(message)
+        return await target.statuses.get("claimed-meanwhile")
+
+    row = run(scenario())
+    assert row.status == "sending" and row.lease_until > datetime.now(UTC)  # still the other's
+    assert row.error_code is None
