@@ -373,10 +373,16 @@ class Sender:
                 delay = min(delay * 2, RECORD_MAX_RETRY_SECONDS)
 
     async def _save_final(self, status: MailStatus) -> None:
-        """Save an outcome we own (we hold the lease); a concurrent edit does not undo it."""
+        """Save an outcome we own (we hold the lease); a concurrent edit does not undo it, except a `sent` that
+        another delivery recorded meanwhile (one that took the mail over when our lease ran out): Graph's
+        proof that the mail went stands over anything this delivery concluded."""
         try:
             await self.store.statuses.save(status)
         except StatusChanged:
+            current = await self.store.statuses.get(status.id)
+            if current is not None and current.status == MailState.SENT and status.status != MailState.SENT:
+                log.warning("mail %s: another delivery recorded it sent; %s not written", status.id, status.status)
+                return
             status.etag = None
             await self.store.statuses.save(status)
 

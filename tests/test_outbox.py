@@ -585,3 +585,29 @@ def test_a_delivery_that_crashes_before_its_claim_leaves_another_instances_claim
     row = run(scenario())
     assert row.status == "sending" and row.lease_until > datetime.now(UTC)  # still the other's
     assert row.error_code is None
+
+
+def test_a_failure_concluded_by_a_delivery_whose_mail_was_taken_over_never_overwrites_sent(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """A delivery whose lease ran out (a long upload) while another took the mail over and sent it gets
+    Graph's refusal to send a draft that is no more: its `failed` must not replace the other's `sent`."""
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.outbox import Sender
+    from shared.store import store
+
+    async def scenario() -> Any:
+        await _post(app, {**MAIL, "id": "taken-over"})
+        config = settings()
+        target = store(config.storage)
+        ours = await target.statuses.get("taken-over")  # read when this delivery claimed it
+        other = await target.statuses.get("taken-over")
+        other.status = "sent"
+        await target.statuses.save(other)  # the delivery that took over
+        ours.status, ours.error_code = "failed", "ErrorInvalidOperation"
+        await Sender(config, target, graph_client(config))._save_final(ours)
+        return await target.statuses.get("taken-over")
+
+    row = run(scenario())
+    assert row.status == "sent" and row.error_code is None
