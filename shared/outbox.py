@@ -39,7 +39,7 @@ from .delivery import (
 )
 from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, needs_draft, parse_mail, payload_hash
-from .pacer import Pacer
+from .pacer import Pacer, Pacing
 from .store import StatusChanged, Store
 from .store.mail_status import DeliveryMode, MailState, MailStatus
 from .text import queue_json
@@ -223,7 +223,10 @@ class Sender:
             mail = mail.model_copy(update={"sender": status.sender, "sender_pool": None})
         if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
             status.outcome_unknown = True  # before pacing, whose hold or deferral saves the status
-        pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
+        if status.mode == DeliveryMode.DRAFT and status.graph_id:  # charged when its draft was begun; it may
+            pacing = Pacing(Verdict.ADMIT, status.sender)  # be out already: finish it, uncounted and unheld
+        else:
+            pacing = await self.pacer.pace(mail, status, text, payload)  # budgets and lanes (shared/pacer.py)
         if pacing.verdict is not Verdict.ADMIT:
             refused = pacing.verdict is Verdict.REFUSE
             return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)

@@ -710,3 +710,37 @@ def test_a_mail_whose_request_would_pass_graphs_4_mb_has_its_file_added_to_the_d
     answer = sandbox.control.get(f"/v1.0/users/{SENDER}/messages/{row.graph_id}/attachments", headers=headers)
     [stored] = answer.json()["value"]
     assert hashlib.sha256(base64.b64decode(stored["contentBytes"])).digest() == hashlib.sha256(content).digest()
+
+
+def test_a_mail_whose_draft_exists_is_finished_without_being_charged_to_the_budget_again(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that began the draft was admitted and charged; the attempts that find out where it stands
+    (it may be out already: Sent Items lag, a lost answer) neither count its recipients again nor wait."""
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.mail import check_mail, graph_send_body, parse_mail
+    from shared.store import store
+
+    monkeypatch.setenv("MAIL_BUDGET_MESSAGES_PER_MINUTE", "25")
+    monkeypatch.setenv("MAIL_BUDGET_RECIPIENTS_PER_DAY", "9000")
+    settings.cache_clear()
+    mail_id = "dm-charged-once"
+
+    async def scenario() -> tuple[int, int, dict[str, Any]]:
+        await _post(app, {**MAIL, "id": mail_id})
+        mail = check_mail(parse_mail({**MAIL, "id": mail_id}), settings())
+        draft = await graph_client(settings()).create_draft(SENDER, graph_send_body(mail)["message"], mail_id)
+        target = store(settings().storage)
+        row = await target.statuses.get(mail_id)
+        assert row is not None
+        row.mode, row.sender, row.graph_id, row.attempts = "draft", SENDER, draft.id, 1
+        await target.statuses.save(row)
+        before = (await target.budgets.get(SENDER)).day_used()
+        await _trigger(app, azurite).drain()
+        return before, (await target.budgets.get(SENDER)).day_used(), await _status(app, mail_id)
+
+    before, after, status = run(scenario())
+    assert status["status"] == "sent"
+    assert after == before
+    assert _copies(sandbox) == {MAIL["subject"]: 1}
