@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
-from ..mail import MailRequest, app_mail_id, compose_mail
+from ..mail import MailRequest, app_mail_id
 from ..outbox import submit_mail
 from ..routing_file import Receiver
 from ..store import Store
@@ -22,7 +22,7 @@ from ..store.alert_groups import AlertRow, GroupRow
 from ..store.mail_caps import HeldBack
 from .model import Alert, AlertGroup
 from .overflow import held_back, hold_back, send_summary, take_slot
-from .render import render_group, subject_of
+from .render import receiver_mail, render_group, subject_of
 
 GROUP_HEADER = "x-notifier-alert-group"
 PASS_THROUGH_RETRY_WINDOW = 120  # seconds in which the same notification again is the source's retry
@@ -32,18 +32,14 @@ def alert_mail(group: AlertGroup, receiver: Receiver, settings: Settings, mail_i
     """The checked mail for one group's notice, rendered as of `now` (so a re-run renders the same mail)."""
     rendered = render_group(group, receiver.template, now=now)
     critical = any(a.severity == "critical" for a in group.firing)
-    return compose_mail(
+    return receiver_mail(
+        receiver,
         mail_id,
-        receiver.sender,
-        receiver.to,
-        rendered.subject,
-        rendered.html,
+        rendered,
         settings,
-        cc=receiver.cc,
         importance="high" if critical else "normal",
         headers={GROUP_HEADER: group.key},
         priority="critical" if critical else "alert",
-        sender_pool=receiver.sender_pool,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import Unavailable
-from ..mail import MailRequest, app_mail_id, compose_mail
+from ..mail import MailRequest, app_mail_id
 from ..outbox import submit_mail
 from ..routing_file import Receiver
 from ..store import StatusChanged, Store
@@ -31,7 +31,7 @@ from ..store.mail_caps import CapRow, HeldBack
 from ..templating import one_line, render_mail
 from .grouping import receiver_key
 from .model import stamp
-from .render import fits
+from .render import fits, receiver_mail
 
 SUMMARY_CAP = 500  # groups listed in one summary mail; the rest are counted
 STALE_AFTER = timedelta(minutes=10)  # a summary this overdue was lost; the next held-back notice sends one
@@ -119,17 +119,7 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
         if fits(rendered) or shown <= 1:
             break
         shown //= 2
-    return compose_mail(
-        mail_id,
-        receiver.sender,
-        receiver.to,
-        rendered.subject,
-        rendered.html,
-        settings,
-        cc=receiver.cc,
-        priority="alert",
-        sender_pool=receiver.sender_pool,
-    )
+    return receiver_mail(receiver, mail_id, rendered, settings, priority="alert")
 
 
 async def send_summary(

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from ..mail import MailRequest, compose_mail
 from ..templating import RenderedMail, one_line, render_mail
 from .intake import cut_text
 from .model import SEVERITIES, Alert, AlertGroup
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..routing_file import Receiver
 
 __all__ = ["DISPLAY_CAP", "MAIL_BUDGET", "RenderedMail", "fits", "for_display", "render_group", "subject_of"]
 
@@ -125,3 +130,29 @@ def render_group(group: AlertGroup, template: str = "default", now: datetime | N
         if fits(mail) or shown == 1:  # one alert, its texts cut, always fits
             return mail
         shown = max(1, shown // 2)
+
+
+def receiver_mail(
+    receiver: Receiver,
+    mail_id: str,
+    rendered: RenderedMail,
+    settings: Settings,
+    *,
+    priority: Literal["critical", "alert", "normal", "bulk"],
+    importance: Literal["low", "normal", "high"] = "normal",
+    headers: dict[str, str] | None = None,
+) -> MailRequest:
+    """A rendered mail to a receiver's addresses, from its sender or its pool, checked (`compose_mail`)."""
+    return compose_mail(
+        mail_id,
+        receiver.sender,
+        receiver.to,
+        rendered.subject,
+        rendered.html,
+        settings,
+        cc=receiver.cc,
+        importance=importance,
+        headers=headers,
+        priority=priority,
+        sender_pool=receiver.sender_pool,
+    )

@@ -19,9 +19,9 @@ from typing import Any
 
 from ..alerts.grouping import receiver_key
 from ..alerts.model import Alert
-from ..alerts.render import fits, for_display
+from ..alerts.render import fits, for_display, receiver_mail
 from ..config import Settings
-from ..mail import MailRequest, app_mail_id, compose_mail
+from ..mail import MailRequest, app_mail_id
 from ..outbox import submit_mail
 from ..routing_file import NotifyConfig, Receiver
 from ..store import StatusChanged, Store
@@ -83,17 +83,7 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     rendered = _bounded_digest(receiver.name, alert_digest_lines(entries), now)
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = app_mail_id("alertdigest", receiver.name, now.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
-    mail = compose_mail(
-        mail_id,
-        receiver.sender,
-        receiver.to,
-        rendered.subject,
-        rendered.html,
-        settings,
-        cc=receiver.cc,
-        priority="bulk",
-        sender_pool=receiver.sender_pool,
-    )
+    mail = receiver_mail(receiver, mail_id, rendered, settings, priority="bulk")
     record: dict[str, Any] = {
         "mail": mail.dump(),
         "rows": [[row.row_key, row.etag] for row in rows],
