@@ -116,6 +116,13 @@ def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     return value
 
 
+DELIVERY_MODES = {  # MAIL_DELIVERY_MODE's values, and what each means (the start-up log and health say it)
+    "auto": "drafts (exactly once) where the app may write the sending mailbox, sendMail where Graph refuses them",
+    "draft": "drafts only (exactly once); needs Mail.ReadWrite in every sending mailbox",
+    "sendmail": "sendMail only (Mail.Send); a retry after a lost answer can duplicate a mail",
+}
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _text(env, name, default).lower()
     if value not in choices:
@@ -290,7 +297,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         digest_grace_minutes=_int(env, "DIGEST_SCHEDULE_GRACE_MINUTES", 60, 0, 7 * 24 * 60),
         audit_recipients=_choice(env, "AUDIT_RECIPIENTS", "hashed", ("hashed", "plain")),
         send_lease_seconds=_int(env, "MAIL_SEND_LEASE_SECONDS", 120, 5, 3600),
-        mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", ("auto", "draft", "sendmail")),
+        mail_delivery_mode=_choice(env, "MAIL_DELIVERY_MODE", "auto", tuple(DELIVERY_MODES)),
         mail_max_message_bytes=_int(
             env, "MAIL_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES
         ),

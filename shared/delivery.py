@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .bounces import message_id_for
+from .config import DELIVERY_MODES
 from .errors import GraphError
 from .mail import GRAPH_REQUEST_BYTES, REQUEST_HEADROOM_BYTES, Attachment, MailRequest, graph_send_body, request_bytes
 from .store.mail_status import DeliveryMode, MailStatus
@@ -393,19 +394,12 @@ class Modes:
         """The mode in force, and per mailbox what this instance has seen (for the keyed health answer)."""
         return {
             "setting": self.setting,
-            "why": _WHY[self.setting],
+            "why": DELIVERY_MODES[self.setting],
             "mailboxes": {
                 mailbox: {"mode": str(mode), "why": why, "since": since.strftime("%Y-%m-%dT%H:%M:%SZ")}
                 for mailbox, (mode, why, since) in sorted(self.seen.items())
             },
         }
-
-
-_WHY = {
-    "auto": "drafts (exactly once) where the app may write the sending mailbox, sendMail where Graph refuses them",
-    "draft": "drafts only (exactly once); needs Mail.ReadWrite in every sending mailbox",
-    "sendmail": "sendMail only (Mail.Send); a retry after a lost answer can duplicate a mail",
-}
 
 
 _modes: dict[str, Modes] = {}

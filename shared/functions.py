@@ -1,39 +1,34 @@
 """The adapter between Azure Functions and the app: bindings in, plain calls into `shared`, answers out.
 
-The only module besides `function_app.py` that knows Azure Functions types. Collaborators (settings,
-store, Graph client, sender) are built once per worker process and event loop.
+The only module besides `function_app.py` that knows Azure Functions types. The HTTP endpoints are in
+`shared.endpoints`; collaborators (settings, store, Graph client, sender) are built once per worker process
+and event loop.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
-from . import api, routes
-from .alerts.auth import SecretSource
-from .alerts.dispatch import Dispatcher
-from .alerts.inbox import ingest_message
-from .alerts.notify import Notifier
-from .config import ConfigError, Settings, settings
-from .delivery import delivery_modes
-from .digests.mailbox import check_digest
-from .digests.scheduled import run_due_digests
-from .errors import InvalidMessage
+from .config import DELIVERY_MODES, Settings, settings
 from .logs import quiet_libraries
-from .loop_cache import LoopCache, close_all
-from .pacer import budget_use
-from .routing_file import NotifyConfig, notify_config
-from .store import Store, store
+from .loop_cache import close_all
+from .routing_file import notify_config
 
+# What indexing the app needs is above: the settings and the routing file, checked at start-up. Each trigger's
+# own code (the API, the alert pipeline, the sender, the digests) is imported by its first invocation, so a
+# worker that only indexes loads none of it and a cold start's first mail loads only the sender's.
 if TYPE_CHECKING:
+    from . import api
+    from .alerts.dispatch import Dispatcher
     from .graph import GraphClient
+    from .outbox import Sender
 
 log = logging.getLogger("notifier")
 
@@ -44,8 +39,8 @@ def start_up() -> None:
     config = settings()
     quiet_libraries(config.library_log_level)
     notify_config(config)
-    modes = delivery_modes(config.mail_delivery_mode)
-    log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", modes.setting, modes.describe()["why"])
+    mode = config.mail_delivery_mode
+    log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", mode, DELIVERY_MODES[mode])
 
 
 def _query(req: func.HttpRequest) -> dict[str, str]:
@@ -61,7 +56,9 @@ def _query(req: func.HttpRequest) -> dict[str, str]:
 
 
 def _request(req: func.HttpRequest) -> api.ApiRequest:
-    return api.ApiRequest(
+    from .api import ApiRequest
+
+    return ApiRequest(
         method=req.method,
         url=req.url,
         headers={k.lower(): v for k, v in req.headers.items()},
@@ -83,127 +80,51 @@ def _response(answer: api.ApiAnswer) -> func.HttpResponse:
     )
 
 
-class Collaborators:
-    """What an endpoint works with, made on first use from the process's settings: the store, the routing
-    file, and (loaded only by the endpoints that need them) the Graph client and the Key Vault secrets."""
-
-    @functools.cached_property
-    def settings(self) -> Settings:
-        return settings()
-
-    @functools.cached_property
-    def store(self) -> Store:
-        return store(self.settings.storage)
-
-    @functools.cached_property
-    def notify(self) -> NotifyConfig:
-        return notify_config(self.settings)
-
-    def graph(self) -> GraphClient:
-        from .graph import graph_client  # msgraph stays out of the intake paths
-
-        return graph_client(self.settings)
-
-    def secrets(self) -> SecretSource:
-        from .credentials import vault_secrets  # Key Vault code only for sources that authenticate
-
-        return vault_secrets(self.settings)
-
-
-Endpoint = Callable[[api.ApiRequest, Collaborators], Awaitable[api.ApiAnswer]]
 HttpFunction = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
 
-def http_endpoint(endpoint: Endpoint) -> HttpFunction:
-    """The one HTTP adapter: the host's request becomes an `ApiRequest`, the endpoint runs with this process's
-    collaborators, and its answer (or its error, mapped in `api.answer`) becomes the host's response."""
+def http_endpoint(name: str) -> HttpFunction:
+    """The one HTTP adapter, for the endpoint `name` of `shared.endpoints`: the host's request becomes an
+    `ApiRequest`, the endpoint runs with this process's collaborators, and its answer (or its error, mapped in
+    `api.answer`) becomes the host's response."""
 
-    @functools.wraps(endpoint)
     async def adapter(req: func.HttpRequest) -> func.HttpResponse:
+        from . import api, endpoints
+
+        endpoint = getattr(endpoints, name)
+
         async def handle(request: api.ApiRequest) -> api.ApiAnswer:
-            return await endpoint(request, Collaborators())
+            return await endpoint(request, endpoints.Collaborators())  # type: ignore[no-any-return]
 
         return _response(await api.answer(handle, _request(req)))
 
+    adapter.__name__ = adapter.__qualname__ = name
     return adapter
 
 
-@http_endpoint
-async def post_mail(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    return await api.post_mail(request, app.settings, app.store)
-
-
-@http_endpoint
-async def get_mail(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    return await api.get_mail(request, app.store)
-
-
-@http_endpoint
-async def post_alerts(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    return await api.post_alerts(request, app.settings, app.notify, app.store, app.secrets)
-
-
-@http_endpoint
-async def run_digest(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    return await api.run_digest(request, app.settings, app.notify, app.store, app.graph)
-
-
-@http_endpoint
-async def health(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    api.query_flags(request)
-    return api.health_answer(await _health.get(None, api.HealthCache).results(_health_results), detailed=False)
-
-
-@http_endpoint
-async def health_details(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    api.query_flags(request)
-    return api.health_answer(await _health.get(None, api.HealthCache).results(_health_results), detailed=True)
-
-
-@http_endpoint
-async def openapi(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    from .openapi import openapi_document  # its models cost a cold start about 13 ms: loaded when asked for
-
-    api.query_flags(request)
-    return api.ApiAnswer(200, openapi_document())
-
-
-@http_endpoint
-async def no_such_route(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
-    return api.no_such_route(request, routes.ROUTES)
-
-
-_health: LoopCache[api.HealthCache] = LoopCache()
-
-
-async def _health_results() -> dict[str, Any]:
-    try:
-        config = settings()
-    except ConfigError as error:
-        return await api.run_health_checks(error, {})
-    from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
-
-    graph = graph_client(config)
-    checks: dict[str, Any] = {"storage": store(config.storage).ping}
-    if config.graph_auth_mode == "keyvault":
-        checks["keyVault"] = graph.read_credential
-    checks["graphToken"] = graph.token_check
-    for digest in notify_config(config).digests:
-        checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
-    if config.budget_messages_per_minute or config.budget_recipients_per_day:
-        checks["budgets"] = functools.partial(budget_use, config, store(config.storage))
-    results = await api.run_health_checks(config, checks)
-    results["delivery"] = delivery_modes(config.mail_delivery_mode).health()
-    return results
+post_mail = http_endpoint("post_mail")
+get_mail = http_endpoint("get_mail")
+post_alerts = http_endpoint("post_alerts")
+run_digest = http_endpoint("run_digest")
+health = http_endpoint("health")
+health_details = http_endpoint("health_details")
+openapi = http_endpoint("openapi")
+no_such_route = http_endpoint("no_such_route")
 
 
 def dispatcher(config: Settings) -> Dispatcher:
     """The alert dispatcher of this process: its store, and the notify stage handing notices to it."""
+    from .alerts.dispatch import Dispatcher
+    from .alerts.notify import Notifier
+    from .store import store
+
     target = store(config.storage)
     return Dispatcher(notify_config(config), target, Notifier(config, target))
 
 
 async def alerts_inbox(message: func.QueueMessage) -> None:
+    from .alerts.inbox import ingest_message
+
     config = settings()
     outcome = await ingest_message(
         message.get_body().decode("utf-8", "replace"),
@@ -216,6 +137,9 @@ async def alerts_inbox(message: func.QueueMessage) -> None:
 
 
 async def alerts_flush(message: func.QueueMessage) -> None:
+    from .errors import InvalidMessage
+    from .store import store
+
     config = settings()
     text = message.get_body().decode("utf-8", "replace")
     try:
@@ -229,6 +153,9 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 
 async def digest_timer(timer: func.TimerRequest) -> None:
     """Every minute: run the digests whose schedule is due, each occurrence once across instances."""
+
+    from .digests.scheduled import run_due_digests
+    from .store import store
 
     def graph() -> GraphClient:
         from .graph import graph_client  # only when a mailbox digest runs
@@ -245,6 +172,7 @@ async def digest_timer(timer: func.TimerRequest) -> None:
 async def bounce_check(timer: func.TimerRequest) -> None:
     from .bounces import check_bounces
     from .graph import graph_client
+    from .store import store
 
     config = settings()
     checks = await check_bounces(config, store(config.storage), graph_client(config), datetime.now(UTC))
@@ -269,9 +197,10 @@ async def mail_outbox(message: func.QueueMessage) -> None:
     )
 
 
-def _sender() -> Any:
+def _sender() -> Sender:
     from .graph import graph_client
     from .outbox import Sender
+    from .store import store
 
     config = settings()
     return Sender(config, store(config.storage), graph_client(config))

@@ -153,8 +153,8 @@ def test_times_read_from_rows_written_by_earlier_versions_are_written_back_as_th
 def test_first_use_on_an_account_already_set_up_creates_nothing_and_makes_what_is_missing(
     azurite: AzuriteProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cold start lists the tables and queues (2 requests) instead of sending a create per table and queue
-    that Storage answers 409; a table or queue that is missing is still made."""
+    """A cold start lists the tables, and the queues on their first use (a request each), instead of sending a
+    create per table and queue that Storage answers 409; a table or queue that is missing is still made."""
     from azure.data.tables import TableServiceClient
     from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
     from azure.storage.queue import QueueClient as SyncQueueClient
@@ -166,6 +166,7 @@ def test_first_use_on_an_account_already_set_up_creates_nothing_and_makes_what_i
         store = Store(StorageAccount(azurite.connection_string))
         try:
             await store.storage.ensure()
+            await store.storage.ensure_queues()
         finally:
             await store.close()
 
@@ -199,16 +200,24 @@ def test_first_use_where_listing_is_refused_creates_every_table_and_queue(
     and queues: it creates them all, as before the listing, and tolerates those that exist."""
     from azure.core.exceptions import HttpResponseError
     from azure.data.tables import TableServiceClient
+    from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
+    from azure.storage.queue import QueueClient
+    from azure.storage.queue import QueueServiceClient as SyncQueueServiceClient
     from azure.storage.queue.aio import QueueServiceClient
 
-    from shared.store.storage import APP_QUEUES, STATUS_TABLE
+    from shared.store.storage import APP_QUEUES, OUTBOX_POISON, STATUS_TABLE
 
-    async def refused(self: QueueServiceClient, **kwargs: object) -> AsyncIterator[object]:
-        raise HttpResponseError("This request is not authorized to perform this operation.")  # Azurite has no roles
-        yield  # the listing is a pager: the answer comes as it is read
+    def refused(self: object, **kwargs: object) -> AsyncIterator[object]:
+        async def listing() -> AsyncIterator[object]:  # a pager: the answer comes as it is read
+            raise HttpResponseError("This request is not authorized to perform this operation.")  # no roles
+            yield
+
+        return listing()
 
     monkeypatch.setattr(QueueServiceClient, "list_queues", refused)
+    monkeypatch.setattr(AsyncTableServiceClient, "list_tables", refused)
     TableServiceClient.from_connection_string(azurite.connection_string).delete_table(STATUS_TABLE)
+    QueueClient.from_connection_string(azurite.connection_string, OUTBOX_POISON).delete_queue()
 
     async def first_use() -> None:
         store = Store(StorageAccount(azurite.connection_string))
@@ -219,5 +228,7 @@ def test_first_use_where_listing_is_refused_creates_every_table_and_queue(
             await store.close()
 
     run(first_use())
+    queues = {q.name for q in SyncQueueServiceClient.from_connection_string(azurite.connection_string).list_queues()}
+    assert OUTBOX_POISON in queues
     tables = {t.name for t in TableServiceClient.from_connection_string(azurite.connection_string).list_tables()}
     assert STATUS_TABLE in tables

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from azure.core.exceptions import ResourceNotFoundError
-
 from ..mail import BLOB_REFERENCE, MailRequest
 from .storage import ATTACHMENT_CONTAINER, Storage
 
@@ -63,6 +61,8 @@ class Attachments:
 
     async def size(self, blob: str) -> int | None:
         """The blob's size in bytes; None when there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             properties = await (await self._client(blob)).get_blob_properties()
         except ResourceNotFoundError:

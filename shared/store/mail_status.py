@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
 from .storage import STATUS_TABLE, StatusChanged, Storage, read_time, time_text
 
 _ROW = "status"
@@ -121,12 +119,12 @@ def _entity(status: MailStatus) -> dict[str, Any]:
     return entity
 
 
-def _status(entity: Any) -> MailStatus:
-    values = {name: entity.get(name) for name in _FIELDS if entity.get(name) is not None}
+def _status(row: dict[str, Any]) -> MailStatus:
+    values: dict[str, Any] = {name: row.get(name) for name in _FIELDS if row.get(name) is not None}
     for name in _TIMES:
         values[name] = read_time(values.get(name))
     values["status"] = MailState(values["status"])
-    return MailStatus(id=entity["PartitionKey"], etag=entity.metadata.get("etag"), **values)
+    return MailStatus(id=row["PartitionKey"], etag=row["etag"], **values)
 
 
 class MailStatuses:
@@ -137,22 +135,13 @@ class MailStatuses:
 
     async def create(self, status: MailStatus) -> MailStatus | None:
         """Insert a new status row; None when one with that id exists already."""
-        await self._storage.ensure()
         status.created = status.updated = datetime.now(UTC)
-        try:
-            metadata = await self._storage.table(STATUS_TABLE).create_entity(_entity(status))
-        except ResourceExistsError:
-            return None
-        status.etag = metadata.get("etag")
-        return status
+        status.etag = await self._storage.insert_row(STATUS_TABLE, _entity(status))
+        return status if status.etag is not None else None
 
     async def get(self, mail_id: str) -> MailStatus | None:
-        await self._storage.ensure()
-        try:
-            entity = await self._storage.table(STATUS_TABLE).get_entity(mail_id, _ROW)
-        except ResourceNotFoundError:
-            return None
-        return _status(entity)
+        row = await self._storage.get_row(STATUS_TABLE, mail_id, _ROW)
+        return _status(row) if row is not None else None
 
     async def save(self, status: MailStatus) -> MailStatus:
         """Write a status row back, only if nobody changed it since it was read (ETag; none: whatever is

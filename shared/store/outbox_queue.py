@@ -8,8 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
 from ..errors import InvalidMessage
 from ..text import json_too_deep
 from .storage import CLAIM_CONTAINER, OUTBOX, Storage
@@ -35,7 +33,7 @@ class OutboxQueue:
     async def enqueue(self, mail_id: str, payload: dict[str, Any]) -> Enqueued:
         """Put a mail on the outbox; a payload too big for a queue message goes through a blob of its own
         (never shared by two submissions of one id). The answer can withdraw the message again."""
-        await self._storage.ensure()
+        await self._storage.ensure_queues()
         text = json.dumps(payload, separators=(",", ":"))
         claim: dict[str, Any] | None = None
         if len(text.encode()) > QUEUE_PAYLOAD_LIMIT:
@@ -52,6 +50,8 @@ class OutboxQueue:
         sender, which sees that their content does not match the status row of the id and drops both without a
         Graph call (deleting the blob under it would make the copy look broken and fail the mail that owns
         the id)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
         try:
             await self._storage.queue(OUTBOX).delete_message(enqueued.message_id, enqueued.pop_receipt)
         except ResourceNotFoundError:

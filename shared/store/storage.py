@@ -10,17 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
 
 from .. import routes
 from ..config import StorageAccount
@@ -40,7 +32,9 @@ _QUEUE_BLOB_OPTIONS: dict[str, Any] = {
     "random_jitter_range": 0.5,
 }
 
-if TYPE_CHECKING:  # the Storage SDKs load on first use: importing them costs a cold start 0.25 s
+# The Storage SDKs, and azure-core with them (even its exception classes load its whole pipeline package), load
+# on first use: importing them costs a cold start 0.25 s, and a worker that only indexes the app needs none.
+if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
     from azure.storage.blob.aio import BlobClient, BlobServiceClient
@@ -110,8 +104,7 @@ class Storage:
         self._table_clients: dict[str, TableClient] = {}
         self._queues: dict[str, QueueClient] = {}
         self._blobs: BlobServiceClient | None = None  # most sends never touch a blob: made on first use
-        self._ready: asyncio.Task[None] | None = None
-        self._blobs_ready: asyncio.Task[None] | None = None
+        self._steps: dict[str, asyncio.Future[None]] = {}  # set-up steps run once: tables, queues, containers
 
     def table(self, name: str) -> TableClient:
         """One client per table, reused: making one costs more CPU than the request it sends."""
@@ -120,30 +113,41 @@ class Storage:
         return self._table_clients[name]
 
     async def ensure(self) -> None:
-        """Create tables and queues once per process."""
-        if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
-            self._ready = asyncio.ensure_future(self._create())  # a failed attempt is not remembered
-        await asyncio.shield(self._ready)
+        """The app's tables exist: listed once per process, and created where missing."""
+        await self._once("tables", self._create_tables)
 
-    async def _create(self) -> None:
-        """Two listings, then a create for what is missing only: once the account is set up, a cold start
-        sends 2 requests here instead of 15 creates answered 409."""
+    async def ensure_queues(self) -> None:
+        """The app's queues exist, checked on the first queue use: a sender that only reads and writes rows
+        (most mail) loads no Queue SDK on a cold start."""
+        await self._once("queues", self._create_queues)
 
-        async def create(call: Any) -> None:
-            with contextlib.suppress(ResourceExistsError):  # another instance made it meanwhile
-                await call
+    def _once(self, step: str, make: Callable[[], Awaitable[None]]) -> Awaitable[None]:
+        """One run of a set-up step per process, shared by concurrent callers; a failed run is not remembered."""
+        task = self._steps.get(step)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._steps[step] = asyncio.ensure_future(make())
+        return asyncio.shield(task)
+
+    async def _create_tables(self) -> None:
+        """One listing, then a create for what is missing only: once the account is set up, a cold start
+        sends 1 request here instead of 9 creates answered 409."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            tables = await _names(self._tables.list_tables())
+        except HttpResponseError:  # not allowed to list (a role scoped to single tables): create them all
+            tables = set()
+        await asyncio.gather(*(_created(self._tables.create_table(name)) for name in _TABLES if name not in tables))
+
+    async def _create_queues(self) -> None:
+        from azure.core.exceptions import HttpResponseError
 
         try:
             async with self._queue_service() as queues:
-                tables, queue_names = await asyncio.gather(
-                    _names(self._tables.list_tables()), _names(queues.list_queues())
-                )
-        except HttpResponseError:  # not allowed to list (a role scoped to single queues or tables): create all
-            tables, queue_names = set(), set()
-        await asyncio.gather(
-            *(create(self._tables.create_table(name)) for name in _TABLES if name not in tables),
-            *(create(self.queue(name).create_queue()) for name in APP_QUEUES if name not in queue_names),
-        )
+                names = await _names(queues.list_queues())
+        except HttpResponseError:  # not allowed to list (a role scoped to single queues): create them all
+            names = set()
+        await asyncio.gather(*(_created(self.queue(name).create_queue()) for name in APP_QUEUES if name not in names))
 
     def _queue_service(self) -> QueueServiceClient:
         """A queue service client for listing queues (the per-queue clients keep the base64 policies)."""
@@ -155,9 +159,7 @@ class Storage:
 
     async def blob(self, container: str, name: str) -> BlobClient:
         """A blob's client; the Blob SDK is loaded and the containers are made when the first blob is used."""
-        if self._blobs_ready is None or (self._blobs_ready.done() and self._blobs_ready.exception() is not None):
-            self._blobs_ready = asyncio.ensure_future(self._create_containers())
-        await asyncio.shield(self._blobs_ready)
+        await self._once("containers", self._create_containers)
         return self.blob_service().get_blob_client(container, name)
 
     def blob_service(self) -> BlobServiceClient:
@@ -177,8 +179,7 @@ class Storage:
 
     async def _create_containers(self) -> None:
         for name in _CONTAINERS:
-            with contextlib.suppress(ResourceExistsError):
-                await self.blob_service().create_container(name)
+            await _created(self.blob_service().create_container(name))
 
     def queue(self, name: str) -> QueueClient:
         """A client per queue, base64 like the Functions host (QueueServiceClient would drop the policy)."""
@@ -202,17 +203,19 @@ class Storage:
     # -- queue messages ---------------------------------------------------------------------------------
     async def send_message(self, queue: str, text: str, delay_seconds: float = 0) -> None:
         """Send a queue message as is, visible after a delay (a throttled mail's `Retry-After`)."""
+        await self.ensure_queues()
         delay = min(MAX_QUEUE_DELAY, max(0, round(delay_seconds)))
         await self.queue(queue).send_message(text, visibility_timeout=delay or None)
 
     async def poison(self, queue: str, text: str) -> None:
         """Move a message the app cannot use to `<queue>-poison` itself (the host does it after 5 crashes)."""
-        await self.ensure()
         await self.send_message(f"{queue}-poison", text)
 
     # -- rows, with ETags -------------------------------------------------------------------------------
     async def get_row(self, table: str, partition: str, row: str) -> dict[str, Any] | None:
         """One row with its ETag under `"etag"`, or None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
         await self.ensure()
         try:
             entity = await self.table(table).get_entity(partition, row)
@@ -228,6 +231,8 @@ class Storage:
 
     async def insert_row(self, table: str, row: Mapping[str, Any]) -> str | None:
         """Insert a new row; its ETag, or None when a row with those keys exists already."""
+        from azure.core.exceptions import ResourceExistsError
+
         await self.ensure()
         try:
             metadata = await self.table(table).create_entity(_plain(row))
@@ -238,6 +243,9 @@ class Storage:
     async def replace_row(self, table: str, row: Mapping[str, Any], etag: str | None) -> str:
         """Replace a row only if it is unchanged since it was read (StatusChanged otherwise); without an
         ETag, write it whatever is there."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
         client = self.table(table)
         try:
             if etag is None:
@@ -252,6 +260,9 @@ class Storage:
 
     async def delete_row(self, table: str, partition: str, row: str, etag: str | None = None) -> None:
         """Delete a row (only if unchanged, given its ETag: StatusChanged otherwise); gone is fine."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
         client = self.table(table)
         try:
             if etag is None:
@@ -286,7 +297,8 @@ class Storage:
     # -- JSON blobs -------------------------------------------------------------------------------------
     async def put_json(self, container: str, name: str, value: dict[str, Any], *, replace: bool = False) -> bool:
         """Store a JSON blob; False when one of that name exists (and `replace` is not asked)."""
-        await self.ensure()
+        from azure.core.exceptions import ResourceExistsError
+
         blob = await self.blob(container, name)
         try:
             await blob.upload_blob(json.dumps(value).encode(), overwrite=replace)
@@ -296,7 +308,8 @@ class Storage:
 
     async def get_bytes(self, container: str, name: str) -> bytes | None:
         """A blob's content, or None when there is no such blob."""
-        await self.ensure()
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             downloader = await (await self.blob(container, name)).download_blob()
         except ResourceNotFoundError:
@@ -305,6 +318,8 @@ class Storage:
 
     async def delete_blob(self, container: str, name: str) -> None:
         """Delete a blob; gone is fine."""
+        from azure.core.exceptions import ResourceNotFoundError
+
         with contextlib.suppress(ResourceNotFoundError):
             await (await self.blob(container, name)).delete_blob()
 
@@ -327,6 +342,14 @@ class Storage:
 
 async def _names(listing: AsyncIterator[Any]) -> set[str]:
     return {item.name async for item in listing}
+
+
+async def _created(call: Awaitable[Any]) -> None:
+    """A create that another instance may have made meanwhile."""
+    from azure.core.exceptions import ResourceExistsError
+
+    with contextlib.suppress(ResourceExistsError):
+        await call
 
 
 def time_text(moment: datetime | None, *, micro: bool = False) -> str:
