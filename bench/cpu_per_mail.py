@@ -118,11 +118,7 @@ def _drained_cpu(cloud: object, run: str, mode: str) -> float:
     try:
         idle = _cpu_seconds(host.process.pid)
         _enqueue(cloud.azurite.connection_string, run, MAILS)  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 300
-        while len([m for m in cloud.sandbox.sent() if m["subject"].startswith(f"{run} ")]) < MAILS:  # type: ignore[attr-defined]
-            if time.monotonic() > deadline:
-                raise SystemExit("the drain did not finish")
-            time.sleep(0.5)
+        cloud.wait_sent(f"{run} ", MAILS)  # type: ignore[attr-defined]
         time.sleep(1)
         return (_cpu_seconds(host.process.pid) - idle) / MAILS
     finally:

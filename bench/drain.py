@@ -92,13 +92,8 @@ def _drain(cloud: object, processes: int, run: str, mode: str) -> dict[str, floa
     settings = {f"AzureWebJobs.{name}.Disabled": "true" for name in OTHERS}
     settings["MAIL_DELIVERY_MODE"] = mode
     hosts = [cloud.devhost(f"{run}-{n}", settings=settings) for n in range(processes)]  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:
-            sent = [m for m in sandbox.sent() if m["subject"].startswith(f"{run} ")]
-            if len(sent) >= MAILS:
-                break
-            time.sleep(0.5)
+        cloud.wait_sent(f"{run} ", MAILS)  # type: ignore[attr-defined]
         time.sleep(3)  # anything sent twice would show now
         peak_mb = max(vm_peak_mb(host.process.pid) for host in hosts)
     finally:
