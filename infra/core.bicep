@@ -25,7 +25,7 @@ var roles = {
   // the Functions host's own blobs (keys, timer and singleton leases) and the app's claim-check, notice
   // and digest-run containers, which the app creates on first use
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  // queue triggers (read, process) and the app's own queues: it creates them, sends, updates and deletes
+  // queue triggers (read, process) and the app's own queues: it sends, updates and deletes (and creates one missing)
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   // the app's tables (mail status, audit, alert groups, digests, instances), created on first use
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
@@ -83,6 +83,28 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
     }
   }
 }
+
+// The app's queues (shared/store/storage.py APP_QUEUES), made here so producers can send to them, and a role
+// can be scoped to one of them, before the app's first run; the app makes any that is missing when it first
+// sends a message.
+var appQueues = [
+  'mail-outbox'
+  'mail-outbox-poison'
+  'alerts-inbox'
+  'alerts-inbox-poison'
+  'alerts-flush'
+  'alerts-flush-poison'
+]
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource appQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in appQueues: {
+  parent: queueService
+  name: name
+}]
 
 // Attachment blobs are deleted by the app once their mail is sent or failed. A blob no mail will ever name
 // (a form whose instance died before the enqueue, a producer's upload never enqueued) is removed by Storage

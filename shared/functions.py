@@ -153,7 +153,6 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 
 async def digest_timer(timer: func.TimerRequest) -> None:
     """Every minute: run the digests whose schedule is due, each occurrence once across instances."""
-
     from .digests.scheduled import run_due_digests
     from .store import store
 

@@ -359,6 +359,20 @@ def test_storage_removes_attachment_blobs_no_mail_will_name_and_nothing_else() -
     assert days > QUEUE_MESSAGE_LIFETIME_DAYS
 
 
+def test_the_deployment_makes_every_queue_of_the_app_so_producers_can_send_before_its_first_run() -> None:
+    """The app makes a missing queue only when it first sends a message itself; a producer's first message to
+    `mail-outbox` or `alerts-inbox` (and a role scoped to that queue) needs the queue to exist already."""
+    from shared.store.storage import APP_QUEUES
+
+    queues = the_resource(CORE, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    service = the_resource(CORE, "Microsoft.Storage/storageAccounts/queueServices")["config"]
+    assert service["parent"] == "storage" and service["name"] == "default"
+    loop = queues["config"]  # one queue resource per name of the `appQueues` array
+    assert loop["loop_type"]["detail"] == {"item_name": "name", "array_name": "appQueues"}
+    assert loop["config"] == {"parent": "queueService", "name": "name"}
+    assert CORE["variables"]["appQueues"]["value"] == list(APP_QUEUES)
+
+
 def test_key_vault_is_in_rbac_mode_with_soft_delete_and_purge_protection() -> None:
     vault = the_resource(CORE, "Microsoft.KeyVault/vaults")["config"]["properties"]
     assert vault["enableRbacAuthorization"] is True

@@ -117,3 +117,23 @@ def test_a_cold_workers_first_mail_loads_the_sender_and_not_the_api_alerts_diges
     loaded = set(outcome["loaded"])
     assert {"shared.outbox", "shared.delivery", "shared.graph", "azure.data", "azure.identity"} <= loaded
     assert loaded.isdisjoint({"shared.api", "shared.endpoints", "shared.alerts", "shared.digests", "azure.storage"})
+
+
+def test_every_http_function_names_an_endpoint_that_exists(app_env: dict[str, str]) -> None:
+    """The adapters find their endpoint by name on the first request: a name without an endpoint would only
+    show then, as the host's 500."""
+    import inspect
+
+    import function_app
+    from shared import endpoints, functions
+
+    adapter_code = functions.http_endpoint("any").__code__  # every HTTP adapter runs this code
+    adapters = [value for value in vars(functions).values() if getattr(value, "__code__", None) is adapter_code]
+    bound = {
+        f.get_user_function().__name__ for f in (b.build() for b in vars(function_app).values() if hasattr(b, "build"))
+    }
+
+    assert len(adapters) == 8 and {a.__name__ for a in adapters} <= bound
+    for adapter in adapters:
+        endpoint = getattr(endpoints, adapter.__name__)
+        assert list(inspect.signature(endpoint).parameters) == ["request", "app"]

@@ -117,14 +117,16 @@ class Storage:
         await self._once("tables", self._create_tables)
 
     async def ensure_queues(self) -> None:
-        """The app's queues exist, checked on the first queue use: a sender that only reads and writes rows
-        (most mail) loads no Queue SDK on a cold start."""
+        """The app's queues exist, checked when the app first sends a message (and by the health check): a
+        sender that only reads and writes rows (most mail) loads no Queue SDK on a cold start. The deployment
+        (`infra/core.bicep`) creates them, so producers can write before the app's first run."""
         await self._once("queues", self._create_queues)
 
     def _once(self, step: str, make: Callable[[], Awaitable[None]]) -> Awaitable[None]:
-        """One run of a set-up step per process, shared by concurrent callers; a failed run is not remembered."""
+        """One run of a set-up step per process, shared by concurrent callers; a failed (or cancelled) run is not
+        remembered."""
         task = self._steps.get(step)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = self._steps[step] = asyncio.ensure_future(make())
         return asyncio.shield(task)
 
@@ -324,8 +326,9 @@ class Storage:
             await (await self.blob(container, name)).delete_blob()
 
     async def ping(self) -> None:
-        """A cheap round trip to Table storage (the health check)."""
+        """A cheap round trip to Table storage, and the queues checked (the health check)."""
         await self.ensure()
+        await self.ensure_queues()
         await self.table(STATUS_TABLE).get_table_access_policy()
 
     async def close(self) -> None:
