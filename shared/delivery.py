@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 from .bounces import message_id_for
 from .config import DELIVERY_MODES
 from .errors import GraphError
-from .mail import GRAPH_REQUEST_BYTES, REQUEST_HEADROOM_BYTES, Attachment, MailRequest, graph_send_body, request_bytes
+from .mail import (
+    GRAPH_REQUEST_BYTES,
+    REQUEST_HEADROOM_BYTES,
+    Attachment,
+    MailRequest,
+    body_request_bytes,
+    graph_send_body,
+)
 from .store.mail_status import DeliveryMode, MailStatus
 
 if TYPE_CHECKING:
@@ -76,11 +83,10 @@ def split_attachments(mail: MailRequest) -> tuple[list[int], list[_Extra]]:
     carried: list[int] = []
     extras: list[_Extra] = []
     room = INLINE_DRAFT_BYTES
-    request_room = GRAPH_REQUEST_BYTES - REQUEST_HEADROOM_BYTES
-    request_room -= request_bytes(graph_send_body(mail.model_copy(update={"attachments": []})))
+    request_room = GRAPH_REQUEST_BYTES - REQUEST_HEADROOM_BYTES - body_request_bytes(mail)
     for index, attachment in enumerate(mail.attachments):
         size = attachment.byte_size()
-        encoded = _encoded_bytes(attachment)
+        encoded = attachment.request_bytes()
         if attachment.blob is None and size <= room and encoded <= request_room and not extras:
             carried.append(index)
             room, request_room = room - size, request_room - encoded
@@ -88,15 +94,6 @@ def split_attachments(mail: MailRequest) -> tuple[list[int], list[_Extra]]:
             alone = encoded + REQUEST_HEADROOM_BYTES > GRAPH_REQUEST_BYTES
             extras.append(_Extra(index, attachment, size > INLINE_ATTACHMENT_BYTES or alone))
     return carried, extras
-
-
-def _encoded_bytes(attachment: Attachment) -> int:
-    """An attachment's share of a Graph request: its base64 (computed for a blob's size), its texts as JSON
-    writes them, and the fixed keys of a fileAttachment (under 200 bytes)."""
-    content = attachment.content_base64
-    base64_bytes = len(content) if content is not None else 4 * -(-attachment.byte_size() // 3)
-    texts = [attachment.name, attachment.content_type, attachment.content_id]
-    return base64_bytes + len(json.dumps(texts).encode()) + 200
 
 
 class DraftDelivery:

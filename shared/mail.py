@@ -138,6 +138,12 @@ class Attachment(_Strict):
         text = self.content_base64 or ""
         return len(text) // 4 * 3 - text[-2:].count("=")  # exact for valid base64, which check_mail ensures
 
+    def request_bytes(self) -> int:
+        """The attachment's share of a Graph request: its base64 (computed for a blob's size), its texts as
+        JSON writes them, and the fixed keys of a fileAttachment (under 200 bytes)."""
+        base64_bytes = len(self.content_base64) if self.content_base64 is not None else 4 * -(-self.byte_size() // 3)
+        return base64_bytes + len(json.dumps([self.name, self.content_type, self.content_id]).encode()) + 200
+
 
 class MailRequest(_Strict):
     """A mail as callers send it (`POST /api/mail`, `mail-outbox`). Addresses may be strings or objects."""
@@ -396,7 +402,7 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
             f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
             [Detail("attachments", f"{size} bytes; at most {limit}")],
         )
-    bare = request_bytes(graph_send_body(mail.model_copy(update={"attachments": []}))) + REQUEST_HEADROOM_BYTES
+    bare = body_request_bytes(mail) + REQUEST_HEADROOM_BYTES
     if bare > GRAPH_REQUEST_BYTES:  # the body alone: no attachment left out of the request makes room
         field = "html" if mail.html is not None else "text"
         raise PayloadTooLarge(
@@ -425,12 +431,16 @@ def needs_draft(mail: MailRequest) -> bool:
     sizes = [a.byte_size() for a in mail.attachments]
     if any(size > MAX_INLINE_ATTACHMENT_BYTES for size in sizes) or sum(sizes) > SEND_MAIL_ATTACHMENT_BYTES:
         return True
-    return request_bytes(graph_send_body(mail)) + REQUEST_HEADROOM_BYTES > GRAPH_REQUEST_BYTES
+    if not mail.attachments:  # check_mail keeps the body alone within a request
+        return False
+    attached = sum(a.request_bytes() for a in mail.attachments)
+    return body_request_bytes(mail) + attached + REQUEST_HEADROOM_BYTES > GRAPH_REQUEST_BYTES
 
 
-def request_bytes(body: dict[str, Any]) -> int:
-    """A Graph request body's size as `shared.graph` sends it (`json.dumps`, which escapes non-ASCII)."""
-    return len(json.dumps(body).encode())
+def body_request_bytes(mail: MailRequest) -> int:
+    """The size of the mail's Graph request without its attachments, as `shared.graph` sends it (`json.dumps`,
+    which escapes non-ASCII)."""
+    return len(json.dumps(graph_send_body(mail.model_copy(update={"attachments": []}))).encode())
 
 
 def _attachment_problems(mail: MailRequest) -> list[Detail]:
