@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import azure.functions as func
 
 from .config import DELIVERY_MODES, Settings, settings
+from .errors import InvalidMessage
 from .logs import quiet_libraries
 from .loop_cache import close_all
 from .routing_file import notify_config
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .alerts.dispatch import Dispatcher
     from .graph import GraphClient
     from .outbox import Sender
+    from .store import Store
 
 log = logging.getLogger("notifier")
 
@@ -112,13 +114,19 @@ openapi = http_endpoint("openapi")
 no_such_route = http_endpoint("no_such_route")
 
 
+def _store(config: Settings) -> Store:
+    """The process's store (the Storage SDKs load with its first call)."""
+    from .store import store
+
+    return store(config.storage)
+
+
 def dispatcher(config: Settings) -> Dispatcher:
     """The alert dispatcher of this process: its store, and the notify stage handing notices to it."""
     from .alerts.dispatch import Dispatcher
     from .alerts.notify import Notifier
-    from .store import store
 
-    target = store(config.storage)
+    target = _store(config)
     return Dispatcher(notify_config(config), target, Notifier(config, target))
 
 
@@ -137,15 +145,12 @@ async def alerts_inbox(message: func.QueueMessage) -> None:
 
 
 async def alerts_flush(message: func.QueueMessage) -> None:
-    from .errors import InvalidMessage
-    from .store import store
-
     config = settings()
     text = message.get_body().decode("utf-8", "replace")
     try:
         done = await dispatcher(config).flush(text)
     except InvalidMessage as error:  # not a flush message: nothing can ever come of it
-        await store(config.storage).alert_queues.poison_flush(text)
+        await _store(config).alert_queues.poison_flush(text)
         log.warning("alerts-flush message %s poisoned: %s", message.id, error)
         return
     log.info(json.dumps({"alertsFlush": {"group": done.group, "outcome": done.outcome, "mail": done.mail_id}}))
@@ -154,7 +159,6 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 async def digest_timer(timer: func.TimerRequest) -> None:
     """Every minute: run the digests whose schedule is due, each occurrence once across instances."""
     from .digests.scheduled import run_due_digests
-    from .store import store
 
     def graph() -> GraphClient:
         from .graph import graph_client  # only when a mailbox digest runs
@@ -162,7 +166,7 @@ async def digest_timer(timer: func.TimerRequest) -> None:
         return graph_client(config)
 
     config = settings()
-    ticks = await run_due_digests(notify_config(config), config, store(config.storage), graph, datetime.now(UTC))
+    ticks = await run_due_digests(notify_config(config), config, _store(config), graph, datetime.now(UTC))
     ran = [{"digest": t.key, "occurrence": t.ran.isoformat(), "outcome": t.outcome} for t in ticks if t.ran]
     if ran or timer.past_due:
         log.info(json.dumps({"digestTimer": ran, "pastDue": timer.past_due}))
@@ -171,10 +175,9 @@ async def digest_timer(timer: func.TimerRequest) -> None:
 async def bounce_check(timer: func.TimerRequest) -> None:
     from .bounces import check_bounces
     from .graph import graph_client
-    from .store import store
 
     config = settings()
-    checks = await check_bounces(config, store(config.storage), graph_client(config), datetime.now(UTC))
+    checks = await check_bounces(config, _store(config), graph_client(config), datetime.now(UTC))
     log.info(json.dumps({"bounceCheck": [check.__dict__ for check in checks], "pastDue": timer.past_due}))
 
 
@@ -199,10 +202,9 @@ async def mail_outbox(message: func.QueueMessage) -> None:
 def _sender() -> Sender:
     from .graph import graph_client
     from .outbox import Sender
-    from .store import store
 
     config = settings()
-    return Sender(config, store(config.storage), graph_client(config))
+    return Sender(config, _store(config), graph_client(config))
 
 
 async def shutdown() -> None:

@@ -304,14 +304,6 @@ def _line_of(node: yaml.Node | None, location: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _error_line(text: str, location: tuple[Any, ...]) -> int | None:
-    """The line of a field the schema refused: the file is parsed again for its nodes only on an error."""
-    try:
-        return _line_of(yaml.compose(text), location)
-    except yaml.YAMLError:  # the Python scanner refuses what libyaml took: the message goes without a line
-        return None
-
-
 def load_notify_config(path: Path | str) -> NotifyConfig:
     """Read and validate the routing file; ConfigError names the file, the path and the line."""
     path = Path(path)
@@ -333,7 +325,7 @@ def load_notify_config(path: Path | str) -> NotifyConfig:
         if field:
             location, message = (*location, field.group(1)), field.group(2)
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".") or "(top)"
-        line = _error_line(text, location)
+        line = _line_of(yaml.compose(text, Loader=yaml.CSafeLoader), location)  # parsed for nodes only on an error
         raise ConfigError(f"{path}{f' line {line}' if line else ''}: {where}: {message}") from None
 
 

@@ -113,14 +113,17 @@ class Storage:
         return self._table_clients[name]
 
     async def ensure(self) -> None:
-        """The app's tables exist: listed once per process, and created where missing."""
-        await self._once("tables", self._create_tables)
+        """The app's tables exist: listed once per process, and created where missing (1 request once the
+        account is set up, instead of a create per table that Storage answers 409)."""
+        await self._once(
+            "tables", lambda: _make_missing(_names(self._tables.list_tables()), _TABLES, self._tables.create_table)
+        )
 
     async def ensure_queues(self) -> None:
         """The app's queues exist, checked when the app first sends a message (and by the health check): a
         sender that only reads and writes rows (most mail) loads no Queue SDK on a cold start. The deployment
         (`infra/core.bicep`) creates them, so producers can write before the app's first run."""
-        await self._once("queues", self._create_queues)
+        await self._once("queues", lambda: _make_missing(self._queue_names(), APP_QUEUES, self._create_queue))
 
     def _once(self, step: str, make: Callable[[], Awaitable[None]]) -> Awaitable[None]:
         """One run of a set-up step per process, shared by concurrent callers; a failed (or cancelled) run is not
@@ -130,26 +133,12 @@ class Storage:
             task = self._steps[step] = asyncio.ensure_future(make())
         return asyncio.shield(task)
 
-    async def _create_tables(self) -> None:
-        """One listing, then a create for what is missing only: once the account is set up, a cold start
-        sends 1 request here instead of 9 creates answered 409."""
-        from azure.core.exceptions import HttpResponseError
+    async def _queue_names(self) -> set[str]:
+        async with self._queue_service() as queues:
+            return await _names(queues.list_queues())
 
-        try:
-            tables = await _names(self._tables.list_tables())
-        except HttpResponseError:  # not allowed to list (a role scoped to single tables): create them all
-            tables = set()
-        await asyncio.gather(*(_created(self._tables.create_table(name)) for name in _TABLES if name not in tables))
-
-    async def _create_queues(self) -> None:
-        from azure.core.exceptions import HttpResponseError
-
-        try:
-            async with self._queue_service() as queues:
-                names = await _names(queues.list_queues())
-        except HttpResponseError:  # not allowed to list (a role scoped to single queues): create them all
-            names = set()
-        await asyncio.gather(*(_created(self.queue(name).create_queue()) for name in APP_QUEUES if name not in names))
+    async def _create_queue(self, name: str) -> None:
+        await self.queue(name).create_queue()
 
     def _queue_service(self) -> QueueServiceClient:
         """A queue service client for listing queues (the per-queue clients keep the base64 policies)."""
@@ -345,6 +334,18 @@ class Storage:
 
 async def _names(listing: AsyncIterator[Any]) -> set[str]:
     return {item.name async for item in listing}
+
+
+async def _make_missing(listed: Awaitable[set[str]], wanted: tuple[str, ...], create: Callable[[str], Any]) -> None:
+    """Create what a listing lacks; an identity not allowed to list (a role scoped to single tables or queues)
+    creates them all."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        present = await listed
+    except HttpResponseError:
+        present = set()
+    await asyncio.gather(*(_created(create(name)) for name in wanted if name not in present))
 
 
 async def _created(call: Awaitable[Any]) -> None:
