@@ -24,7 +24,7 @@ from .alerts.intake import SOURCES, parse_alerts
 from .alerts.notify import Notifier
 from .attachments import MailForm, is_form, resolve_attachments
 from .config import Settings
-from .digests.mailbox import run_mailbox_digest
+from .digests.mailbox import DigestOutcome, run_mailbox_digest
 from .errors import (
     AppError,
     Conflict,
@@ -289,7 +289,8 @@ async def run_digest(
     request: ApiRequest, settings: Settings, config: NotifyConfig, store: Store, graph: Callable[[], GraphClient]
 ) -> ApiAnswer:
     """Run a configured mailbox digest now (200 with what it did); `?dryRun=true` answers the mail it would
-    send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code."""
+    send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code; one that
+    another run holds now, 409 `digest_running`."""
     dry_run = query_flags(request, "dryRun")["dryRun"]
     name = request.route.get("name", "")
     digest = next((d for d in config.digests if d.name == name), None)
@@ -297,7 +298,9 @@ async def run_digest(
         known = ", ".join(d.name for d in config.digests) or "none"
         raise NotFound(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
     run = await run_mailbox_digest(digest, settings, graph(), store, datetime.now(UTC), dry_run=dry_run)
-    if run.outcome == "failed" and run.error:
+    if run.outcome == DigestOutcome.RUNNING:
+        raise Conflict(f"Digest {name!r} is being run by another run now; try again later.", code="digest_running")
+    if run.outcome == DigestOutcome.FAILED and run.error:
         raise UpstreamRefused(f"Digest {name!r} failed: {run.error['message']}", code=run.error["code"])
     return ApiAnswer(200, run.answer())
 
