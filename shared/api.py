@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .alert_answers import preview, receipts
-from .alerts.auth import SecretSource, admit_source
+from .alerts.auth import SecretSource, Signed, admit_source
 from .alerts.dispatch import Dispatcher
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
@@ -268,7 +268,8 @@ async def post_alerts(
     if source is not None and source not in SOURCES:
         raise NotFound(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
-    source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
+    admission = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
+    source = admission.source
     alerts = parse_alerts(payload, source)
     now = datetime.now(UTC)
     if dry_run:
@@ -280,9 +281,33 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    if not await _first_sight(store, admission.signed, now.timestamp()):
+        log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
+        return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
+    try:
+        written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    except BaseException:  # the sender's retry of a request that failed is no replay
+        await _forget(store, admission.signed, now.timestamp())
+        raise
     answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
     return ApiAnswer(202, {"accepted": len(alerts), "groups": answered})
+
+
+async def _first_sight(store: Store, signed: tuple[Signed, ...], now: float) -> bool:
+    """Whether a signed request is seen for the first time within the time a replay of it would pass."""
+    for passed in signed:
+        if not await store.replays.first_sight(passed.source, passed.signature, passed.hold, now):
+            return False
+    return True
+
+
+async def _forget(store: Store, signed: tuple[Signed, ...], now: float) -> None:
+    """Forget a failed request's signatures; one that cannot be forgotten now makes its retry a replay."""
+    for passed in signed:
+        try:
+            await store.replays.forget(passed.source, passed.signature, passed.hold, now)
+        except Exception as error:
+            log.warning("the %s signature of a failed request not forgotten: %s", passed.source, type(error).__name__)
 
 
 async def run_digest(
