@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .alert_answers import preview, receipts
-from .alerts.auth import SecretSource, admit_source
+from .alerts.auth import SecretSource, Signed, admit_source
 from .alerts.dispatch import Dispatcher
 from .alerts.grouping import group_alerts
 from .alerts.intake import SOURCES, parse_alerts
 from .alerts.notify import Notifier
 from .attachments import MailForm, is_form, resolve_attachments
 from .config import Settings
-from .digests.mailbox import run_mailbox_digest
+from .digests.mailbox import DigestOutcome, run_mailbox_digest
 from .errors import (
     AppError,
     Conflict,
@@ -268,7 +268,8 @@ async def post_alerts(
     if source is not None and source not in SOURCES:
         raise NotFound(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
-    source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
+    admission = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
+    source = admission.source
     alerts = parse_alerts(payload, source)
     now = datetime.now(UTC)
     if dry_run:
@@ -280,16 +281,41 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    if not await _first_sight(store, admission.signed, now.timestamp()):
+        log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
+        return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
+    try:
+        written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
+    except BaseException:  # the sender's retry of a request that failed is no replay
+        await _forget(store, admission.signed, now.timestamp())
+        raise
     answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
     return ApiAnswer(202, {"accepted": len(alerts), "groups": answered})
+
+
+async def _first_sight(store: Store, signed: tuple[Signed, ...], now: float) -> bool:
+    """Whether a signed request is seen for the first time within the time a replay of it would pass."""
+    for passed in signed:
+        if not await store.replays.first_sight(passed.source, passed.signature, passed.hold, now):
+            return False
+    return True
+
+
+async def _forget(store: Store, signed: tuple[Signed, ...], now: float) -> None:
+    """Forget a failed request's signatures; one that cannot be forgotten now makes its retry a replay."""
+    for passed in signed:
+        try:
+            await store.replays.forget(passed.source, passed.signature, passed.hold, now)
+        except Exception as error:
+            log.warning("the %s signature of a failed request not forgotten: %s", passed.source, type(error).__name__)
 
 
 async def run_digest(
     request: ApiRequest, settings: Settings, config: NotifyConfig, store: Store, graph: Callable[[], GraphClient]
 ) -> ApiAnswer:
     """Run a configured mailbox digest now (200 with what it did); `?dryRun=true` answers the mail it would
-    send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code."""
+    send, without sending or tagging. A digest Graph refuses answers 502 with Graph's code; one that
+    another run holds now, 409 `digest_running`."""
     dry_run = query_flags(request, "dryRun")["dryRun"]
     name = request.route.get("name", "")
     digest = next((d for d in config.digests if d.name == name), None)
@@ -297,7 +323,9 @@ async def run_digest(
         known = ", ".join(d.name for d in config.digests) or "none"
         raise NotFound(f"No digest named {name!r} is configured (NOTIFY_CONFIG digests: {known}).")
     run = await run_mailbox_digest(digest, settings, graph(), store, datetime.now(UTC), dry_run=dry_run)
-    if run.outcome == "failed" and run.error:
+    if run.outcome == DigestOutcome.RUNNING:
+        raise Conflict(f"Digest {name!r} is being run by another run now; try again later.", code="digest_running")
+    if run.outcome == DigestOutcome.FAILED and run.error:
         raise UpstreamRefused(f"Digest {name!r} failed: {run.error['message']}", code=run.error["code"])
     return ApiAnswer(200, run.answer())
 

@@ -188,6 +188,7 @@ class GroupReceipt(_Model):
 class AlertsAccepted(_Model):
     accepted: int
     groups: list[GroupReceipt]
+    replayed: bool | None = Field(None, description="A signed request seen before: nothing accepted")
 
 
 class AlertMailPreview(_Model):

@@ -136,6 +136,7 @@ OPERATIONS: dict[routes.Route, Operation] = {
             200: Answer("What the run did (a dry run: the mail it would send)", m.DigestRun),
             400: _error("An unknown query parameter, or dryRun not true or false"),
             404: _error("No digest of that name"),
+            409: _error("Another run of the digest holds it now (digest_running)"),
             500: _FAILED,
             502: _error("Graph refused the digest's mailbox (Graph's code)"),
             503: _error("Storage unavailable"),

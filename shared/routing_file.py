@@ -147,20 +147,33 @@ class Route(_Model):
 
 
 class SourceAuth(_Model):
-    """Authentication of one alert source beyond the function key; secrets are Key Vault secret names."""
+    """Authentication of one alert source beyond the function key; secrets are Key Vault secret names.
+    `replay_window`: with a timestamp header, how far the timestamp may be from now (default 5m); without one,
+    how long a signature is remembered to refuse its replay (default 24h)."""
 
     bearer_secret: str | None = None
     hmac_secret: str | None = None
     hmac_header: str = "X-Grafana-Alerting-Signature"
     timestamp_header: str | None = None
-    replay_window: str = "5m"
+    replay_window: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> SourceAuth:
         if bool(self.bearer_secret) == bool(self.hmac_secret):
             raise ValueError("set exactly one of bearer_secret and hmac_secret")
-        parse_duration(self.replay_window)
+        if self.replay_seconds() < 1:
+            raise ValueError("replay_window must be at least 1s")
         return self
+
+    def replay_seconds(self) -> float:
+        """The replay window in seconds."""
+        default = "5m" if self.timestamp_header else "24h"
+        return parse_duration(self.replay_window or default)
+
+    def remembered_seconds(self) -> float:
+        """How long a signature must be remembered so that no replay of it is accepted: a timestamp is good
+        from `replay_window` before it to `replay_window` after it; without one, the replay window."""
+        return self.replay_seconds() * (2 if self.timestamp_header else 1)
 
 
 class MailboxDigest(_Model):

@@ -116,6 +116,7 @@ def app_env(
     from shared.store.storage import (
         ALERT_DIGEST_TABLE,
         ALERT_GROUPS_TABLE,
+        ALERT_REPLAYS_TABLE,
         APP_QUEUES,
         DIGEST_RUN_CONTAINER,
         DIGEST_SCHEDULE_TABLE,
@@ -149,7 +150,13 @@ def app_env(
             queue.clear_messages()
         queue.close()
     with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
-        for name in (ALERT_GROUPS_TABLE, ALERT_DIGEST_TABLE, DIGEST_STATUS_TABLE, DIGEST_SCHEDULE_TABLE):
+        for name in (
+            ALERT_GROUPS_TABLE,
+            ALERT_DIGEST_TABLE,
+            ALERT_REPLAYS_TABLE,
+            DIGEST_STATUS_TABLE,
+            DIGEST_SCHEDULE_TABLE,
+        ):
             with contextlib.suppress(ResourceNotFoundError):
                 tables.delete_table(name)
     with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:

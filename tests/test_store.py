@@ -232,3 +232,39 @@ def test_first_use_where_listing_is_refused_creates_every_table_and_queue(
     assert OUTBOX_POISON in queues
     tables = {t.name for t in TableServiceClient.from_connection_string(azurite.connection_string).list_tables()}
     assert STATUS_TABLE in tables
+
+
+def test_a_signature_is_remembered_for_its_hold_at_least_once_across_copies_and_old_buckets_are_deleted(
+    azurite: AzuriteProcess,
+) -> None:
+    import asyncio
+    import uuid
+
+    from shared.store.storage import ALERT_REPLAYS_TABLE
+
+    hold = 600.0
+    start = 1_800_000_000.0  # the start of a bucket of 600 s
+    signature = uuid.uuid4().hex
+
+    async def scenario() -> tuple[list[bool], list[bool], list[str]]:
+        store = Store(StorageAccount(azurite.connection_string))
+        replays = store.replays
+        try:
+            copies = await asyncio.gather(*(replays.first_sight("test", signature, hold, start) for _ in range(4)))
+            seen = [
+                await replays.first_sight("test", signature, hold, start + 599),  # same bucket
+                await replays.first_sight("test", signature, hold, start + 1199),  # the next: the previous is read
+                await replays.first_sight("test", signature, hold, start + 2400),  # past the bound: taken as new
+            ]
+            later = store.storage.table(ALERT_REPLAYS_TABLE).query_entities(
+                "PartitionKey ge @low and PartitionKey lt @high", parameters={"low": "test-", "high": "test."}
+            )
+            partitions = sorted({row["PartitionKey"] async for row in later})
+            return copies, seen, partitions
+        finally:
+            await store.close()
+
+    copies, seen, partitions = run(scenario())
+    assert sorted(copies) == [False, False, False, True]  # four copies at once: one passes
+    assert seen == [False, False, True]
+    assert partitions == ["test-001800002400"]  # the buckets before the previous one deleted

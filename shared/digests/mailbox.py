@@ -7,6 +7,8 @@
 
 Reported messages can be tagged (`tag`) or marked read (`mark_read`) after the mail, by PATCH through `$batch`
 (20 per request), throttled sub-requests tried again later. A run:
+0. claims the digest (`shared.store.digest_status`): while another run (the timer's or a manual one, on any
+   instance) holds it, this one does nothing and says so (`running`), so no two runs report the same message;
 1. records itself (the mail, the messages to change, a `new` digest's next cursor) as a blob, before anything
    is sent;
 2. submits the mail to the outbox under an id made of the digest and the run;
@@ -33,6 +35,7 @@ from ..mail import MailRequest, app_mail_id, compose_mail
 from ..outbox import submit_mail
 from ..routing_file import MailboxDigest
 from ..store import Store
+from ..store.digest_status import RunClaim
 from .changes import read_changes
 from .folders import DigestFailed, choose
 from .render import DigestItem, FolderCount, render_mailbox_digest
@@ -56,6 +59,7 @@ class DigestOutcome(StrEnum):
     NOTHING_NEW = "nothing_new"
     FAILED = "failed"  # with Graph's code or ours
     DRY_RUN = "dry_run"
+    RUNNING = "running"  # another run holds the digest: this one did nothing
 
 
 @dataclass
@@ -141,10 +145,35 @@ async def run_mailbox_digest(
     dry_run: bool = False,
 ) -> DigestRun:
     """Run one digest (see the module's docstring); Graph errors fail this digest only, recorded in its
-    status row and the audit table."""
+    status row and the audit table. A run that finds the digest claimed by another run does nothing: its
+    outcome is `running`."""
+    run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a rerun resumes the record instead
+    if dry_run:
+        return await _run(digest, settings, graph, store, now, run_id, None)
+    claim = await store.digest_statuses.claim_run(digest.name, run_id)
+    if claim is None:
+        log.info("digest %s: another run of it is in progress; this one leaves it to that run", digest.name)
+        return DigestRun(digest.name, DigestOutcome.RUNNING, report=digest.kind)
+    try:
+        return await _run(digest, settings, graph, store, now, run_id, claim)
+    finally:
+        await store.digest_statuses.release_run(claim)
+
+
+async def _run(
+    digest: MailboxDigest,
+    settings: Settings,
+    graph: GraphClient,
+    store: Store,
+    now: datetime,
+    run_id: str,
+    claim: RunClaim | None,
+) -> DigestRun:
+    """A run that holds the digest's claim (or a dry run, which needs none)."""
+    dry_run = claim is None
     resumed = False
     try:
-        if not dry_run:
+        if claim is not None:
             pending = await store.digest_runs.get(_record_name(digest))
             if pending is not None:
                 await _finish(digest, pending, graph, store)
@@ -157,13 +186,12 @@ async def run_mailbox_digest(
         digest.name, DigestOutcome.NOTHING_NEW, report.total, report.folders, resumed=resumed, report=digest.kind
     )
     run.notes = report.notes
-    run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a rerun resumes the record instead
     mail = None
     if report.found:
         mail = _digest_mail(digest, settings, report, app_mail_id("digest", digest.name, run_id), now)
         if report.cursor is not None:
             report.cursor["notes"] = []  # told in this mail
-    if dry_run:
+    if claim is None:
         if mail is not None:
             run.outcome = DigestOutcome.DRY_RUN
             run.preview = {"from": mail.sender, "to": digest.to, "subject": mail.subject, "html": mail.html}
@@ -171,6 +199,9 @@ async def run_mailbox_digest(
     if mail is None and report.cursor is None:
         await _note(store, digest, run, now)
         return run
+    if not await store.digest_statuses.extend_run(claim):  # held too long: another run reads and reports now
+        log.warning("digest %s: its run outlived its claim; it reports nothing", digest.name)
+        return DigestRun(digest.name, DigestOutcome.RUNNING, report=digest.kind)
     record: dict[str, Any] = {
         "run": run_id,
         "started": _stamp(now),

@@ -2,7 +2,8 @@
 
 `storage` holds the clients and the Storage mechanics (ETags, retries, lazy SDK imports); each other module
 is one kind of state with its row dataclasses: `mail_status`, `outbox_queue` (and its claim check),
-`attachments` (the attachment blobs producers hand over), `alert_groups`, `alert_queues`, `mail_caps`,
+`attachments` (the attachment blobs producers hand over), `alert_groups`, `alert_replays` (signed alert
+requests seen lately), `alert_queues`, `mail_caps`,
 `alert_digest` (the digest buffer), `records` (run records: alert notices, digest runs), `digest_status`,
 `digest_cursors` (where `report: new` digests stand), `digest_schedule` (claimed occurrences), `audit_log`,
 `instances`, `mailboxes`, `mail_budgets` (sending budgets). `store(account)` is the process's `Store`, which
@@ -16,6 +17,7 @@ from ..loop_cache import LoopCache
 from .alert_digest import AlertDigestBuffer
 from .alert_groups import AlertGroups
 from .alert_queues import AlertQueues
+from .alert_replays import AlertReplays
 from .attachments import Attachments
 from .audit_log import AuditLog
 from .digest_cursors import DigestCursors
@@ -42,6 +44,7 @@ class Store:
         self.outbox = OutboxQueue(self.storage)
         self.attachments = Attachments(self.storage)
         self.groups = AlertGroups(self.storage)
+        self.replays = AlertReplays(self.storage)
         self.caps = MailCaps(self.storage)
         self.alert_queues = AlertQueues(self.storage)
         self.digest_buffer = AlertDigestBuffer(self.storage)

@@ -56,6 +56,7 @@ DIGEST_SCHEDULE_TABLE = "digestschedule"
 INSTANCES_TABLE = "instances"
 MAILBOXES_TABLE = "mailboxes"
 BUDGETS_TABLE = "mailbudgets"
+ALERT_REPLAYS_TABLE = "alertreplays"
 NOTICE_CONTAINER = "alert-notices"
 DIGEST_RUN_CONTAINER = "digest-runs"
 ATTACHMENT_CONTAINER = routes.MAIL_ATTACHMENTS  # producers write here too (queue messages name their blobs)
@@ -69,6 +70,7 @@ _TABLES = (
     INSTANCES_TABLE,
     MAILBOXES_TABLE,
     BUDGETS_TABLE,
+    ALERT_REPLAYS_TABLE,
 )
 APP_QUEUES = (OUTBOX, OUTBOX_POISON, ALERTS_INBOX, ALERTS_INBOX_POISON, ALERTS_FLUSH, ALERTS_FLUSH_POISON)
 _CONTAINERS = (CLAIM_CONTAINER, NOTICE_CONTAINER, DIGEST_RUN_CONTAINER, ATTACHMENT_CONTAINER)
@@ -219,6 +221,29 @@ class Storage:
         await self.ensure()
         rows = self.table(table).query_entities("PartitionKey eq @partition", parameters={"partition": partition})
         return [{**entity, "etag": entity.metadata.get("etag")} async for entity in rows]
+
+    async def query_rows(self, table: str, query: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows a filter finds (keys only), e.g. a range of partitions."""
+        await self.ensure()
+        rows = self.table(table).query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"])
+        return [{"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]} async for entity in rows]
+
+    async def delete_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Delete rows (whatever they hold; gone is fine), a transaction per 100 rows of one partition."""
+        from azure.data.tables import TableTransactionError
+
+        client = self.table(table)
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_partition.setdefault(row["PartitionKey"], []).append(row)
+        for part in by_partition.values():
+            for start in range(0, len(part), TRANSACTION_SIZE):
+                chunk = part[start : start + TRANSACTION_SIZE]
+                try:
+                    await client.submit_transaction([("delete", row) for row in chunk])
+                except TableTransactionError:  # a row another instance deleted first fails the whole transaction
+                    for row in chunk:
+                        await self.delete_row(table, row["PartitionKey"], row["RowKey"])
 
     async def insert_row(self, table: str, row: Mapping[str, Any]) -> str | None:
         """Insert a new row; its ETag, or None when a row with those keys exists already."""

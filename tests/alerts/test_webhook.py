@@ -496,3 +496,91 @@ def test_a_pass_through_retry_across_the_edge_of_its_two_minute_window_is_the_sa
     assert first is not None and retry == first
     run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
     assert len(sandbox.sent()) == 1
+
+
+def _later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The app's clock `seconds` ahead, for the alert endpoint (signature check and intake)."""
+    import types
+    from datetime import datetime as real_datetime
+
+    import shared.api
+
+    class Later(real_datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real_datetime.now(tz) + __import__("datetime").timedelta(seconds=seconds)
+
+    monkeypatch.setattr(shared.api, "time", types.SimpleNamespace(time=lambda: time.time() + seconds))
+    monkeypatch.setattr(shared.api, "datetime", Later)
+
+
+def _signed_alertmanager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SandboxProcess) -> None:
+    """The test routing file with Alertmanager signing its requests by HMAC, without a timestamp."""
+    from shared.routing_file import notify_config
+
+    from .conftest import ROUTING
+
+    signed = tmp_path / "signed.yaml"
+    signed.write_text(
+        ROUTING.replace(
+            "sources:\n", "sources:\n  alertmanager:\n    hmac_secret: am-hmac\n    hmac_header: X-Signature\n"
+        )
+    )
+    sandbox.control.post("/_sandbox/keyvault/secrets/am-hmac", json={"value": "am-hmac-value"})
+    monkeypatch.setenv("NOTIFY_CONFIG", str(signed))
+    notify_config.cache_clear()
+
+
+@pytest.mark.parametrize("source", ["grafana", "alertmanager"])
+def test_a_signed_request_replayed_250_s_later_is_answered_replayed_and_mails_nothing_more(
+    alerts_app: Any,
+    azurite: AzuriteProcess,
+    sandbox: SandboxProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    if source == "grafana":
+        payload = fresh("grafana")
+        payload["alerts"][0]["labels"]["severity"] = "critical"  # mailed at once
+        body = json.dumps(payload).encode()
+        headers = _grafana_headers(body)
+    else:
+        _signed_alertmanager(tmp_path, monkeypatch, sandbox)
+        body = json.dumps(fresh("alertmanager")).encode()
+        headers = {"X-Signature": hmac.new(b"am-hmac-value", body, hashlib.sha256).hexdigest()}
+    status, first = _post(alerts_app, raw=body, headers=headers, source=source)
+    assert status == 202 and first["accepted"] > 0
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    mailed = len(sandbox.sent())
+    assert mailed >= 1
+
+    _later(monkeypatch, 250)  # past the pass-through's retry windows, within Grafana's 5-minute window
+    status, replay = _post(alerts_app, raw=body, headers=headers, source=source)
+    assert status == 202 and replay == {"accepted": 0, "groups": [], "replayed": True}
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert len(sandbox.sent()) == mailed
+
+
+def test_a_signed_request_whose_intake_failed_is_forgotten_so_the_senders_retry_is_accepted(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.alerts.dispatch import Dispatcher
+
+    payload = fresh("grafana")
+    payload["alerts"][0]["labels"]["severity"] = "critical"
+    body = json.dumps(payload).encode()
+    headers = _grafana_headers(body)
+    ingest = Dispatcher.ingest
+
+    async def storage_went_away(self: Any, *args: Any) -> Any:
+        monkeypatch.setattr(Dispatcher, "ingest", ingest)  # once
+        raise ConnectionError("storage went away")
+
+    monkeypatch.setattr(Dispatcher, "ingest", storage_went_away)
+    status, _ = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status >= 500
+    status, retry = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert len(sandbox.sent()) == 1

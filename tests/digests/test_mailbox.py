@@ -244,3 +244,64 @@ def test_health_checks_each_digests_mailbox_and_folders_without_naming_them(
         "ms": body["checks"]["digest:forbidden"]["ms"],
     }
     assert "alice@contoso.test" not in response.get_body().decode()
+
+
+def test_concurrent_runs_of_a_tagging_digest_report_each_message_once_and_the_others_answer_digest_running(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, test_seed: dict[str, Any]
+) -> None:
+    """Four runs at once (the timer and manual runs): one claims the digest, the others answer 409
+    `digest_running`; across every trial and every digest mail, each message is reported once."""
+    import asyncio
+
+    seed = copy.deepcopy(test_seed)
+    for user in seed["users"]:
+        if user["userPrincipalName"] == SUPPORT:
+            user["messages"] = []
+    sandbox.reset(seed)
+    sandbox.deliver(SUPPORT, [{"subject": "read", "folder": f, "isRead": True} for f in ("Orders", "Projects")])
+    request = http("POST", "/api/digests/support-unread/run", route={"name": "support-unread"}, raw=b"")
+
+    async def four_runs() -> list[tuple[int, dict[str, Any]]]:
+        responses = await asyncio.gather(*(user_function(digest_app.run_digest)(request) for _ in range(4)))
+        return [(r.status_code, json.loads(r.get_body())) for r in responses]
+
+    subjects = []
+    for trial in range(6):
+        batch = [f"trial {trial} question {n}" for n in range(4)]
+        subjects += batch
+        sandbox.deliver(SUPPORT, [{"subject": s, "from": "customer@fabrikam.test", "folder": "Inbox"} for s in batch])
+        answers = run(four_runs())
+        assert sum(1 for status, _ in answers if status == 200) >= 1
+        for status, answer in answers:
+            assert status == 200 or (status == 409 and answer["error"]["code"] == "digest_running"), answer
+        assert sum(answer.get("messages", 0) for status, answer in answers if status == 200) == len(batch)
+    _deliver_outbox(digest_app, azurite)
+    bodies = [m["body"]["content"] for m in sandbox.sent()]
+    reported = {s: sum(body.count(f"{s}<") for body in bodies) for s in subjects}
+    assert reported == dict.fromkeys(subjects, 1)
+    assert _tagged(sandbox) == len(subjects)
+
+
+def test_a_claim_left_by_a_run_that_died_expires_and_the_next_run_takes_the_digest_over(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess, support_mailbox: dict[str, int]
+) -> None:
+    from datetime import UTC, datetime
+
+    from shared.store.storage import DIGEST_STATUS_TABLE, time_text
+
+    async def dead_run() -> None:
+        claims = store(settings().storage).digest_statuses
+        assert await claims.claim_run("support-unread", "dead-run") is not None  # and never released
+
+    async def expire() -> None:
+        row = {"PartitionKey": "support-unread", "RowKey": "running", "expires": time_text(datetime.now(UTC))}
+        await store(settings().storage).storage.merge_rows(DIGEST_STATUS_TABLE, [row])
+
+    run(dead_run())
+    status, answer = _run_digest(digest_app)
+    assert status == 409 and answer["error"]["code"] == "digest_running"
+    assert _run_digest(digest_app, dry_run=True)[0] == 200  # a dry run needs no claim
+    run(expire())  # RUN_LEASE later
+    status, answer = _run_digest(digest_app)
+    assert status == 200 and answer["outcome"] == "sent" and answer["messages"] == 3000
+    assert _run_digest(digest_app)[0] == 200  # the claim was released: the next run is not refused
