@@ -11,7 +11,8 @@ import azure.functions as func
 from shared import functions as handlers
 from shared import routes
 
-# invalid or missing settings, or a bad routing file, stop the app at start-up with a message naming them
+# invalid or missing settings, or a bad routing file, are named in one log message; the functions are still
+# indexed and answer 503 not_configured (health: config failing) until they are fixed
 handlers.start_up()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

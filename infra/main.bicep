@@ -8,8 +8,46 @@ targetScope = 'subscription'
 @description('azd environment name; names the resource group and seeds the unique resource names.')
 param environmentName string
 
+// The regions that offer Flex Consumption, so `azd up` offers only those: the list of Microsoft's azd
+// Functions quickstart (github.com/Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep,
+// read 2026-12-04). Microsoft Learn, "Azure Functions Flex Consumption plan hosting" (read 2026-12-04), keeps
+// the current list behind `az functionapp list-flexconsumption-locations`: add a region from there when needed.
+// The canary region eastus2euap of that list is left out: it takes no ordinary subscription.
 @minLength(1)
 @description('Region of every resource; it must offer the Flex Consumption plan.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({ azd: { type: 'location' } })
 param location string
 

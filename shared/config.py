@@ -233,6 +233,11 @@ def _storage(env: Mapping[str, str]) -> StorageAccount:
     )
 
 
+def storage_account(env: Mapping[str, str]) -> StorageAccount:
+    """`AzureWebJobsStorage` alone (the host's own connection), readable while other settings are not."""
+    return _storage(env)
+
+
 _POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 
 

@@ -93,7 +93,8 @@ _health: LoopCache[api.HealthCache] = LoopCache()
 async def _health_results() -> dict[str, Any]:
     try:
         config = settings()
-    except ConfigError as error:
+        notify = notify_config(config)
+    except ConfigError as error:  # not configured: the one failing check, named only in the keyed details
         return await api.run_health_checks(error, {})
     from .graph import graph_client  # health checks Graph on purpose; intake paths never import it
 
@@ -102,7 +103,7 @@ async def _health_results() -> dict[str, Any]:
     if config.graph_auth_mode == "keyvault":
         checks["keyVault"] = graph.read_credential
     checks["graphToken"] = graph.token_check
-    for digest in notify_config(config).digests:
+    for digest in notify.digests:
         checks[f"digest:{digest.name}"] = functools.partial(check_digest, digest, graph)
     if config.budget_messages_per_minute or config.budget_recipients_per_day:
         checks["budgets"] = functools.partial(budget_use, config, store(config.storage))

@@ -94,6 +94,13 @@ class Unavailable(AppError):
     code = "service_unavailable"
 
 
+class NotConfigured(Unavailable):
+    """The app's settings or routing file are missing or invalid: it answers nothing but its health until they
+    are fixed. The message names nothing internal (the keyed health details and the log name the setting)."""
+
+    code = "not_configured"
+
+
 class UpstreamRefused(AppError):
     """A service the app calls (Graph) refused the operation; the code is that service's."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -16,8 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
-from .config import DELIVERY_MODES, Settings, settings
-from .errors import InvalidMessage
+from . import routes
+from .config import DELIVERY_MODES, ConfigError, Settings, settings, storage_account
+from .errors import InvalidMessage, NotConfigured
 from .logs import quiet_libraries
 from .loop_cache import close_all
 from .routing_file import notify_config
@@ -35,14 +37,75 @@ if TYPE_CHECKING:
 log = logging.getLogger("notifier")
 
 
+HOLD_SECONDS = 300  # how long a queue message that arrives while the app is not configured is put back for
+NEXT_STEPS = (
+    "On a first deployment this is expected until the admin steps have run: scripts/entra-app.sh (it prints "
+    'the app id), then `azd env set GRAPH_CLIENT_ID <appId> && azd provision` (README "Deploy to Azure"). '
+    "Otherwise correct what is named above in the Function App's settings or the routing file; the app restarts "
+    "with its settings."
+)
+# what answers while the app is not configured: the health endpoints, which say so
+_WITHOUT_CONFIGURATION = frozenset({routes.HEALTH.function, routes.HEALTH_DETAILS.function})
+
+
+def configuration_problem() -> ConfigError | None:
+    """Why the app cannot work with its settings and routing file, or None when it can: checked at start-up and
+    again by each invocation (both are cached once they pass)."""
+    try:
+        notify_config(settings())
+    except ConfigError as error:
+        return error
+    return None
+
+
 def start_up() -> None:
-    """At import of the app: check the settings and the routing file (a bad one stops the app with a message
-    naming it) and set the libraries' log level."""
+    """At import of the app: check the settings and the routing file and set the libraries' log level. A
+    problem does not stop the app: its functions are indexed and do nothing but say so (the health endpoints,
+    a 503 `not_configured` elsewhere, one log message naming the setting and what to run next)."""
+    problem = configuration_problem()
+    if problem is not None:
+        quiet_libraries("WARNING")
+        log.error(
+            "The app is not configured: %s. Its functions are indexed and wait: /api/health answers 503 with "
+            "config failing (/api/health/details names the problem), every other endpoint 503 not_configured, "
+            "queue messages are put back for %d s each time they arrive, timers skip their runs. %s",
+            problem,
+            HOLD_SECONDS,
+            NEXT_STEPS,
+        )
+        return
     config = settings()
     quiet_libraries(config.library_log_level)
-    notify_config(config)
     mode = config.mail_delivery_mode
     log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", mode, DELIVERY_MODES[mode])
+
+
+async def _held(message: func.QueueMessage, queue: str) -> bool:
+    """True when the app is not configured: the message is then sent again to its queue, visible in
+    HOLD_SECONDS, and this one is done (the host deletes it). A copy rather than a failed invocation, since the
+    host's five quick redeliveries would move every message to the poison queue; the copy starts again at
+    dequeue count 1 and a new time to live, so messages wait as long as the configuration is missing. Should
+    even `AzureWebJobsStorage` be unusable, this raises and the host redelivers (then poisons) as for any
+    failure."""
+    problem = configuration_problem()
+    if problem is None:
+        return False
+    from .store import store
+
+    text = message.get_body().decode("utf-8", "replace")
+    await store(storage_account(os.environ)).storage.send_message(queue, text, HOLD_SECONDS)
+    log.warning(
+        "%s message %s put back for %d s: the app is not configured (%s)", queue, message.id, HOLD_SECONDS, problem
+    )
+    return True
+
+
+def _skipped(timer: str) -> bool:
+    """True when the app is not configured: the timer's run is skipped (the next tick tries again)."""
+    problem = configuration_problem()
+    if problem is not None:
+        log.warning("%s skipped: the app is not configured (%s)", timer, problem)
+    return problem is not None
 
 
 def _query(req: func.HttpRequest) -> dict[str, str]:
@@ -96,6 +159,11 @@ def http_endpoint(name: str) -> HttpFunction:
         endpoint = getattr(endpoints, name)
 
         async def handle(request: api.ApiRequest) -> api.ApiAnswer:
+            if name not in _WITHOUT_CONFIGURATION and configuration_problem() is not None:
+                raise NotConfigured(
+                    "The app is not configured yet: its keyed /api/health/details names what is missing, and its "
+                    "start-up log says what to run."
+                )
             return await endpoint(request, endpoints.Collaborators())  # type: ignore[no-any-return]
 
         return _response(await api.answer(handle, _request(req)))
@@ -131,6 +199,8 @@ def dispatcher(config: Settings) -> Dispatcher:
 
 
 async def alerts_inbox(message: func.QueueMessage) -> None:
+    if await _held(message, routes.ALERTS_INBOX):
+        return
     from .alerts.inbox import ingest_message
 
     config = settings()
@@ -145,6 +215,8 @@ async def alerts_inbox(message: func.QueueMessage) -> None:
 
 
 async def alerts_flush(message: func.QueueMessage) -> None:
+    if await _held(message, routes.ALERTS_FLUSH):
+        return
     config = settings()
     text = message.get_body().decode("utf-8", "replace")
     try:
@@ -158,6 +230,8 @@ async def alerts_flush(message: func.QueueMessage) -> None:
 
 async def digest_timer(timer: func.TimerRequest) -> None:
     """Every minute: run the digests whose schedule is due, each occurrence once across instances."""
+    if _skipped("digest_timer"):
+        return
     from .digests.scheduled import run_due_digests
 
     def graph() -> GraphClient:
@@ -173,6 +247,8 @@ async def digest_timer(timer: func.TimerRequest) -> None:
 
 
 async def bounce_check(timer: func.TimerRequest) -> None:
+    if _skipped("bounce_check"):
+        return
     from .bounces import check_bounces
     from .graph import graph_client
 
@@ -182,6 +258,8 @@ async def bounce_check(timer: func.TimerRequest) -> None:
 
 
 async def mail_outbox(message: func.QueueMessage) -> None:
+    if await _held(message, routes.MAIL_OUTBOX):
+        return
     delivery = await _sender().deliver(
         message.get_body().decode("utf-8", "replace"), message.id or "", message.dequeue_count or 1
     )

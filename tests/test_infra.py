@@ -120,6 +120,52 @@ def test_azure_yaml_names_the_infra_and_one_python_function_service() -> None:
     assert site["config"]["kind"] == "functionapp,linux"
 
 
+def test_azd_offers_only_the_flex_consumption_regions_and_the_readme_deploys_to_one_of_them() -> None:
+    location = bicep("main.bicep")["parameters"]["location"]
+    allowed = location["decorators"]
+    [regions] = [d["argument"] for d in allowed if d["type"] == "allowed"]
+    assert len(regions) >= 20 and all(re.fullmatch(r"[a-z0-9]+", r) for r in regions)
+    assert {"westeurope", "northeurope", "swedencentral", "eastus", "eastus2"} <= set(regions)
+    readme_region = re.search(r"azd env set AZURE_LOCATION (\w+)", (ROOT / "README.md").read_text())
+    assert readme_region is not None and readme_region.group(1) in regions
+    assert "list-flexconsumption-locations" in MAIN_TEXT  # where the list comes from, cited beside it
+
+
+def test_the_postprovision_hook_runs_an_existing_script_that_says_the_next_admin_step_and_never_fails() -> None:
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["hooks"]["postprovision"]
+    for platform in ("posix", "windows"):
+        script = ROOT / hooks[platform]["run"].split()[-1]
+        assert script == SCRIPTS / "postprovision.sh" and script.is_file(), platform
+        assert hooks[platform]["continueOnError"] is True, platform  # a hook never undoes a deployment
+
+    def hook(**env: str) -> subprocess.CompletedProcess[str]:
+        # no az and no azd on this PATH: the hook reads azd's values from its environment, as azd hands them over
+        return subprocess.run(
+            ["bash", str(SCRIPTS / "postprovision.sh")],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **env},
+            timeout=30,
+        )
+
+    first = hook(GRAPH_CLIENT_ID="", AZURE_FUNCTION_APP_URL="https://func-x.azurewebsites.net")
+    assert first.returncode == 0, first.stderr
+    assert "az login && scripts/entra-app.sh --digests" in first.stdout
+    assert "azd env set GRAPH_CLIENT_ID <the appId it prints> && azd provision" in first.stdout
+    assert "./scripts/exchange-rbac.ps1 -AppId <appId>" in first.stdout
+    assert "curl https://func-x.azurewebsites.net/api/health" in first.stdout
+    asked = hook(GRAPH_CLIENT_ID="", ADMIN_STEPS="run")  # without az it cannot run step 1: it prints it
+    assert asked.returncode == 0 and "az login && scripts/entra-app.sh --digests" in asked.stdout
+    done = hook(GRAPH_CLIENT_ID="11111111-2222-3333-4444-555555555555")
+    assert "step 1 (Entra): done" in done.stdout and "entra-app.sh" not in done.stdout
+    assert "-AppId 11111111-2222-3333-4444-555555555555" in done.stdout
+    identity = hook(GRAPH_AUTH_MODE="managed_identity")
+    assert "scripts/entra-app.sh --mode managed_identity --digests" in identity.stdout
+    assert "GRAPH_CLIENT_ID" not in identity.stdout
+
+
 # --- 2. app settings: the Bicep against what the app and the host read -----------------------------------
 
 # Settings the Functions host and platform read, which the app's code does not (Microsoft Learn: "App

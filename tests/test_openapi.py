@@ -121,6 +121,49 @@ def _banner_requests() -> list[tuple[str, str, Any]]:
     return requests
 
 
+def _first_ten_minutes_requests() -> list[tuple[str, str, Any]]:
+    """(method, path, JSON body or form mail or None) of every curl to the API in the README's first ten minutes,
+    with the local URL the section promises."""
+    readme = (ROOT / "README.md").read_text()
+    headings = re.findall(r"^## (.+)$", readme, flags=re.MULTILINE)
+    assert headings[headings.index("The two commands") + 1] == "The first ten minutes"  # right after them
+    section = readme.split("## The first ten minutes\n", 1)[1].split("\n## ", 1)[0].replace("\\\n", " ")
+    requests = []
+    for command in re.findall(r"curl -s [^`\n]+", section):
+        words = shlex.split(command)
+        url = next(w for w in words if w.startswith("http"))
+        if urlsplit(url).port != 7071:
+            continue  # the sandbox's mailbox, not the API
+        method = words[words.index("-X") + 1] if "-X" in words else "GET"
+        body = json.loads(words[words.index("-d") + 1]) if "-d" in words else None
+        forms = [words[i + 1] for i, word in enumerate(words) if word == "-F"]
+        if forms:
+            assert forms[0].startswith("mail=") and forms[0].endswith(";type=application/json"), forms[0]
+            body = json.loads(forms[0].removeprefix("mail=").removesuffix(";type=application/json"))
+        requests.append((method, urlsplit(url).path, body))
+    return requests
+
+
+def test_the_first_ten_minutes_requests_are_operations_of_the_openapi_document_with_valid_bodies() -> None:
+    document = openapi_document()
+    prefix = document["servers"][0]["url"]
+    requests = _first_ten_minutes_requests()
+    templates = {
+        re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path)) + "$"): path for path in document["paths"]
+    }
+    called = set()
+    for method, path, body in requests:
+        [template] = [t for pattern, t in templates.items() if pattern.match(path.removeprefix(prefix))]
+        operation = document["paths"][template][method.lower()]
+        called.add((method, template))
+        if body is not None:
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            assert _errors(_document_validator(document, schema["$ref"][1:]), body) == [], (method, path)
+        if template == "/mail" and body is not None:
+            assert _errors(_published_validator(), body) == []
+    assert {("POST", "/mail"), ("GET", "/mail/{id}"), ("POST", "/alerts"), ("POST", "/digests/{name}/run")} <= called
+
+
 def test_the_banners_requests_are_valid_by_the_openapi_document_and_its_mail_by_the_published_schema() -> None:
     document = openapi_document()
     prefix = document["servers"][0]["url"]

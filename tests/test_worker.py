@@ -165,3 +165,30 @@ def test_the_real_worker_runs_the_digest_timer_which_queues_the_due_digest_and_t
         assert digest["subject"] == f"[DIGEST] {len(unread)} waiting in {SUPPORT} (support-unread)"
     tagged = {m["id"] for m in sandbox.mailbox(SUPPORT) if "Digested" in m["categories"]}
     assert {m["id"] for m in unread} <= tagged
+
+
+def test_the_real_worker_indexes_every_function_without_graph_client_id_and_health_says_config_fails(
+    python_worker: Path, app_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A first `azd up`: keyvault mode before scripts/entra-app.sh has given GRAPH_CLIENT_ID."""
+    example = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    settings = worker_settings(python_worker, ROOT, {**example, **os.environ, **app_env, "GRAPH_CLIENT_ID": ""})
+    host = WorkerHost(python_worker, ROOT, settings, tmp_path / "worker.log")
+    try:
+        _succeeded(host, host.init())
+        functions = _indexed(host)
+        assert set(functions) == APP_FUNCTIONS
+
+        status, health = _http_answer(
+            _succeeded(host, host.invoke(functions["health"], host.http("GET", f"{API}/health")))
+        )
+        assert (status, health["checks"]) == (503, {"config": {"ok": False}})
+        mail = json.dumps({"to": ["alice@contoso.test"], "subject": "s", "text": "t"}).encode()
+        request = host.http("POST", f"{API}/mail", mail, {"Content-Type": "application/json"})
+        status, refused = _http_answer(_succeeded(host, host.invoke(functions["post_mail"], request)))
+        assert (status, refused["error"]["code"]) == (503, "not_configured")
+        [logged] = [log.message for log in host.logs if "The app is not configured" in log.message]
+        assert "setting GRAPH_CLIENT_ID is required" in logged and "scripts/entra-app.sh" in logged
+        assert host.process.poll() is None
+    finally:
+        host.stop()
