@@ -55,9 +55,10 @@ def _run(html: str, width: int, height: int, *action: str) -> str:
     return done.stdout
 
 
-def dump_dom(html: str, width: int, height: int = 900) -> str:
-    """The page's DOM after load (and after its scripts ran), in a window `width` CSS pixels wide."""
-    return _run(html, width, height, "--dump-dom")
+def dump_dom(html: str, width: int, height: int = 900, *, dark: bool = False) -> str:
+    """The page's DOM after load (and after its scripts ran), in a window `width` CSS pixels wide; `dark`: with
+    the system in dark mode (`prefers-color-scheme: dark`)."""
+    return _run(html, width, height, "--dump-dom", *(["--force-dark-mode"] if dark else []))
 
 
 def screenshot(html: str, target: Path, width: int, height: int) -> None:

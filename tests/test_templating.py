@@ -150,8 +150,10 @@ MEASURE = """<script>
   });
   var out = parent.document.createElement("pre");
   out.id = "measured";
+  var card = document.querySelector(".mail-card"), first = card.querySelector("td");
   out.textContent = JSON.stringify({width: width, scrollWidth: document.documentElement.scrollWidth,
-                                    wide: wide, found: found});
+                                    wide: wide, found: found, card: getComputedStyle(card).backgroundColor,
+                                    text: getComputedStyle(first).color});
   parent.document.body.appendChild(out);
 })();
 </script>"""
@@ -161,9 +163,9 @@ FRAME = (
 )
 
 
-def measure(html: str, keys: list[str], width: int) -> dict[str, object]:
+def measure(html: str, keys: list[str], width: int, *, dark: bool = False) -> dict[str, object]:
     mail = html.replace("</body>", MEASURE % json.dumps(keys) + "</body>")
-    dom = chromium.dump_dom(FRAME % (width, escape(mail, quote=True)), max(width, 500) + 100)
+    dom = chromium.dump_dom(FRAME % (width, escape(mail, quote=True)), max(width, 500) + 100, dark=dark)
     measured = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
     assert measured is not None, dom[-2000:]
     result: dict[str, object] = json.loads(unescape(measured.group(1)))
@@ -250,3 +252,17 @@ def test_a_receivers_timezone_gives_the_dates_in_its_zone() -> None:
 def test_the_severity_colours_are_the_ones_the_tags_keep_in_dark_mode() -> None:
     html = alert_mail()[0].html
     assert f'class="mail-tag" style="color:{SEVERITY_COLOURS["critical"]}' in html
+
+
+def _luminance(colour: object) -> float:
+    red, green, blue = (int(c) for c in re.findall(r"\d+", str(colour))[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_in_dark_mode_every_mail_is_light_text_on_a_dark_card(browser: str, kind: str) -> None:
+    mail, keys = KINDS[kind]()
+    light, dark = measure(mail.html, keys, 390), measure(mail.html, keys, 390, dark=True)
+    assert _luminance(light["card"]) > 0.9 and _luminance(light["text"]) < 0.3
+    assert _luminance(dark["card"]) < 0.2 and _luminance(dark["text"]) > 0.8, dark
+    assert dark["scrollWidth"] == 390
