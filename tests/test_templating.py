@@ -5,6 +5,7 @@ in the reader's zone."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from html import escape, unescape
 from html.parser import HTMLParser
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -125,13 +127,14 @@ KINDS: dict[str, Callable[[], tuple[RenderedMail, list[str]]]] = {
     "mailbox digest": mailbox_digest,
 }
 
-# Runs in the mail: its window's width, its scroll width, every element that reaches past the window (clipped
-# or scrolled sideways on a phone), and where each key text starts and ends; written into the outer page's DOM
-# for --dump-dom. The mail is shown in an iframe of the width measured: headless Chromium's window is at least
-# 500 px wide, and an iframe is a viewport of its own, as a phone's screen is.
+# Runs in each mail: its window's width, its scroll width, every element that reaches past the window (clipped
+# or scrolled sideways on a phone), where each key text starts and ends, and the card's colours; written into
+# the outer page's DOM for --dump-dom. Each mail is shown in an iframe of the width measured (headless
+# Chromium's window is at least 500 px wide, and an iframe is a viewport of its own, as a phone's screen is);
+# all four kinds in one page, so one browser measures them.
 MEASURE = """<script>
 (function () {
-  var width = document.documentElement.clientWidth, keys = %s, found = {}, wide = [];
+  var kind = %s, keys = %s, width = document.documentElement.clientWidth, found = {}, wide = [];
   document.querySelectorAll("body *").forEach(function (e) {
     var r = e.getBoundingClientRect();
     if (r.width > 0 && (r.right > width + 0.5 || r.left < -0.5))
@@ -148,28 +151,31 @@ MEASURE = """<script>
       }
     }
   });
+  var card = document.querySelector(".mail-card") || document.body, first = card.querySelector("td");
   var out = parent.document.createElement("pre");
-  out.id = "measured";
-  var card = document.querySelector(".mail-card"), first = card.querySelector("td");
-  out.textContent = JSON.stringify({width: width, scrollWidth: document.documentElement.scrollWidth,
+  out.className = "measured";
+  out.textContent = JSON.stringify({kind: kind, width: width, scrollWidth: document.documentElement.scrollWidth,
                                     wide: wide, found: found, card: getComputedStyle(card).backgroundColor,
                                     text: getComputedStyle(first).color});
   parent.document.body.appendChild(out);
 })();
 </script>"""
-FRAME = (
-    '<!DOCTYPE html><html><body style="margin:0">'
-    '<iframe style="border:0" width="%d" height="900" srcdoc="%s"></iframe></body></html>'
-)
+FRAME = '<iframe style="border:0;display:block" width="%d" height="900" srcdoc="%s"></iframe>'
 
 
-def measure(html: str, keys: list[str], width: int, *, dark: bool = False) -> dict[str, object]:
-    mail = html.replace("</body>", MEASURE % json.dumps(keys) + "</body>")
-    dom = chromium.dump_dom(FRAME % (width, escape(mail, quote=True)), max(width, 500) + 100, dark=dark)
-    measured = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
-    assert measured is not None, dom[-2000:]
-    result: dict[str, object] = json.loads(unescape(measured.group(1)))
-    return result
+@functools.cache
+def measure(width: int, dark: bool = False) -> dict[str, dict[str, Any]]:
+    """Every kind's measurements at `width` (in dark mode: `dark`), by kind."""
+    frames = []
+    for kind, make in KINDS.items():
+        mail, keys = make()
+        script = MEASURE % (json.dumps(kind), json.dumps(keys))
+        frames.append(FRAME % (width, escape(mail.html.replace("</body>", script + "</body>"), quote=True)))
+    page = '<!DOCTYPE html><html><body style="margin:0">' + "".join(frames) + "</body></html>"
+    dom = chromium.dump_dom(page, max(width, 500) + 100, 4 * 900, dark=dark)
+    measured = [json.loads(unescape(m)) for m in re.findall(r'<pre class="measured">(.*?)</pre>', dom, re.S)]
+    assert sorted(m["kind"] for m in measured) == sorted(KINDS), dom[-2000:]
+    return {m["kind"]: m for m in measured}
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +196,8 @@ def browser() -> str:
 def test_every_mail_fits_a_phone_and_a_desktop_window_without_scrolling_sideways(
     browser: str, kind: str, width: int
 ) -> None:
-    mail, keys = KINDS[kind]()
-    measured = measure(mail.html, keys, width)
+    keys = KINDS[kind]()[1]
+    measured = measure(width)[kind]
     assert measured["width"] == width
     assert measured["scrollWidth"] == width, f"{kind} scrolls sideways at {width} px"
     assert measured["wide"] == [], f"{kind}: elements past the window's edge at {width} px"
@@ -261,8 +267,7 @@ def _luminance(colour: object) -> float:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_in_dark_mode_every_mail_is_light_text_on_a_dark_card(browser: str, kind: str) -> None:
-    mail, keys = KINDS[kind]()
-    light, dark = measure(mail.html, keys, 390), measure(mail.html, keys, 390, dark=True)
+    light, dark = measure(390)[kind], measure(390, dark=True)[kind]
     assert _luminance(light["card"]) > 0.9 and _luminance(light["text"]) < 0.3
     assert _luminance(dark["card"]) < 0.2 and _luminance(dark["text"]) > 0.8, dark
     assert dark["scrollWidth"] == 390
