@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench faults schemas screenshots setup clean alertmanager
+.PHONY: run test lint bench faults schemas screenshots setup clean alertmanager chromium
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup lint alertmanager infra-check
+test: setup lint alertmanager chromium infra-check
 	$(BIN)/pytest
 
 # Debian's prometheus-alertmanager (and amtool) for the end-to-end alert test, installed when missing and
@@ -39,6 +39,20 @@ alertmanager:
 	    || { $$SUDO apt-get update -qq >/dev/null && \
 	         $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }; \
 	  else echo "make: cannot install prometheus-alertmanager here; its test will be skipped"; fi; \
+	fi
+
+# Debian's chromium for the mail layout test (tests/test_templating.py) and `make screenshots`, installed when
+# missing and when this machine lets us (as for alertmanager); otherwise that test says why it is skipped (and
+# fails under CI=true).
+chromium:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing chromium (Debian)"; \
+	    $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -qq >/dev/null && \
+	         $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else echo "make: cannot install chromium here; the mail layout test will be skipped"; fi; \
 	fi
 
 run: setup
@@ -56,7 +70,7 @@ bench: setup
 faults: setup
 	$(BIN)/python bench/fault_run.py
 
-screenshots: $(VENV)/.installed
+screenshots: $(VENV)/.installed chromium
 	$(BIN)/python docs/screenshot.py
 
 schemas: $(VENV)/.installed

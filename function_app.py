@@ -43,6 +43,11 @@ async def run_digest(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.run_digest(req)
 
 
+@http(routes.RUN_ALERT_DIGEST)
+async def run_alert_digest(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.run_alert_digest(req)
+
+
 @http(routes.HEALTH)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.health(req)

@@ -1,41 +1,37 @@
 """Screenshots of rendered mails for the README, taken with headless Chromium (Debian's `chromium`).
 
 `make screenshots` runs it: the alert mail (from the Alertmanager fixture) and a mailbox digest (from sample
-messages shaped as Graph lists them) are rendered by the app's own templates, written to a temporary file
-and photographed. Chromium runs with its network features off, so
-nothing leaves the machine.
+messages shaped as Graph lists them) are rendered by the app's own templates and photographed at a phone's
+width (390 px: `docs/<name>-390.png`) and a desktop's (1280 px: `docs/<name>-1280.png`), as
+`tests/test_templating.py` measures them. Chromium runs with its network features off (`devhost.chromium`),
+so nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime, timedelta
+from html import escape
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devhost import chromium  # noqa: E402
 from shared.alerts import parse_alerts  # noqa: E402
 from shared.alerts.model import AlertGroup  # noqa: E402
 from shared.alerts.render import render_group  # noqa: E402
-from shared.alerts.routing import MailboxDigest  # noqa: E402
 from shared.digests.render import DigestItem, FolderCount, render_mailbox_digest  # noqa: E402
+from shared.routing_file import MailboxDigest  # noqa: E402
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
+WIDTHS = (390, 1280)  # a phone's width and a desktop's
+# headless Chromium's window is at least 500 px wide: the mail is shown in an iframe of the width (its own
+# viewport, as a phone's screen is)
+FRAME = (
+    '<!DOCTYPE html><html><body style="margin:0;background:#f7fafc">'
+    '<iframe style="border:0;display:block" width="{width}" height="{height}" srcdoc="{mail}"></iframe></body></html>'
+)
 
 
 def alert_mail_html() -> str:
@@ -60,7 +56,7 @@ def alert_mail_html() -> str:
 def mailbox_digest_html() -> str:
     now = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
     digest = MailboxDigest(
-        name="support-unread", mailbox="support@contoso.test", to=["alice@contoso.test"], max_items=5
+        name="support-waiting", report="waiting", mailbox="support@contoso.test", to=["alice@contoso.test"], max_items=5
     )
     samples = [
         (
@@ -111,29 +107,17 @@ def mailbox_digest_html() -> str:
     return render_mailbox_digest(digest, folders, items, 14, now).html
 
 
-def photograph(html: str, target: Path, size: str = "760,470") -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise SystemExit("screenshot: Debian's chromium is needed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as folder:
-        page = Path(folder) / "mail.html"
-        page.write_text(html, encoding="utf-8")
-        subprocess.run(
-            [
-                browser,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={folder}/profile",
-                f"--window-size={size}",
-                f"--screenshot={target}",
-                page.as_uri(),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    print(f"wrote {target.relative_to(ROOT)}")
+def photograph(html: str, name: str, height: int) -> None:
+    """`docs/<name>-<width>.png` at each of WIDTHS, the first `height` pixels."""
+    for width in WIDTHS:
+        target = ROOT / "docs" / f"{name}-{width}.png"
+        page = FRAME.format(width=width, height=height, mail=escape(html, quote=True))
+        chromium.screenshot(page, target, width, height)
+        print(f"wrote {target.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
-    photograph(alert_mail_html(), ROOT / "docs" / "alert-mail.png")
-    photograph(mailbox_digest_html(), ROOT / "docs" / "mailbox-digest.png", size="760,820")
+    if chromium.browser() is None:
+        raise SystemExit("screenshot: Debian's chromium is needed (make chromium, or apt-get install chromium)")
+    photograph(alert_mail_html(), "alert-mail", 620)
+    photograph(mailbox_digest_html(), "mailbox-digest", 900)

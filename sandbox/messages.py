@@ -8,6 +8,7 @@ import json
 import os
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from .clock import CLOCK
@@ -152,10 +153,23 @@ def build_message(
     }
 
 
+_AGO = re.compile(r"^-(\d+)([mhd])$")
+_AGO_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def received_stamp(value: str) -> str:
+    """A seed's `receivedDateTime`: an ISO 8601 date-time, or `-<n>m|h|d`, that long before the sandbox's now (so
+    the default seed's mail stays recent for `report: new` digests)."""
+    ago = _AGO.match(value)
+    if ago is None:
+        return parse_datetime(value)
+    return format_datetime(datetime.fromtimestamp(CLOCK.time() - int(ago[1]) * _AGO_SECONDS[ago[2]], UTC))
+
+
 def seeded_message(source: dict[str, Any], folder_id: str) -> dict[str, Any]:
     """A message delivered through the control API: Graph's shape, plus isRead/receivedDateTime/categories."""
     received = source.get("receivedDateTime")
-    stamp = parse_datetime(received) if isinstance(received, str) else None
+    stamp = received_stamp(received) if isinstance(received, str) else None
     document = build_message(source, folder_id=folder_id, is_read=bool(source.get("isRead", False)), received=stamp)
     return document
 

@@ -24,6 +24,8 @@ from .alerts.intake import SOURCES, parse_alerts
 from .alerts.notify import Notifier
 from .attachments import MailForm, is_form, resolve_attachments
 from .config import Settings
+from .digests.alerts import preview_alert_digest
+from .digests.alerts import run_alert_digest as run_alert_digest_now
 from .digests.mailbox import DigestOutcome, run_mailbox_digest
 from .errors import (
     AppError,
@@ -328,6 +330,28 @@ async def run_digest(
     if run.outcome == DigestOutcome.FAILED and run.error:
         raise UpstreamRefused(f"Digest {name!r} failed: {run.error['message']}", code=run.error["code"])
     return ApiAnswer(200, run.answer())
+
+
+async def run_alert_digest(request: ApiRequest, settings: Settings, config: NotifyConfig, store: Store) -> ApiAnswer:
+    """Send a `mode: digest` receiver's alert digest now (200 with what it did); `?dryRun=true` answers the mail
+    it would send, and sends and releases nothing. An unknown receiver is a 404, one that is not `mode: digest`
+    a 409 `not_a_digest_receiver`."""
+    dry_run = query_flags(request, "dryRun")["dryRun"]
+    name = request.route.get("receiver", "")
+    receiver = next((r for r in config.receivers if r.name == name), None)
+    digests = [r.name for r in config.receivers if r.mode == "digest"]
+    if receiver is None:
+        known = ", ".join(digests) or "none"
+        raise NotFound(f"No receiver named {name!r} is configured (NOTIFY_CONFIG digest receivers: {known}).")
+    if receiver.mode != "digest":
+        raise Conflict(
+            f"Receiver {name!r} has mode: {receiver.mode}; only a mode: digest receiver has an alert digest.",
+            code="not_a_digest_receiver",
+        )
+    now = datetime.now(UTC)
+    if dry_run:
+        return ApiAnswer(200, (await preview_alert_digest(receiver, settings, store, now)).answer())
+    return ApiAnswer(200, (await run_alert_digest_now(receiver, settings, store, now)).answer())
 
 
 def no_such_route(request: ApiRequest, table: tuple[Route, ...]) -> ApiAnswer:

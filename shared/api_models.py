@@ -239,6 +239,23 @@ class DigestRun(_Model):
     mail: DigestMailPreview | None = None
 
 
+class AlertDigestMailPreview(DigestMailPreview):
+    cc: list[str]
+
+
+class AlertDigestRun(_Model):
+    """What an alert digest run did: the alerts it reported and its mail's id (`resumedEarlierRun` when it
+    first finished a run that had died); a dry run carries the `mail` it would send instead, and releases
+    nothing."""
+
+    receiver: str
+    outcome: Literal["sent", "nothing_new", "dry_run"]
+    alerts: int
+    mail_id: str | None = Field(None, alias="mailId")
+    resumed_earlier_run: bool | None = Field(None, alias="resumedEarlierRun")
+    mail: AlertDigestMailPreview | None = None
+
+
 class HealthCheck(_Closed):
     ok: bool
     highest_day_percent: float | None = Field(

@@ -66,6 +66,10 @@ async def run_digest(request: api.ApiRequest, app: Collaborators) -> api.ApiAnsw
     return await api.run_digest(request, app.settings, app.notify, app.store, app.graph)
 
 
+async def run_alert_digest(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
+    return await api.run_alert_digest(request, app.settings, app.notify, app.store)
+
+
 async def health(request: api.ApiRequest, app: Collaborators) -> api.ApiAnswer:
     api.query_flags(request)
     return api.health_answer(await _health.get(None, api.HealthCache).results(_health_results), detailed=False)

@@ -143,6 +143,18 @@ OPERATIONS: dict[routes.Route, Operation] = {
         },
         params=(Param("name", "path", {"type": "string"}), _DRY_RUN),
     ),
+    routes.RUN_ALERT_DIGEST: Operation(
+        "Send (or preview) a mode: digest receiver's alert digest now",
+        {
+            200: Answer("What the run did (a dry run: the mail it would send)", m.AlertDigestRun),
+            400: _error("An unknown query parameter, or dryRun not true or false"),
+            404: _error("No receiver of that name"),
+            409: _error("The receiver is not mode: digest (not_a_digest_receiver)"),
+            500: _FAILED,
+            503: _error("Storage unavailable"),
+        },
+        params=(Param("receiver", "path", {"type": "string"}), _DRY_RUN),
+    ),
     routes.HEALTH: Operation(
         "Configuration, storage, Key Vault, Graph token and digest checks, ok or not per kind; names nothing",
         {

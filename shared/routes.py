@@ -60,11 +60,12 @@ POST_MAIL = Route("post_mail", "mail", ("POST",))
 GET_MAIL = Route("get_mail", "mail/{id}", ("GET",))
 POST_ALERTS = Route("post_alerts", "alerts/{source?}", ("POST",))
 RUN_DIGEST = Route("run_digest", "digests/{name}/run", ("POST",))
+RUN_ALERT_DIGEST = Route("run_alert_digest", "alert-digests/{receiver}/run", ("POST",))
 HEALTH = Route("health", "health", ("GET",), "anonymous")
 HEALTH_DETAILS = Route("health_details", "health/details", ("GET",))
 OPENAPI = Route("openapi", "openapi.json", ("GET",), "anonymous")
 
-ROUTES = (POST_MAIL, GET_MAIL, POST_ALERTS, RUN_DIGEST, HEALTH, HEALTH_DETAILS, OPENAPI)
+ROUTES = (POST_MAIL, GET_MAIL, POST_ALERTS, RUN_DIGEST, RUN_ALERT_DIGEST, HEALTH, HEALTH_DETAILS, OPENAPI)
 
 # Any other path or method: the app answers it (404, or 405 with Allow) in the API's error shape, on Azure's
 # host as on the devhost, instead of an empty body. Routes with literal segments win over this catch-all.

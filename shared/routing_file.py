@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import ConfigError, Settings
-from .schedules import Schedule, parse_receiver_schedule, parse_schedule
+from .schedules import Schedule, parse_receiver_schedule, parse_schedule, parse_zone
 from .text import ADDRESS, CONTROL
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
@@ -85,7 +86,7 @@ class Receiver(_Model):
     max_groups_per_interval: int = Field(20, ge=1, le=1000)  # group notices mailed per group_interval; then a summary
     regroup: bool = False  # true: group the notifications of pre-grouping sources (Alertmanager, Grafana) again
     schedule: str | None = None  # a digest receiver's own cron (5 or 6 fields); else ALERT_DIGEST_SCHEDULE (UTC)
-    timezone: str | None = None  # IANA zone the schedule is read in; UTC when left out
+    timezone: str | None = None  # IANA zone of its mails' dates and its own schedule; UTC when left out
 
     @field_validator("to", "cc")
     @classmethod
@@ -127,6 +128,11 @@ class Receiver(_Model):
     def own_schedule(self) -> Schedule | None:
         """The receiver's own digest schedule, or None to follow ALERT_DIGEST_SCHEDULE."""
         return parse_receiver_schedule(self.mode, self.schedule, self.timezone)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone its mails give dates in (`timezone`, else UTC)."""
+        return parse_zone(self.timezone, "timezone")
 
 
 class Route(_Model):
@@ -198,7 +204,7 @@ class MailboxDigest(_Model):
     category: str | None = Field(None, min_length=1, max_length=255)  # the tag's earlier name
     mark_read: bool = False
     schedule: str | None = None  # own cron (5 or 6 fields); else MAILBOX_DIGEST_SCHEDULE (UTC)
-    timezone: str | None = None  # IANA zone the schedule is read in; UTC when left out
+    timezone: str | None = None  # IANA zone of its mail's dates and its own schedule; UTC when left out
 
     @model_validator(mode="after")
     def _kind(self) -> MailboxDigest:
@@ -234,6 +240,11 @@ class MailboxDigest(_Model):
     def own_schedule(self) -> Schedule | None:
         """The digest's own schedule, or None to follow MAILBOX_DIGEST_SCHEDULE."""
         return parse_schedule(self.schedule, self.timezone)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone its mail gives dates in (`timezone`, else UTC)."""
+        return parse_zone(self.timezone, "timezone")
 
     @field_validator("mailbox")
     @classmethod

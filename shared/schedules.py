@@ -61,22 +61,21 @@ class Schedule:
 
 def parse_schedule(value: object, timezone: object, where: str = "") -> Schedule | None:
     """The schedule of a mailbox digest or an alert digest receiver from its `schedule` and `timezone` fields,
-    or None when neither is set (it follows the global UTC setting). `where` is the object's path in the
-    routing file (`digests[0]`), put before the field's name in the error; "" inside a pydantic validator,
-    which adds the path itself."""
+    or None without a `schedule` (it follows the global UTC setting; a `timezone` alone is the zone of its
+    mails' dates, checked here all the same). `where` is the object's path in the routing file (`digests[0]`),
+    put before the field's name in the error; "" inside a pydantic validator, which adds the path itself."""
     prefix = f"{where}." if where else ""
+    zone = parse_zone(timezone, f"{prefix}timezone")
     if value is None:
-        if timezone is not None:
-            raise ScheduleError(f"{prefix}timezone: set it together with schedule (the global schedule is UTC)")
         return None
-    return Schedule(_cron(value, f"{prefix}schedule"), parse_zone(timezone, f"{prefix}timezone"))
+    return Schedule(_cron(value, f"{prefix}schedule"), zone)
 
 
 def parse_receiver_schedule(mode: str, value: object, timezone: object, where: str = "") -> Schedule | None:
-    """`parse_schedule` for an alert receiver: only a `mode: digest` receiver has a schedule."""
-    if mode != "digest" and (value is not None or timezone is not None):
-        field = "schedule" if value is not None else "timezone"
-        raise ScheduleError(f"{where + '.' if where else ''}{field}: only a receiver with mode: digest has a schedule")
+    """`parse_schedule` for an alert receiver: only a `mode: digest` receiver has a schedule (any receiver may
+    have a `timezone`, the zone of its mails' dates)."""
+    if mode != "digest" and value is not None:
+        raise ScheduleError(f"{where + '.' if where else ''}schedule: only a receiver with mode: digest has a schedule")
     return parse_schedule(value, timezone, where)
 
 

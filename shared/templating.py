@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,13 @@ if TYPE_CHECKING:  # Jinja2 loads with the first mail rendered: importing it cos
     from jinja2 import Environment
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+TIME_FORMAT = "%Y-%m-%d %H:%M %Z"  # 2026-12-04 17:08 CET; in UTC it says UTC
+
+
+def when(moment: datetime, zone: tzinfo) -> str:
+    """The one way every mail writes a date and time: in the reader's zone (`timezone` in the routing file,
+    else UTC), which it names. The templates' `when` filter."""
+    return moment.astimezone(zone).strftime(TIME_FORMAT)
 
 
 @functools.cache
@@ -21,7 +29,7 @@ def templates() -> Environment:
     """The environment, made on first use."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-    return Environment(
+    environment = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(
             enabled_extensions=("html.j2",), disabled_extensions=("txt.j2",), default=True, default_for_string=True
@@ -30,6 +38,8 @@ def templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["when"] = when
+    return environment
 
 
 @dataclass(frozen=True)

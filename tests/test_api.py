@@ -352,7 +352,8 @@ def test_health_checks_storage_key_vault_and_graph_without_revealing_secrets(
         "storage",
         "keyVault",
         "graphToken",
-        "digest:support-unread",
+        "digest:support-new",
+        "digest:support-waiting",
         "delivery",
     }
     assert APP_SECRET not in details.get_body().decode() and APP_SECRET not in caplog.text
@@ -437,7 +438,7 @@ def test_mail_and_digest_endpoints_refuse_unknown_query_parameters(app: Any, azu
     assert status == 400 and body["error"]["details"][0]["field"] == "priority"
     assert _queued(azurite) == []
     status, body = _call(
-        app, "run_digest", "POST", "/api/digests/support-unread/run?dryrun=true", route={"name": "support-unread"}
+        app, "run_digest", "POST", "/api/digests/support-waiting/run?dryrun=true", route={"name": "support-waiting"}
     )
     assert status == 400 and body["error"]["details"][0] == {
         "field": "dryrun",
@@ -465,9 +466,10 @@ def test_ten_anonymous_health_calls_read_key_vault_once_call_graph_once_and_name
     assert {r.status_code for r in responses} == {200}
     # one read by the check, one by the token chain's first use (its credential is then cached for an hour)
     assert reads == ["graph-client-secret", "graph-client-secret"]
-    assert len([e for e in sandbox.requests(since) if "mailFolders" in e["path"]]) <= 2  # one digest check
+    assert len([e for e in sandbox.requests(since) if "mailFolders" in e["path"]]) <= 4  # one check per digest
     text = responses[-1].get_body().decode()
-    assert "support-unread" not in text and "support@" not in text and "ms" not in json.loads(text)["checks"]["storage"]
+    assert "support-new" not in text and "support-waiting" not in text and "support@" not in text
+    assert "ms" not in json.loads(text)["checks"]["storage"]
 
 
 def test_health_refuses_unknown_query_parameters(app: Any) -> None:

@@ -325,13 +325,22 @@ def test_the_apis_real_answers_are_what_the_document_says(app_env: dict[str, str
     assert json.loads(dry.get_body())["mails"], "the dry run shows the mail the critical alert would get"
     call(function_app.post_alerts, "post", "/alerts/nagios", alert, route={"source": "nagios"})  # 404
 
-    digest = {"route": {"name": "support-unread"}, "raw": b""}
-    preview = call(function_app.run_digest, "post", "/digests/support-unread/run", params={"dryRun": "true"}, **digest)
+    digest = {"route": {"name": "support-new"}, "raw": b""}
+    preview = call(function_app.run_digest, "post", "/digests/support-new/run", params={"dryRun": "true"}, **digest)
     assert json.loads(preview.get_body())["outcome"] == "dry_run"
-    sent = call(function_app.run_digest, "post", "/digests/support-unread/run", **digest)
+    sent = call(function_app.run_digest, "post", "/digests/support-new/run", **digest)
     assert json.loads(sent.get_body())["outcome"] == "sent"
-    again = call(function_app.run_digest, "post", "/digests/support-unread/run", **digest)
+    again = call(function_app.run_digest, "post", "/digests/support-new/run", **digest)
     assert json.loads(again.get_body())["outcome"] == "nothing_new"
+
+    alert_digest = {"route": {"receiver": "alert-digest"}, "raw": b""}
+    call(function_app.post_alerts, "post", "/alerts", {**alert, "severity": "warning"})  # kept for the digest
+    path = "/alert-digests/alert-digest/run"
+    preview = call(function_app.run_alert_digest, "post", path, params={"dryRun": "true"}, **alert_digest)
+    assert json.loads(preview.get_body())["outcome"] == "dry_run"
+    assert json.loads(call(function_app.run_alert_digest, "post", path, **alert_digest).get_body())["outcome"] == "sent"
+    call(function_app.run_alert_digest, "post", "/alert-digests/oncall/run", route={"receiver": "oncall"}, raw=b"")
+    call(function_app.run_alert_digest, "post", "/alert-digests/nobody/run", route={"receiver": "nobody"}, raw=b"")
 
     call(function_app.health, "get", "/health")
 

@@ -345,7 +345,7 @@ def test_claim_keys_are_valid_table_keys() -> None:
         ("0 7 31 2 *", None, "schedule", "(6 fields, seconds first): it never comes due"),
         (700, None, "schedule", "700 is not a cron expression such as '0 7 * * 1-5'"),
         (700, None, "schedule", "; quote it in YAML"),
-        (None, "Europe/Berlin", "timezone", "set it together with schedule (the global schedule is UTC)"),
+        (None, "Europe/Berln", "timezone", "'Europe/Berln' is not an IANA time zone name"),
     ],
 )
 def test_a_bad_schedule_or_zone_is_refused_naming_the_field(
@@ -369,8 +369,9 @@ def test_only_a_digest_receiver_has_a_schedule() -> None:
     assert parse_receiver_schedule("immediate", None, None, "receivers[0]") is None
     with pytest.raises(ScheduleError, match=r"^receivers\[0\]\.schedule: only a receiver with mode: digest"):
         parse_receiver_schedule("immediate", "0 7 * * *", None, "receivers[0]")
-    with pytest.raises(ScheduleError, match=r"^receivers\[0\]\.timezone: only a receiver with mode: digest"):
-        parse_receiver_schedule("immediate", None, "UTC", "receivers[0]")
+    assert parse_receiver_schedule("immediate", None, "Europe/Berlin", "receivers[0]") is None  # its mails' dates
+    with pytest.raises(ScheduleError, match=r"^receivers\[0\]\.timezone: 'Mars/Base' is not an IANA"):
+        parse_receiver_schedule("immediate", None, "Mars/Base", "receivers[0]")
 
 
 def test_times_without_a_zone_are_refused() -> None:

@@ -8,12 +8,14 @@ as one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
+from ..errors import Conflict
 from ..mail import MailRequest, app_mail_id
 from ..outbox import submit_mail
 from ..routing_file import Receiver
@@ -30,7 +32,7 @@ PASS_THROUGH_RETRY_WINDOW = 120  # seconds in which the same notification again 
 
 def alert_mail(group: AlertGroup, receiver: Receiver, settings: Settings, mail_id: str, now: datetime) -> MailRequest:
     """The checked mail for one group's notice, rendered as of `now` (so a re-run renders the same mail)."""
-    rendered = render_group(group, receiver.template, now=now)
+    rendered = render_group(group, receiver.template, now=now, zone=receiver.zone)
     critical = any(a.severity == "critical" for a in group.firing)
     return receiver_mail(
         receiver,
@@ -110,8 +112,10 @@ class Notifier:
             held = HeldBack(group.key, subject_of(group), group.status, len(group.alerts), now.replace(microsecond=0))
             await hold_back(self.store, receiver, mail_id, held, now)
             return None
-        rendered_at = datetime.fromtimestamp(window * PASS_THROUGH_RETRY_WINDOW, UTC)  # a retry renders the same
-        await submit_mail(self.store, alert_mail(group, receiver, self.settings, mail_id, rendered_at))
+        # rendered as of now, so its footer says when it was sent; a Conflict is a retry racing this one that
+        # submitted the same notification (the id is its content) a moment earlier: that mail stands
+        with contextlib.suppress(Conflict):
+            await submit_mail(self.store, alert_mail(group, receiver, self.settings, mail_id, now))
         return mail_id
 
     async def summary(self, receiver: Receiver, due: datetime) -> tuple[str, str | None, int]:

@@ -115,6 +115,7 @@ def summary_mail(receiver: Receiver, held: list[HeldBack], settings: Settings, m
             held=held[:shown],
             more=len(held) - shown,
             total=len(held),
+            zone=receiver.zone,
         )
         if fits(rendered) or shown <= 1:
             break

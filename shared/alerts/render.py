@@ -10,7 +10,7 @@ and fewer when the body would pass `MAIL_BUDGET` characters; the rest are counte
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..mail import MailRequest, compose_mail
@@ -104,9 +104,11 @@ def _identities(alerts: list[Alert]) -> dict[str, str]:
     return found
 
 
-def render_group(group: AlertGroup, template: str = "default", now: datetime | None = None) -> RenderedMail:
+def render_group(
+    group: AlertGroup, template: str = "default", now: datetime | None = None, zone: tzinfo = UTC
+) -> RenderedMail:
     """The mail for one group; `template` names `templates/alert_<template>.html.j2` (the one body Graph
-    sends)."""
+    sends); its dates in `zone` (the receiver's)."""
     firing = [for_display(a) for a in _order(group.firing)]
     resolved = [for_display(a) for a in _order(group.resolved)]
     identities = _identities(firing + resolved)
@@ -125,6 +127,7 @@ def render_group(group: AlertGroup, template: str = "default", now: datetime | N
             "colours": SEVERITY_COLOURS,
             "resolved_colour": RESOLVED_COLOUR,
             "now": now or datetime.now(UTC),
+            "zone": zone,
         }
         mail = render_mail(f"alert_{template}", subject_of(group), **context)
         if fits(mail) or shown == 1:  # one alert, its texts cut, always fits

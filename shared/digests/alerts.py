@@ -37,6 +37,7 @@ class AlertDigestOutcome(StrEnum):
     SENT = "sent"
     NOTHING_NEW = "nothing_new"
     FAILED = "failed"
+    DRY_RUN = "dry_run"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,18 @@ class AlertDigestRun:
     mail_id: str | None = None
     resumed: bool = False
     error: str | None = None  # the error's type when failed (the log has the rest)
+    preview: dict[str, Any] | None = None  # a dry run's mail: from, to, cc, subject, html
+
+    def answer(self) -> dict[str, Any]:
+        """The API's answer (`POST /api/alert-digests/{receiver}/run`)."""
+        body: dict[str, Any] = {"receiver": self.receiver, "outcome": str(self.outcome), "alerts": self.alerts}
+        if self.mail_id:
+            body["mailId"] = self.mail_id
+        if self.outcome != AlertDigestOutcome.DRY_RUN:
+            body["resumedEarlierRun"] = self.resumed
+        if self.preview:
+            body["mail"] = self.preview
+        return body
 
 
 def _record_name(receiver: Receiver) -> str:
@@ -80,7 +93,7 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     if not rows:
         return AlertDigestRun(receiver.name, AlertDigestOutcome.NOTHING_NEW, resumed=resumed)
     entries = [(for_display(Alert.from_dict(json.loads(row.alert))), row.last_seen) for row in rows]
-    rendered = _bounded_digest(receiver.name, alert_digest_lines(entries), now)
+    rendered = _bounded_digest(receiver, alert_digest_lines(entries, receiver.zone), now)
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = app_mail_id("alertdigest", receiver.name, now.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
     mail = receiver_mail(receiver, mail_id, rendered, settings, priority="bulk")
@@ -93,11 +106,24 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     return AlertDigestRun(receiver.name, AlertDigestOutcome.SENT, len(record["rows"]), record["mail"]["id"], resumed)
 
 
-def _bounded_digest(receiver: str, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
+async def preview_alert_digest(receiver: Receiver, settings: Settings, store: Store, now: datetime) -> AlertDigestRun:
+    """The digest a run would send now, checked as it would be sent; nothing is recorded, sent or released."""
+    rows = await store.digest_buffer.waiting(receiver_key(receiver.name))
+    if not rows:
+        return AlertDigestRun(receiver.name, AlertDigestOutcome.NOTHING_NEW)
+    entries = [(for_display(Alert.from_dict(json.loads(row.alert))), row.last_seen) for row in rows]
+    rendered = _bounded_digest(receiver, alert_digest_lines(entries, receiver.zone), now)
+    mail_id = app_mail_id("alertdigest", receiver.name, "dry-run")
+    mail = receiver_mail(receiver, mail_id, rendered, settings, priority="bulk")
+    preview = {"from": mail.sender, "to": receiver.to, "cc": receiver.cc, "subject": mail.subject, "html": mail.html}
+    return AlertDigestRun(receiver.name, AlertDigestOutcome.DRY_RUN, len(rows), preview=preview)
+
+
+def _bounded_digest(receiver: Receiver, lines: list[AlertDigestLine], now: datetime) -> RenderedMail:
     """The digest listing at most DIGEST_CAP kinds, and fewer when the body would pass the mail budget."""
     shown = min(len(lines), DIGEST_CAP)
     while True:
-        rendered = render_alert_digest(receiver, lines, now, shown)
+        rendered = render_alert_digest(receiver.name, lines, now, shown, receiver.zone)
         if fits(rendered) or shown <= 1:
             return rendered
         shown //= 2

@@ -312,11 +312,12 @@ async def _collect(
 ) -> tuple[list[FolderCount], list[dict[str, Any]]]:
     """The tagging digest's listing: the chosen folders with their counts, and every unread message not yet
     tagged (newest first, immutable ids, so one moved before the tagging is still found), each with the
-    folder path it is in."""
+    folder path it is in. A folder's count is its unread mail (`unreadItemCount`), tagged or not, as for every
+    `waiting` digest; only a digest of read mail too (`unread_only: false`) counts what it lists."""
     folders = await graph.list_folders(digest.mailbox)
     chosen, _ = choose(digest, folders)
-    unread = " and isRead eq false" if digest.unread_only else ""
-    query = f"receivedDateTime ge {since}{unread}"
+    unread_filter = " and isRead eq false" if digest.unread_only else ""
+    query = f"receivedDateTime ge {since}{unread_filter}"
     counts: list[FolderCount] = []
     found: list[dict[str, Any]] = []
     for folder in chosen:
@@ -335,7 +336,8 @@ async def _collect(
         ]
         for message in messages:
             message["folder"] = folder["path"]
-        counts.append(FolderCount(folder["path"], len(messages)))
+        unread = int(folder.get("unreadItemCount") or 0) if digest.unread_only else len(messages)
+        counts.append(FolderCount(folder["path"], unread))
         found += messages
     found.sort(key=lambda m: str(m.get("receivedDateTime", "")), reverse=True)
     return counts, found

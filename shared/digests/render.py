@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from ..alerts.model import SEVERITIES, Alert
 from ..alerts.render import SEVERITY_COLOURS
-from ..templating import RenderedMail, one_line, render_mail
+from ..templating import RenderedMail, one_line, render_mail, when
 
 if TYPE_CHECKING:
     from ..routing_file import MailboxDigest
@@ -92,6 +92,7 @@ def render_mailbox_digest(
         more=max(0, total - len(items)),
         notes=list(notes),
         now=now,
+        zone=digest.zone,
     )
 
 
@@ -109,16 +110,15 @@ class AlertDigestLine:
     links: dict[str, str]
 
 
-def alert_digest_lines(entries: list[tuple[Alert, datetime]]) -> list[AlertDigestLine]:
-    """(alert, last seen) pairs gathered by alert name and severity, most severe and most frequent first."""
+def alert_digest_lines(entries: list[tuple[Alert, datetime]], zone: tzinfo = UTC) -> list[AlertDigestLine]:
+    """(alert, last seen) pairs gathered by alert name and severity, most severe and most frequent first; the
+    first and last seen times written in `zone` (the receiver's)."""
     gathered: dict[tuple[str, str], list[tuple[Alert, datetime]]] = {}
     for alert, seen in entries:
         gathered.setdefault((alert.name, alert.severity), []).append((alert, seen))
     lines = []
     for (name, severity), members in gathered.items():
-        starts = [a.starts_at.strftime("%Y-%m-%d %H:%M UTC") for a, _ in members if a.starts_at] or [
-            s.strftime("%Y-%m-%dT%H:%M:%SZ") for _, s in members
-        ]
+        first_seen = min([a.starts_at for a, _ in members if a.starts_at] or [s for _, s in members])
         last_seen = max(s for _, s in members)
         first = members[0][0]
         lines.append(
@@ -127,8 +127,8 @@ def alert_digest_lines(entries: list[tuple[Alert, datetime]]) -> list[AlertDiges
                 severity=severity,
                 count=len(members),
                 firing=sum(1 for a, _ in members if a.status == "firing"),
-                first_seen=min(starts),
-                last_seen=last_seen.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                first_seen=when(first_seen, zone),
+                last_seen=when(last_seen, zone),
                 summary=first.summary,
                 links=first.links,
             )
@@ -138,9 +138,10 @@ def alert_digest_lines(entries: list[tuple[Alert, datetime]]) -> list[AlertDiges
 
 
 def render_alert_digest(
-    receiver: str, lines: list[AlertDigestLine], now: datetime, shown: int | None = None
+    receiver: str, lines: list[AlertDigestLine], now: datetime, shown: int | None = None, zone: tzinfo = UTC
 ) -> RenderedMail:
-    """The alert digest of all `lines`, listing the first `shown` of them (all by default) and counting the rest."""
+    """The alert digest of all `lines`, listing the first `shown` of them (all by default) and counting the rest;
+    its dates in `zone` (the receiver's)."""
     total = sum(line.count for line in lines)
     listed = lines if shown is None else lines[:shown]
     subject = one_line(f"[ALERT DIGEST] {total} alerts, {len(lines)} kinds ({receiver})")
@@ -154,4 +155,5 @@ def render_alert_digest(
         total=total,
         colours=SEVERITY_COLOURS,
         now=now,
+        zone=zone,
     )

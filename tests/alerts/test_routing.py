@@ -70,12 +70,9 @@ def test_the_shipped_default_config_routes_by_severity() -> None:
     assert _route(config, severity="high") == ["oncall"]
     assert _route(config, severity="warning") == ["alert-digest"]
     assert config.receiver("oncall").seconds("group_wait") == 30
-    [digest] = config.digests
-    assert (digest.name, digest.mailbox, digest.to) == (
-        "support-unread",
-        "support@contoso.test",
-        ["alice@contoso.test", "bob@contoso.test"],
-    )
+    new, waiting = config.digests  # the README's two kinds, neither tagging
+    assert (new.name, new.report, new.mailbox, new.tagging) == ("support-new", "new", "support@contoso.test", None)
+    assert (waiting.name, waiting.report, waiting.tagging) == ("support-waiting", "waiting", None)
 
 
 def test_durations() -> None:

@@ -584,3 +584,37 @@ def test_a_signed_request_whose_intake_failed_is_forgotten_so_the_senders_retry_
     assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
     run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
     assert len(sandbox.sent()) == 1
+
+
+def test_a_passed_through_alert_mails_footer_gives_the_time_it_was_sent_in_the_one_date_format(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Posted at 16:07:30, it says 16:07 (not 16:06, the start of its two-minute retry window); a retry that
+    races it is still the same mail."""
+    from datetime import UTC, datetime
+
+    from shared.alerts.grouping import group_alerts
+    from shared.alerts.intake import parse_alerts
+    from shared.alerts.notify import Notifier
+    from shared.config import settings
+    from shared.routing_file import notify_config
+    from shared.store import store
+
+    config = settings()
+    routing = notify_config(config)
+    [group] = group_alerts(parse_alerts(fresh("alertmanager"), "alertmanager"), routing)
+    today = datetime.now(UTC).replace(hour=16, minute=7, second=30, microsecond=0)
+
+    async def posted_and_retried() -> list[str | None]:
+        notifier = Notifier(config, store(config.storage))
+        receiver = routing.receiver(group.receiver)
+        first = await notifier.pass_through(group, receiver, today)
+        retry = await notifier.pass_through(group, receiver, today.replace(second=50))
+        return [first, retry]
+
+    first, retry = run(posted_and_retried())
+    assert first is not None and retry == first
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    [mail] = sandbox.sent()
+    footer = f"to {group.receiver} at {today:%Y-%m-%d} 16:07 UTC."
+    assert footer in mail["body"]["content"]

@@ -3,6 +3,7 @@ after submitting its mail and the timer runs again."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from shared.store import StatusChanged, Store, store
 from shared.store.alert_digest import AlertDigestBuffer
 from shared.store.records import RunRecords
 
-from ..helpers import dispatch_with, drain_queue, run, user_function
+from ..helpers import dispatch_with, drain_queue, http, run, user_function
 
 
 def _alerts(names: list[tuple[str, str, str]]) -> list[Any]:
@@ -217,3 +218,39 @@ def test_issue11_2_a_receiver_whose_digest_fails_does_not_stop_the_others(
     _deliver(digest_app, azurite)
     [mail] = sandbox.sent()
     assert mail["subject"] == "[ALERT DIGEST] 2 alerts, 1 kinds (second)"
+
+
+def _run_now(app: Any, receiver: str, dry_run: bool = False) -> tuple[int, dict[str, Any]]:
+    params = {"dryRun": "true"} if dry_run else {}
+    request = http("POST", f"/api/alert-digests/{receiver}/run", route={"receiver": receiver}, params=params, raw=b"")
+    response = run(user_function(app.run_alert_digest)(request))
+    return response.status_code, json.loads(response.get_body())
+
+
+def test_the_alert_digest_runs_now_on_request_and_a_dry_run_previews_it_sending_and_releasing_nothing(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess
+) -> None:
+    run(_buffer(WAITING))
+    status, preview = _run_now(digest_app, "low-priority", dry_run=True)
+    assert status == 200 and preview["outcome"] == "dry_run" and preview["alerts"] == 4
+    assert preview["mail"]["subject"] == "[ALERT DIGEST] 4 alerts, 2 kinds (low-priority)"
+    assert preview["mail"]["to"] == ["bob@contoso.test"] and "CertificateExpiring" in preview["mail"]["html"]
+    _deliver(digest_app, azurite)
+    assert sandbox.sent() == []  # the dry run sent nothing and left the alerts waiting
+
+    status, sent = _run_now(digest_app, "low-priority")
+    assert status == 200 and sent["outcome"] == "sent" and sent["alerts"] == 4 and sent["mailId"]
+    assert _run_now(digest_app, "low-priority")[1]["outcome"] == "nothing_new"
+    _deliver(digest_app, azurite)
+    [mail] = sandbox.sent()
+    assert mail["subject"] == "[ALERT DIGEST] 4 alerts, 2 kinds (low-priority)"
+
+
+def test_running_the_alert_digest_of_an_unknown_or_immediate_receiver_is_refused_with_a_clear_code(
+    digest_app: Any,
+) -> None:
+    status, body = _run_now(digest_app, "nobody")
+    assert status == 404 and body["error"]["code"] == "not_found" and "low-priority" in body["error"]["message"]
+    status, body = _run_now(digest_app, "oncall", dry_run=True)
+    assert status == 409 and body["error"]["code"] == "not_a_digest_receiver"
+    assert "mode: immediate" in body["error"]["message"]

@@ -6,6 +6,8 @@ record is finished by the next without a second mail."""
 from __future__ import annotations
 
 import copy
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from sandbox.launcher import SandboxProcess
 from shared.config import settings
 from shared.store import store
 
-from ..helpers import SUPPORT, bearer, drain_queue, run
+from ..helpers import ROOT, SUPPORT, bearer, drain_queue, http, run, user_function
 
 ROUTING = """
 receivers:
@@ -36,6 +38,12 @@ digests:
     folders: [Inbox, Orders]
     to: [bob@contoso.test]
     max_items: 3
+  - name: tagged
+    report: waiting
+    tag: Digested
+    mailbox: support@contoso.test
+    folders: [Inbox, Orders]
+    to: [bob@contoso.test]
 """
 FOLDERS = {"Inbox": 6, "Inbox/Escalations": 3, "Orders": 4, "Orders/Returns": 2, "Projects": 5}
 
@@ -291,3 +299,50 @@ def test_a_digest_whose_options_do_not_fit_its_kind_is_refused_naming_the_field_
     routing.write_text(head + "  - name: x\n    mailbox: s@contoso.test\n    to: [a@contoso.test]\n" + lines + "\n")
     with pytest.raises(ConfigError, match=error):
         load_notify_config(routing)
+
+
+def test_a_tagging_waiting_digest_counts_each_folders_unread_mail_on_every_run(
+    reports: dict[str, Any], mailbox: dict[str, list[dict[str, Any]]], sandbox: SandboxProcess
+) -> None:
+    unread = {"Inbox": 6, "Inbox/Escalations": 3, "Orders": 4, "Orders/Returns": 2}
+    first = _digest(reports["tagged"])
+    assert first["outcome"] == "sent" and first["messages"] == 15 and first["tagged"] == 15
+    assert {f["path"]: f["count"] for f in first["folders"]} == unread
+    second = _digest(reports["tagged"])  # all tagged, none reported again; still unread, so still counted
+    assert second["outcome"] == "nothing_new" and second["messages"] == 0
+    assert {f["path"]: f["count"] for f in second["folders"]} == unread
+
+
+README_RUN = re.compile(
+    r"curl -s -X POST '?http://127\.0\.0\.1:7071/api/(digests|alert-digests)/([a-z0-9-]+)/run(\?dryRun=true)?"
+)
+
+
+def test_the_readmes_digest_runs_work_against_the_shipped_routing_file_and_the_default_seed(
+    app_env: dict[str, str], sandbox: SandboxProcess, azurite: AzuriteProcess
+) -> None:
+    import function_app
+    from shared.routing_file import notify_config
+
+    notify_config.cache_clear()  # app_env leaves NOTIFY_CONFIG unset: the shipped config/notify.yaml
+    examples = README_RUN.findall((ROOT / "README.md").read_text())
+    assert {(kind, name) for kind, name, _ in examples} == {
+        ("digests", "support-new"),
+        ("digests", "support-waiting"),
+        ("alert-digests", "alert-digest"),
+    }
+    warning = {"name": "CertificateExpiring", "severity": "warning", "summary": "web-1's certificate expires in 9 d"}
+    posted = run(user_function(function_app.post_alerts)(http("POST", "/api/alerts", warning)))
+    assert posted.status_code == 202, posted.get_body()
+    for kind, name, dry_run in examples:
+        endpoint, key = (
+            (function_app.run_digest, "name") if kind == "digests" else (function_app.run_alert_digest, "receiver")
+        )
+        params = {"dryRun": "true"} if dry_run else {}
+        request = http("POST", f"/api/{kind}/{name}/run", route={key: name}, params=params, raw=b"")
+        response = run(user_function(endpoint)(request))
+        answer = json.loads(response.get_body())
+        assert response.status_code == 200, answer
+        assert answer["outcome"] == ("dry_run" if dry_run else "sent"), answer
+        if kind == "digests":  # the seed's four unread messages in the Inbox and Inbox/Escalations
+            assert {f["path"]: f["count"] for f in answer["folders"]} == {"Inbox": 2, "Inbox/Escalations": 2}

@@ -49,3 +49,16 @@ def test_the_clock_refuses_to_go_back_or_bad_bodies(sandbox: SandboxProcess) -> 
         answer = sandbox.control.put("/_sandbox/clock", json=body)
         assert answer.status_code == 400
         assert "advanceSeconds" in answer.json()["error"]["message"]
+
+
+def test_a_seeded_received_date_may_be_relative_to_the_sandboxs_now(sandbox: SandboxProcess) -> None:
+    [message] = sandbox.deliver(
+        SUPPORT, [{"subject": "relative", "from": "a@fabrikam.test", "receivedDateTime": "-26h"}]
+    )
+    stored = next(m for m in sandbox.mailbox(SUPPORT) if m["id"] == message["id"])
+    received = datetime.fromisoformat(stored["receivedDateTime"].replace("Z", "+00:00"))
+    assert abs((_now(sandbox) - timedelta(hours=26) - received).total_seconds()) < 5
+    seeded = [m for m in sandbox.mailbox(SUPPORT) if m["subject"] == "Outage in region West"]  # the default seed
+    assert seeded and _now(sandbox) - timedelta(days=7) < datetime.fromisoformat(
+        seeded[0]["receivedDateTime"].replace("Z", "+00:00")
+    )

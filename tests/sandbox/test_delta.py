@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -95,10 +96,11 @@ def test_delta_filters_on_received_date_only_in_the_first_call(sandbox: SandboxP
     assert sandbox.control is not None
     headers = bearer(sandbox)
     url = f"/v1.0/users/{SUPPORT}/mailFolders/inbox/messages/delta"
-    first = sandbox.control.get(url, headers=headers, params={"$filter": "receivedDateTime ge 2026-11-20T09:00:00Z"})
+    since = (datetime.now(UTC) - timedelta(hours=50, minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")  # the seed: -50h
+    first = sandbox.control.get(url, headers=headers, params={"$filter": f"receivedDateTime ge {since}"})
     assert [m["subject"] for m in first.json()["value"]] == ["Invoice 2026-0412 is wrong"]
     again = sandbox.control.get(
-        first.json()["@odata.deltaLink"] + "&$filter=receivedDateTime ge 2026-11-20T09:00:00Z", headers=headers
+        first.json()["@odata.deltaLink"] + f"&$filter=receivedDateTime ge {since}", headers=headers
     )
     assert again.status_code == 400
     wrong = sandbox.control.get(url, headers=headers, params={"$filter": "isRead eq false"})
