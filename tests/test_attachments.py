@@ -23,7 +23,7 @@ from sandbox.launcher import SandboxProcess
 from shared.api import ApiRequest, post_mail
 from shared.attachments import resolve_attachments
 from shared.config import StorageAccount, settings
-from shared.errors import AppError, InvalidMessage
+from shared.errors import AppError, AttachmentChanged, InvalidMessage
 from shared.mail import parse_mail
 from shared.store import Store
 from shared.store.attachments import form_folder
@@ -204,6 +204,36 @@ def test_the_sender_deletes_the_blobs_the_app_stored_for_the_mail_and_no_produce
     assert len(set(blobs)) == 3
     assert sizes == [None, None, None, 3]
     assert _blobs(azurite, _folder("gone-1")) == {}
+
+
+def test_a_blob_is_read_back_only_as_it_was_stored(azurite: AzuriteProcess) -> None:
+    """A resumed read hashes what came before it; a write between two reads, or other bytes of the same size,
+    raise `attachment_changed` before the read that completes the file is answered."""
+    content = os.urandom(9 * MIB)
+
+    async def scenario() -> list[str]:
+        store = _store(azurite)
+        outcomes = []
+        try:
+            stored = await store.attachments.put("as-stored", 0, "a.bin", content)
+            resumed = store.attachments.reader(stored.blob, stored.size, stored.sha256)
+            assert await resumed(8 * MIB, MIB) == content[8 * MIB :]  # the first 8 MiB hashed on the way
+            read = store.attachments.reader(stored.blob, stored.size, stored.sha256)
+            await read(0, 4 * MIB)
+            _upload(azurite, stored.blob.removeprefix("mail-attachments/"), content)  # same bytes, a new ETag
+            for reader in (read, store.attachments.reader(stored.blob, stored.size, "0" * 64)):
+                try:
+                    await reader(4 * MIB, 5 * MIB)
+                    outcomes.append("read")
+                except AttachmentChanged as error:
+                    outcomes.append(error.message)
+        finally:
+            await store.close()
+        return outcomes
+
+    written, other_hash = run(scenario())
+    assert written.endswith("it was written or deleted while it was read.")
+    assert other_hash.endswith("its SHA-256 differs from the one taken when it was accepted.")
 
 
 def test_the_repository_takes_only_references_to_its_own_container(azurite: AzuriteProcess) -> None:
