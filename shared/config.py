@@ -147,10 +147,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return value in {"true", "1", "yes"}
 
 
+# 1-3 folders of a blob reference (`shared.mail.BLOB_PATTERN`'s segments), each ending with `/`, no `..` anywhere
+_BLOB_FOLDER = re.compile(r"^(?!.*\.\.)(?:[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}/){1,3}\Z")
+
+
 def _blob_prefixes(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A comma list of folders of `mail-attachments` (`exports/`, `reports/daily/`) as full references; the
     app's own `forms/` folder is never one of them."""
-    from .mail import BLOB_REFERENCE
     from .routes import MAIL_ATTACHMENTS
 
     prefixes = []
@@ -158,7 +161,7 @@ def _blob_prefixes(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not given:
             continue
         folder = given.removeprefix(f"{MAIL_ATTACHMENTS}/")
-        if not folder.endswith("/") or not BLOB_REFERENCE.match(f"{MAIL_ATTACHMENTS}/{folder}x"):
+        if not _BLOB_FOLDER.match(folder):
             raise ConfigError(f"setting {name}: {given!r} is not a folder of {MAIL_ATTACHMENTS} such as exports/")
         if folder.split("/")[0] == "forms":
             raise ConfigError(f"setting {name}: forms/ holds the files the app stores for each mail")
