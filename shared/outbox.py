@@ -369,6 +369,9 @@ class Sender:
         status.status, status.error_code, status.error_message = MailState.FAILED, error.code, error.message[:500]
         status.lease_until = None
         await self._save_final(status)
+        current = await self.store.statuses.get(status.id)
+        if current is not None and current.status == MailState.SENT:  # another delivery sent it, then its files went
+            return Delivery(status.id, DeliveryOutcome.DUPLICATE, f"already {current.status}")
         if status.mode == DeliveryMode.DRAFT:
             await self._drafts().discard(status, sender)
         await self._drop_blobs(mail, text)
