@@ -117,7 +117,10 @@ def _folder(mail_id: str) -> str:
 def _upload(azurite: AzuriteProcess, name: str, content: bytes) -> str:
     """A producer's own blob, uploaded as `az storage blob upload` would; its reference."""
     with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-        service.get_blob_client("mail-attachments", name).upload_blob(content, overwrite=True)
+        container = service.get_container_client("mail-attachments")
+        if not container.exists():
+            container.create_container()
+        container.upload_blob(name, content, overwrite=True)
     return f"mail-attachments/{name}"
 
 
@@ -775,21 +778,27 @@ def test_a_queue_message_names_only_blobs_under_its_configured_folders_and_the_p
     producer = QueueClient.from_connection_string(
         azurite.connection_string, "mail-outbox", message_encode_policy=TextBase64EncodePolicy()
     )
-    for mail_id, blob in (("export-26", ours), ("grab-26", theirs)):
-        attachment = {"name": "orders.csv", "contentType": "text/csv", "blob": blob}
+    checked = {"sha256": hashlib.sha256(b"id;total\n1;20\n").hexdigest()}
+    for mail_id, blob, more in (
+        ("export-26", ours, checked),
+        ("grab-26", theirs, {}),
+        ("export-26-changed", ours, {"sha256": "0" * 64}),  # the producer's hash is checked as it is read
+    ):
+        attachment = {"name": "orders.csv", "contentType": "text/csv", "blob": blob, **more}
         producer.send_message(json.dumps({**MAIL, "id": mail_id, "attachments": [attachment]}))
     producer.close()
 
-    async def scenario() -> tuple[Any, Any]:
+    async def scenario() -> list[Any]:
         await drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox)
         store = _store(azurite)
         try:
-            return await store.statuses.get("export-26"), await store.statuses.get("grab-26")
+            return [await store.statuses.get(i) for i in ("export-26", "grab-26", "export-26-changed")]
         finally:
             await store.close()
 
-    sent, refused = run(scenario())
+    sent, refused, changed = run(scenario())
     assert sent.status == "sent"
+    assert (changed.status, changed.error_code) == ("failed", "attachment_changed")
     assert (refused.status, refused.error_code) == ("failed", "invalid_message")
     assert "not a blob this mail may name" in refused.error_message
     assert set(_blobs(azurite, "exports/2026-11-26/")) == {ours}  # a producer's blob is the producer's
