@@ -184,20 +184,22 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
     query_flags(request)
     content_type = request.headers.get("content-type", "")
     form = MailForm(request.body, content_type, settings.mail_max_message_bytes) if is_form(content_type) else None
-    mail = form.mail() if form is not None else parse_mail(json_body(request))
+    mail = await form.mail() if form is not None else parse_mail(json_body(request))
     given_id = _given_id(request, mail)
     mail = mail.model_copy(update={"id": given_id or uuid.uuid4().hex})
-    mail = check_mail(await resolve_attachments(store, mail, error=InvalidRequest), settings)
+    prefixes = settings.mail_api_blob_prefixes  # the app's own files of this mail come only from its form
+    mail = check_mail(await resolve_attachments(store, mail, prefixes, error=InvalidRequest), settings)
     if form is None:
         return await _submit(store, settings, mail)
     try:
         mail = check_mail(await form.store_files(store, mail), settings)
         if given_id is not None and await _submitted_before(store, mail):
-            await _delete_blobs(store, form.stored)  # this copy's files: the first submission has its own
+            await _delete_blobs(store, form.stored)  # files this replay created anew: the mail was done with its own
             return _queued(mail, replay=True)
         return await _submit(store, settings, mail)
     except Exception:
-        await _delete_blobs(store, form.stored)
+        if not await _submitted_before(store, mail, quiet=True):  # a concurrent replay may be using them
+            await _delete_blobs(store, form.stored)
         raise
 
 
@@ -224,11 +226,16 @@ def _given_id(request: ApiRequest, mail: MailRequest) -> str | None:
     return given
 
 
-async def _submitted_before(store: Store, mail: MailRequest) -> bool:
-    """Whether this very mail was submitted under its id already (a form sent again: its files were stored
-    anew under other names, which the fingerprint leaves out)."""
+async def _submitted_before(store: Store, mail: MailRequest, *, quiet: bool = False) -> bool:
+    """Whether this very mail was submitted under its id already (a form sent again: its files are the first
+    submission's, or, once that mail was done with them, stored anew). `quiet`: a Storage failure is a no."""
     assert mail.id is not None
-    existing = await store.statuses.get(mail.id)
+    try:
+        existing = await store.statuses.get(mail.id)
+    except Exception:
+        if not quiet:
+            raise
+        return False
     return existing is not None and existing.payload_hash == payload_hash(mail.dump())
 
 

@@ -6,22 +6,46 @@ A mail form is a `mail` part first (the mail's JSON, the same schema as the JSON
 inline base64) and then any number of file parts named `attachment`, each of which becomes an attachment: the
 part's filename its name, the part's Content-Type its contentType. File parts are plain attachments (for an
 inline image with a contentId, put it in the JSON part). Everything is checked as it is read, and nothing is
-stored while the mail part is wrong; `MailForm.stored` lists what was, for the caller to delete when the
-submission is refused.
+stored while the mail part is wrong; `MailForm.stored` lists what this request created, for the caller to
+delete when the submission is refused. Part headers are capped (lines and bytes per part, bytes per form), and
+the body is parsed in pieces with the event loop free between them, so no form holds up other requests.
+
+A mail may name only blobs it may read: the files the app stored for it (`forms/<its id>/`), and blobs under the
+folders its way in is given (`MAIL_QUEUE_BLOB_PREFIXES` for `mail-outbox` messages, `MAIL_API_BLOB_PREFIXES`
+for the HTTP API). Anything else is refused by its name alone, before Storage is asked, so a refusal never tells
+whether such a blob exists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, NoReturn
 
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData, Preamble
+from werkzeug.sansio.multipart import (
+    BLANK_LINE_RE,
+    Data,
+    Epilogue,
+    Field,
+    File,
+    MultipartDecoder,
+    NeedData,
+    Preamble,
+    State,
+)
 
-from .errors import AppError, Detail, InvalidMessage, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    AppError,
+    AttachmentChanged,
+    Conflict,
+    Detail,
+    InvalidMessage,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from .mail import (
     MAX_ATTACHMENTS,
     MAX_BLOB_ATTACHMENT_BYTES,
@@ -31,6 +55,7 @@ from .mail import (
     message_bytes,
     parse_mail,
 )
+from .store.attachments import FORMS_FOLDER, FileTaken, owned_by
 from .text import CONTROL, request_json
 
 if TYPE_CHECKING:
@@ -39,7 +64,10 @@ if TYPE_CHECKING:
 MAIL_PART = "mail"
 FILE_PART = "attachment"
 FORM_OVERHEAD_BYTES = MAX_JSON_BYTES  # a form may be this much larger than the mail it carries
-_CHUNK_BYTES = 1024 * 1024  # the body is handed to the parser in pieces of this size
+_CHUNK_BYTES = 256 * 1024  # the body is handed to the parser in pieces of this size, the loop free between them
+MAX_PART_HEADER_BYTES = 8 * 1024  # one part's header lines (a browser's or curl's are a few hundred bytes)
+MAX_PART_HEADER_LINES = 16
+MAX_FORM_HEADER_BYTES = 64 * 1024  # the header lines of all parts together
 # a media type with optional parameters, as RFC 9110 spells it (tokens; quoted parameter values)
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"  # noqa: S105 (an HTTP token, not a password)
 _MEDIA_TYPE = re.compile(rf'^{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*\Z')
@@ -72,11 +100,12 @@ class MailForm:
         self._body = body
         self._max_message_bytes = max_message_bytes
         self._events = self._read(MultipartDecoder(boundary.encode()))
+        self._header_bytes = 0
         self.stored: list[str] = []
 
-    def mail(self) -> MailRequest:
+    async def mail(self) -> MailRequest:
         """The mail of the first part, which must be the `mail` part (JSON, at most 5 MiB)."""
-        part = self._next_part()
+        part = await self._next_part()
         if part is None:
             raise InvalidRequest("The form has no parts; the first must be `mail`.", [Detail(MAIL_PART, "missing")])
         if part.name != MAIL_PART:
@@ -93,7 +122,7 @@ class MailForm:
                     f"(with curl: -F '{MAIL_PART}=<mail.json;type=application/json')."
                 )
         content = bytearray()
-        for data in self._data():
+        async for data in self._data():
             content += data
             if len(content) > MAX_JSON_BYTES:
                 raise PayloadTooLarge(
@@ -111,7 +140,7 @@ class MailForm:
         names = {a.name for a in attachments}
         size = message_bytes(mail)  # the mail's bytes so far: its body and the mail part's attachments
         index = 0
-        while (part := self._next_part()) is not None:
+        while (part := await self._next_part()) is not None:
             where = f"{FILE_PART}[{index}]"
             self._check_part(part, where, len(attachments))
             assert isinstance(part, File)
@@ -124,21 +153,24 @@ class MailForm:
             names.add(name)
             counted = _Counted(self._data(), self._max_message_bytes - size)
             try:
-                blob = await store.attachments.put(mail.id, index, name, counted.chunks(), content_type=content_type)
+                stored = await store.attachments.put(mail.id, index, name, counted.chunks(), content_type=content_type)
             except _OverLimit:
-                self._too_large(size + counted.size + sum(len(data) for data in self._data()))
-            self.stored.append(blob)
-            if counted.size == 0:
+                await self._too_large(size + counted.size + await _length(self._data()))
+            except FileTaken:
+                raise Conflict(f"The id {mail.id!r} was already used for a different mail.") from None
+            if stored.created:
+                self.stored.append(stored.blob)
+            if stored.size == 0:
                 raise InvalidRequest(f"The file {name!r} is empty.", [Detail(where, "empty file")])
-            size += counted.size
+            size += stored.size
             attachments.append(
                 Attachment.model_validate(
                     {
                         "name": name,
                         "contentType": content_type,
-                        "blob": blob,
-                        "size": counted.size,
-                        "sha256": counted.sha256.hexdigest(),
+                        "blob": stored.blob,
+                        "size": stored.size,
+                        "sha256": stored.sha256,
                     }
                 )
             )
@@ -166,45 +198,73 @@ class MailForm:
                 [Detail(where, f"more than {MAX_ATTACHMENTS} attachments")],
             )
 
-    def _too_large(self, size: int) -> NoReturn:
+    async def _too_large(self, size: int) -> NoReturn:
         """413 with the mail's size: what was read so far, and the rest of the form counted (not stored)."""
-        while self._next_part() is not None:
-            size += sum(len(data) for data in self._data())
+        while await self._next_part() is not None:
+            size += await _length(self._data())
         limit = self._max_message_bytes
         raise PayloadTooLarge(
             f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
             [Detail("attachments", f"{size} bytes; at most {limit}")],
         )
 
-    def _read(self, decoder: MultipartDecoder) -> Iterator[Field | File | Data]:
-        """The parser's part and data events, fed the body a piece at a time (no copy of the whole)."""
+    async def _read(self, decoder: MultipartDecoder) -> AsyncIterator[Field | File | Data]:
+        """The parser's part and data events, fed the body a piece at a time (no copy of the whole), the event loop
+        free between pieces; part headers are held to their caps before the parser reads them."""
         view, position = memoryview(self._body), 0
         try:
             while True:
+                headers = self._header_room(decoder) if decoder.state == State.PART else 0
                 event = decoder.next_event()
                 if isinstance(event, NeedData):
                     chunk = bytes(view[position : position + _CHUNK_BYTES]) if position < len(view) else None
                     position += _CHUNK_BYTES
                     decoder.receive_data(chunk)
+                    await asyncio.sleep(0)  # other requests' turn
                 elif isinstance(event, Epilogue):
                     return
                 elif not isinstance(event, Preamble):
+                    if isinstance(event, (Field, File)):
+                        self._header_bytes += headers
+                        if len(event.headers) > MAX_PART_HEADER_LINES:
+                            self._headers_too_large(f"more than {MAX_PART_HEADER_LINES} header lines in a part")
                     yield event  # type: ignore[misc]  # the decoder's events are Field, File or Data here
+                if decoder.state == State.EPILOGUE:  # whatever follows the last part is not read
+                    return
         except ValueError as error:  # a part without Content-Disposition, a body that ends mid-part ...
             raise InvalidRequest(
                 f"The multipart body is malformed: {error}"[:300], [Detail("body", "not multipart/form-data")]
             ) from None
 
-    def _next_part(self) -> Field | File | None:
+    def _header_room(self, decoder: MultipartDecoder) -> int:
+        """The bytes of the part header waiting in the parser's buffer, which must end within
+        MAX_PART_HEADER_BYTES (and the form's within MAX_FORM_HEADER_BYTES): refused before the parser reads
+        them. 0 while the header is not complete (it is looked at again with more data)."""
+        room = min(MAX_PART_HEADER_BYTES, MAX_FORM_HEADER_BYTES - self._header_bytes)
+        end = BLANK_LINE_RE.search(decoder.buffer, 0, room + 4)
+        if end is None and len(decoder.buffer) > room + 4:
+            self._headers_too_large(f"more than {room} bytes of part headers")
+        return 0 if end is None else end.start()
+
+    @staticmethod
+    def _headers_too_large(what: str) -> NoReturn:
+        raise PayloadTooLarge(
+            f"The form has {what}: a part has at most {MAX_PART_HEADER_LINES} header lines of "
+            f"{MAX_PART_HEADER_BYTES} bytes in all, and a form {MAX_FORM_HEADER_BYTES} bytes of part headers.",
+            [Detail("body", what)],
+            code="form_headers_too_large",
+        )
+
+    async def _next_part(self) -> Field | File | None:
         """The next part's header (None after the last part)."""
-        event = next(self._events, None)
+        event = await anext(self._events, None)
         if event is not None and not isinstance(event, (Field, File)):
             raise InvalidRequest("The multipart body is malformed.", [Detail("body", "data outside a part")])
         return event
 
-    def _data(self) -> Iterator[bytes]:
+    async def _data(self) -> AsyncIterator[bytes]:
         """The current part's content, a piece at a time."""
-        for event in self._events:
+        async for event in self._events:
             if not isinstance(event, Data):
                 raise InvalidRequest("The multipart body is malformed.", [Detail("body", "a part without data")])
             if event.data:
@@ -213,25 +273,28 @@ class MailForm:
                 return
 
 
+async def _length(data: AsyncIterator[bytes]) -> int:
+    """The bytes left in a part, counted and dropped."""
+    return sum([len(piece) async for piece in data])
+
+
 class _OverLimit(Exception):
     """A file part took the mail past MAIL_MAX_MESSAGE_BYTES (its blob is never committed)."""
 
 
 class _Counted:
-    """A file part's content on its way into a blob: counted and hashed, and stopped once the mail would pass its
-    limit (`_OverLimit`: the part's blob is then never committed)."""
+    """A file part's content on its way into a blob: counted, and stopped once the mail would pass its limit
+    (`_OverLimit`: the part's blob is then never committed)."""
 
-    def __init__(self, data: Iterator[bytes], budget: int) -> None:
+    def __init__(self, data: AsyncIterator[bytes], budget: int) -> None:
         self._data, self._budget = data, budget
         self.size = 0
-        self.sha256 = hashlib.sha256()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._data:
+        async for chunk in self._data:
             self.size += len(chunk)
             if self.size > self._budget:
                 raise _OverLimit
-            self.sha256.update(chunk)
             yield chunk
 
 
@@ -266,19 +329,43 @@ def _content_type(part: File, where: str) -> str:
 
 
 async def resolve_attachments(
-    store: Store, mail: MailRequest, *, error: type[AppError] = InvalidMessage
+    store: Store,
+    mail: MailRequest,
+    prefixes: tuple[str, ...],
+    *,
+    error: type[AppError] = InvalidMessage,
 ) -> MailRequest:
-    """The mail with the `size` of each blob attachment read from Storage (whatever it said), for `check_mail`.
-    A blob that is missing, empty or larger than Graph takes (150 MB) raises `error`: InvalidMessage (a queue
-    message to poison) for the sender, InvalidRequest for the API. A mail without blobs costs no I/O."""
+    """The mail with the `size` of each blob attachment read from Storage, for `check_mail`. A mail may name the
+    blobs the app stored for it (their size and SHA-256 as taken then) and blobs under `prefixes` (read from
+    Storage, whatever the mail said); any other name raises `error` before Storage is asked, the same for a
+    blob that exists and one that does not. A blob that is missing, empty or larger than Graph takes (150 MB)
+    raises `error` too: InvalidMessage (a queue message to poison) for the sender, InvalidRequest for the API;
+    one of the app's that is not as it was stored raises `AttachmentChanged`. A mail without blobs costs no I/O."""
     blobs = [(i, a) for i, a in enumerate(mail.attachments) if a.blob is not None]
     if not blobs:
         return mail
+    assert mail.id is not None
+    foreign = [
+        Detail(f"attachments[{i}].blob", _NOT_YOURS)
+        for i, a in blobs
+        if a.blob is not None and not _may_name(a.blob, mail.id, prefixes)
+    ]
+    if foreign:
+        raise error(f"attachment {foreign[0].field}: {foreign[0].message}", foreign)
     sizes = await asyncio.gather(*(store.attachments.size(a.blob) for _, a in blobs if a.blob is not None))
     attachments = list(mail.attachments)
     problems = []
     for (index, attachment), size in zip(blobs, sizes, strict=True):
         where = f"attachments[{index}].blob"
+        assert attachment.blob is not None
+        if owned_by(attachment.blob, mail.id):
+            if size != attachment.size or attachment.sha256 is None:
+                found = "it is gone" if size is None else f"{size} bytes, {attachment.size} were accepted"
+                raise AttachmentChanged(
+                    f"The attachment {attachment.blob} changed after the mail was accepted: {found}.",
+                    [Detail(where, found)],
+                )
+            continue
         if size is None:
             problems.append(Detail(where, f"no blob {attachment.blob} (never uploaded, or already deleted)"))
         elif size == 0:
@@ -291,3 +378,11 @@ async def resolve_attachments(
     if problems:
         raise error(f"attachment {problems[0].field}: {problems[0].message}", problems)
     return mail.model_copy(update={"attachments": attachments})
+
+
+_NOT_YOURS = "not a blob this mail may name (the files of its own form, or a folder configured for its way in)"
+
+
+def _may_name(blob: str, mail_id: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a mail may name the blob: one the app stored for it, or one under its way in's folders."""
+    return owned_by(blob, mail_id) or (not blob.startswith(FORMS_FOLDER) and blob.startswith(prefixes))

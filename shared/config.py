@@ -77,6 +77,8 @@ class Settings:
     budget_alert_reserve_percent: int = 20
     mail_priority_senders: frozenset[str] = frozenset()
     mail_sender_pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    mail_queue_blob_prefixes: tuple[str, ...] = ()  # full references: `mail-attachments/<folder>/`
+    mail_api_blob_prefixes: tuple[str, ...] = ()
 
     def may_send_as(self, address: str) -> bool:
         """The sending policy: MAIL_ALLOWED_SENDERS (the default sender always included)."""
@@ -143,6 +145,28 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value not in {"true", "false", "1", "0", "yes", "no"}:
         raise ConfigError(f"setting {name} must be true or false, not {value!r}")
     return value in {"true", "1", "yes"}
+
+
+# 1-3 folders of a blob reference (`shared.mail.BLOB_PATTERN`'s segments), each ending with `/`, no `..` anywhere
+_BLOB_FOLDER = re.compile(r"^(?!.*\.\.)(?:[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}/){1,3}\Z")
+
+
+def _blob_prefixes(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma list of folders of `mail-attachments` (`exports/`, `reports/daily/`) as full references; the
+    app's own `forms/` folder is never one of them."""
+    from .routes import MAIL_ATTACHMENTS
+
+    prefixes = []
+    for given in (p.strip() for p in _text(env, name, "").split(",")):
+        if not given:
+            continue
+        folder = given.removeprefix(f"{MAIL_ATTACHMENTS}/")
+        if not _BLOB_FOLDER.match(folder):
+            raise ConfigError(f"setting {name}: {given!r} is not a folder of {MAIL_ATTACHMENTS} such as exports/")
+        if folder.split("/")[0] == "forms":
+            raise ConfigError(f"setting {name}: forms/ holds the files the app stores for each mail")
+        prefixes.append(f"{MAIL_ATTACHMENTS}/{folder}")
+    return tuple(prefixes)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -318,6 +342,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             if s.strip()
         ),
         mail_sender_pools=_pools(env, allowed),
+        mail_queue_blob_prefixes=_blob_prefixes(env, "MAIL_QUEUE_BLOB_PREFIXES"),
+        mail_api_blob_prefixes=_blob_prefixes(env, "MAIL_API_BLOB_PREFIXES"),
     )
 
 

@@ -299,8 +299,8 @@ class DraftDelivery:
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _reader(self, attachment: Attachment) -> ByteSource:
-        if attachment.blob is not None:
-            return self.store.attachments.reader(attachment.blob)
+        if attachment.blob is not None:  # read only as accepted: its size and SHA-256 are checked on the way
+            return self.store.attachments.reader(attachment.blob, attachment.byte_size(), attachment.sha256)
         content = base64.b64decode(attachment.content_base64 or "")
 
         async def read(start: int, length: int) -> bytes:

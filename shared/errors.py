@@ -105,6 +105,13 @@ class UpstreamRefused(AppError):
     """A service the app calls (Graph) refused the operation; the code is that service's."""
 
 
+class AttachmentChanged(AppError):
+    """An attachment's blob is not what the app accepted: its size or SHA-256 differs, or it is gone. The mail
+    fails rather than send content nobody checked."""
+
+    code = "attachment_changed"
+
+
 class InvalidMessage(AppError):
     """A queue message that can never be processed (not JSON, a bad id, a claim check naming no blob): it goes
     to the poison queue at once, with this reason recorded."""

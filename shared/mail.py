@@ -40,7 +40,7 @@ MAX_BLOB_ATTACHMENT_BYTES = 150 * 1024 * 1024  # Graph's upload sessions take at
 MAX_ATTACHMENTS = 50
 MAX_JSON_BYTES = 5 * 1024 * 1024  # a mail's JSON (a request body, a form's mail part): 3 MiB inline is 4 MiB of base64
 # a blob reference: the container, then 1-4 path segments of letters, digits and . _ : - (none starting with a
-# dot) and no `..` anywhere, as `shared.store.attachments` names the blobs it writes (`<mail id>/<uuid>-<n>`)
+# dot) and no `..` anywhere, as `shared.store.attachments` names the blobs it writes (`forms/<mail id in hex>/<n>`)
 _SEGMENT = "[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}"
 # as the JSON Schema pattern (`$` is the end of the text there); BLOB_REFERENCE is the same rule for Python
 BLOB_PATTERN = rf"^(?!.*\.\.){MAIL_ATTACHMENTS}/(?:{_SEGMENT}/){{0,3}}{_SEGMENT}$"
@@ -562,8 +562,8 @@ def payload_hash(payload: dict[str, Any]) -> str:
     """A fingerprint of a mail's JSON form: the same mail under the same id is a repeat, not a conflict.
 
     A blob attachment counts by its content, not by where it lies: `size` is the app's own reading, and a blob
-    whose `sha256` is known (the multipart intake stores each file under a new random name) counts by that
-    hash, so a replayed form matches the first one. A blob without `sha256` (a producer's) counts by its name."""
+    whose `sha256` is known (a form's file) counts by that hash, so a replayed form matches the first one. A
+    blob without `sha256` (a producer's) counts by its name."""
     attachments = payload.get("attachments")
     if isinstance(attachments, list) and any(isinstance(a, dict) and "blob" in a for a in attachments):
         payload = {**payload, "attachments": [_fingerprinted(a) for a in attachments]}

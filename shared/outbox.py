@@ -37,7 +37,7 @@ from .delivery import (
     marked_send_body,
     outcome_unknown,
 )
-from .errors import AppError, Conflict, GraphError, InvalidMessage, Unavailable
+from .errors import AppError, AttachmentChanged, Conflict, GraphError, InvalidMessage, Unavailable
 from .mail import ID_PATTERN, MailRequest, check_mail, needs_draft, parse_mail, payload_hash
 from .pacer import Pacer, Pacing
 from .store import StatusChanged, Store
@@ -195,7 +195,8 @@ class Sender:
 
     async def _deliver(self, text: str, envelope: dict[str, Any], mail_id: str) -> Delivery:
         existing = await self.store.statuses.get(mail_id)
-        if existing is not None and existing.done:  # before its claim-check blob is gone
+        if existing is not None and existing.done:  # a spare copy: its claim-check blob is its own
+            await self.store.outbox.delete_payload(envelope)
             return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {existing.status}")
         try:
             payload = await self.store.outbox.resolve_payload(envelope)
@@ -204,8 +205,15 @@ class Sender:
         fingerprint = payload_hash(payload)
         if existing is not None and existing.payload_hash and existing.payload_hash != fingerprint:
             return await self._refused_copy(envelope, mail_id)  # before its attachments are looked for
+        prefixes = self.settings.mail_queue_blob_prefixes
         try:
-            mail = check_mail(await resolve_attachments(self.store, parse_mail(payload)), self.settings)
+            parsed = parse_mail(payload).model_copy(update={"id": mail_id})
+            mail = check_mail(await resolve_attachments(self.store, parsed, prefixes), self.settings)
+        except AttachmentChanged as error:
+            status = existing or await self._status_for(mail_id, parsed, payload)
+            return await self._attachment_changed(
+                parsed, status, text, error, status.sender or self.settings.mail_default_sender
+            )
         except AppError as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, fingerprint)
 
@@ -266,12 +274,14 @@ class Sender:
             mode = await self._send_by_mode(mail, status, sender)
         except GraphError as error:
             return await self._graph_failed(mail, status, text, payload, error, sender)
+        except AttachmentChanged as error:
+            return await self._attachment_changed(mail, status, text, error, sender)
         self.modes.used(sender, mode)
         claimed_until = time.monotonic() + _seconds_until(status.lease_until)
         status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
         status.outcome_unknown = False
         await self._record_sent(status, claimed_until)
-        await self._drop_blobs(mail, payload)
+        await self._drop_blobs(mail, text)
         await audit(
             self.store,
             self.settings,
@@ -337,7 +347,7 @@ class Sender:
             await self._save_final(status)
             if status.mode == DeliveryMode.DRAFT:
                 await self._drafts().discard(status, sender)
-            await self._drop_blobs(mail, payload)
+            await self._drop_blobs(mail, text)
             outcome, detail = DeliveryOutcome.FAILED, f"Graph {error.status} {error.code}"
         await audit(
             self.store,
@@ -352,10 +362,39 @@ class Sender:
         )
         return Delivery(status.id, outcome, detail)
 
-    async def _drop_blobs(self, mail: MailRequest, payload: dict[str, Any]) -> None:
-        """A mail is done with: its claim-check blob and its attachment blobs go (a left-over harms nobody)."""
+    async def _attachment_changed(
+        self, mail: MailRequest, status: MailStatus, text: str, error: AttachmentChanged, sender: str
+    ) -> Delivery:
+        """An attachment is not what the app accepted: the mail fails (its draft discarded) rather than send it."""
+        status.status, status.error_code, status.error_message = MailState.FAILED, error.code, error.message[:500]
+        status.lease_until = None
+        await self._save_final(status)
+        current = await self.store.statuses.get(status.id)
+        if current is not None and current.status == MailState.SENT:  # another delivery sent it, then its files went
+            return Delivery(status.id, DeliveryOutcome.DUPLICATE, f"already {current.status}")
+        if status.mode == DeliveryMode.DRAFT:
+            await self._drafts().discard(status, sender)
+        await self._drop_blobs(mail, text)
+        log.warning("mail %s failed: %s", status.id, error.message)
+        await audit(
+            self.store,
+            self.settings,
+            operation=_OPERATION.get(DeliveryMode(status.mode or "draft"), "sendDraft"),
+            mailbox=sender,
+            outcome=DeliveryOutcome.FAILED,
+            caller="mail-outbox",
+            correlation_id=status.id or "",
+            recipients=mail.recipients(),
+            detail=f"{error.code}: {error.message}",
+        )
+        return Delivery(status.id, DeliveryOutcome.FAILED, error.code)
+
+    async def _drop_blobs(self, mail: MailRequest, text: str) -> None:
+        """A mail is done with: its message's claim-check blob and the attachment blobs the app stored for it go
+        (a producer's own blobs stay the producer's; a left-over harms nobody)."""
         try:
-            await asyncio.gather(self.store.outbox.delete_payload(payload), self.store.attachments.delete_for(mail))
+            envelope = json.loads(text)
+            await asyncio.gather(self.store.outbox.delete_payload(envelope), self.store.attachments.delete_for(mail))
         except Exception as error:
             log.warning("blobs of mail %s not deleted: %s", mail.id, type(error).__name__)
 

@@ -61,11 +61,20 @@ def test_allowed_senders_always_include_the_default_sender() -> None:
         ({"MAIL_SEND_LEASE_SECONDS": "1"}, "MAIL_SEND_LEASE_SECONDS"),
         ({"MAIL_MAX_MESSAGE_BYTES": "157286401"}, "MAIL_MAX_MESSAGE_BYTES.*157286400"),  # over Graph's 150 MB
         ({"MAIL_MAX_MESSAGE_BYTES": "35MB"}, "MAIL_MAX_MESSAGE_BYTES"),
+        ({"MAIL_QUEUE_BLOB_PREFIXES": "exports"}, "MAIL_QUEUE_BLOB_PREFIXES.*not a folder"),  # no trailing /
+        ({"MAIL_QUEUE_BLOB_PREFIXES": "exports/,../x/"}, "MAIL_QUEUE_BLOB_PREFIXES"),
+        ({"MAIL_API_BLOB_PREFIXES": "forms/"}, "MAIL_API_BLOB_PREFIXES.*forms/"),  # the app's own files
     ],
 )
 def test_a_bad_setting_fails_with_a_message_naming_it(override: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings({**BASE, **override})
+
+
+def test_blob_folders_are_read_as_references_and_default_to_none() -> None:
+    given = load_settings({**BASE, "MAIL_QUEUE_BLOB_PREFIXES": "exports/, mail-attachments/reports/daily/"})
+    assert given.mail_queue_blob_prefixes == ("mail-attachments/exports/", "mail-attachments/reports/daily/")
+    assert given.mail_api_blob_prefixes == () == load_settings(BASE).mail_queue_blob_prefixes
 
 
 def test_an_unresolved_key_vault_reference_is_detected() -> None:

@@ -448,10 +448,11 @@ def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complet
 
     async def prepare() -> str:
         target = store(settings().storage)
-        blob = await target.attachments.put("dm-big-1", 0, "export.bin", content)
-        mail = {**MAIL, "id": "dm-big-1", "subject": "Export", "attachments": [{"name": "export.bin", "blob": blob}]}
-        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
-        return blob
+        stored = await target.attachments.put("dm-big-1", 0, "export.bin", content)
+        attachment = {"name": "export.bin", "blob": stored.blob, "size": stored.size, "sha256": stored.sha256}
+        mail = {**MAIL, "id": "dm-big-1", "subject": "Export", "attachments": [attachment]}
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail), ()), settings()))
+        return stored.blob
 
     async def upload_position() -> int | None:
         """Where the recorded upload session stands (None: no session recorded yet)."""
@@ -571,10 +572,10 @@ def test_uploads_over_outlooks_limit_per_5_minutes_wait_their_retry_after_and_re
 
     async def submit(mail_id: str) -> None:
         target = store(settings().storage)
-        blob = await target.attachments.put(mail_id, 0, "export.bin", files[mail_id])
-        attachment = {"name": "export.bin", "blob": blob}
+        stored = await target.attachments.put(mail_id, 0, "export.bin", files[mail_id])
+        attachment = {"name": "export.bin", "blob": stored.blob, "size": stored.size, "sha256": stored.sha256}
         mail = {**MAIL, "id": mail_id, "subject": f"Export {mail_id}", "attachments": [attachment]}
-        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail), ()), settings()))
 
     async def throttled_at() -> int:
         """Where the second mail's recorded upload session stands once Outlook refused a chunk."""
