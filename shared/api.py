@@ -248,6 +248,9 @@ def _queued(mail: MailRequest, replay: bool, warning: dict[str, Any] | None = No
     body: dict[str, Any] = {"id": mail.id, "status": "queued", "lane": str(lane_of(mail))}
     if warning is not None:
         body["warning"] = warning
+    warnings = mail.warnings() + ([warning] if warning is not None else [])
+    if warnings:
+        body["warnings"] = warnings
     accepted = ApiAnswer(202, body, {"Location": f"/api/mail/{mail.id}"})
     if replay:
         accepted.headers["Idempotent-Replay"] = "true"

@@ -43,6 +43,7 @@ def start_up() -> None:
     notify_config(config)
     mode = config.mail_delivery_mode
     log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", mode, DELIVERY_MODES[mode])
+    log.info("recipient fence: %s", config.recipient_fence())
 
 
 def _query(req: func.HttpRequest) -> dict[str, str]:
