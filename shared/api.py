@@ -272,7 +272,7 @@ async def post_alerts(
         raise NotFound(f"Unknown alert source {source!r}; one of {', '.join(SOURCES)}.")
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
     source = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
-    alerts = parse_alerts(payload, source)
+    alerts = parse_alerts(payload, source, config.severity_map)
     now = datetime.now(UTC)
     if dry_run:
         groups = group_alerts(alerts, config)

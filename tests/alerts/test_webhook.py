@@ -496,3 +496,25 @@ def test_a_pass_through_retry_across_the_edge_of_its_two_minute_window_is_the_sa
     assert first is not None and retry == first
     run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
     assert len(sandbox.sent()) == 1
+
+
+def test_an_unknown_severity_is_a_400_and_the_routing_files_severity_map_routes_its_own_words(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    status, answer = _post(alerts_app, {"name": "X", "severity": "sometimes"})
+    assert status == 400
+    assert answer["error"]["details"][0]["field"] == "alert.severity"
+    assert "critical, high, warning, info" in answer["error"]["details"][0]["message"]
+    status, answer = _post(alerts_app, {"name": "X", "severity": "blocker"})  # severity_map: Blocker: critical
+    assert status == 202 and answer["groups"][0]["receiver"] == "oncall"
+
+
+def test_a_generic_alert_without_a_name_gets_the_same_answer_detected_or_named(alerts_app: Any) -> None:
+    body = {"severity": "critical", "summary": "disk full"}
+    detected, named = _post(alerts_app, body), _post(alerts_app, body, source="generic")
+    assert detected[0] == named[0] == 400
+    assert (
+        detected[1]["error"]["details"]
+        == named[1]["error"]["details"]
+        == [{"field": "alert.name", "message": "is required"}]
+    )
