@@ -79,7 +79,7 @@ class GraphFileAttachment(_Graph):
         pattern=_any_case("#microsoft.graph.fileAttachment"),
         description="only file attachments",
     )
-    name: str | None = None
+    name: str
     content_type: str | None = Field(None, alias="contentType")
     content_bytes: str | None = Field(None, alias="contentBytes", description="base64")
     is_inline: GraphBool | None = Field(None, alias="isInline")
