@@ -39,6 +39,8 @@ Graph mail notifier is running locally.
   API         {api}/api/mail  (health: {api}/api/health, OpenAPI: {api}/api/openapi.json)
   Mailboxes   {sandbox}/  (the sandbox's mailbox browser; trust .sandbox/ca.pem to skip the warning)
   Azurite     blob :{azurite.blob_port}, queue :{azurite.queue_port}, table :{azurite.table_port}
+  Keys        function keys are not checked locally, as with Core Tools' `func start`: any key or none is
+              accepted here; on Azure every route but health and OpenAPI needs one (x-functions-key or ?code=)
 
 Send a mail, then find it in alice@contoso.test's Inbox on the mailbox page:
   curl -s -X POST {api}/api/mail -H 'Content-Type: application/json' -d '{mail}'

@@ -257,6 +257,9 @@ def _queued(mail: MailRequest, replay: bool, warning: dict[str, Any] | None = No
     body: dict[str, Any] = {"id": mail.id, "status": "queued", "lane": str(lane_of(mail))}
     if warning is not None:
         body["warning"] = warning
+    warnings = mail.warnings() + ([warning] if warning is not None else [])
+    if warnings:
+        body["warnings"] = warnings
     accepted = ApiAnswer(202, body, {"Location": f"/api/mail/{mail.id}"})
     if replay:
         accepted.headers["Idempotent-Replay"] = "true"
@@ -279,7 +282,7 @@ async def post_alerts(
     payload = json_body(request, MAX_ALERT_REQUEST_BYTES)
     admission = await admit_source(source, payload, config, request.headers, request.body, secrets, time.time())
     source = admission.source
-    alerts = parse_alerts(payload, source)
+    alerts = parse_alerts(payload, source, config.severity_map)
     now = datetime.now(UTC)
     if dry_run:
         groups = group_alerts(alerts, config)

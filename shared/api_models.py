@@ -9,7 +9,7 @@ Nothing is compiled at import (`defer_build`): a cold start pays only when the d
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -40,54 +40,56 @@ class _Closed(_Model):
     model_config = ConfigDict(extra="forbid")
 
 
-class _Open(_Model):
-    """Graph objects whose other properties the app ignores."""
-
-    model_config = ConfigDict(extra="allow")
+# The raw Graph sendMail form (`POST /users/{id}/sendMail`'s body), as `shared.graph_form` reads it: property
+# names in any letter case at every level, booleans also as "true"/"false" (Microsoft's own example sends them so)
 
 
-# The raw Graph sendMail form (`POST /users/{id}/sendMail`'s body), as `shared.mail.parse_mail` maps it
+class _Graph(_Closed):
+    model_config = ConfigDict(json_schema_extra=_names_in_any_case)
 
 
-class GraphEmailAddress(_Open):
+GraphBool = bool | Annotated[str, Field(pattern=_any_case("true", "false"))]
+
+
+class GraphEmailAddress(_Graph):
     address: str
     name: str | None = None
 
 
-class GraphRecipient(_Open):
+class GraphRecipient(_Graph):
     email_address: GraphEmailAddress = Field(alias="emailAddress")
 
 
-class GraphItemBody(_Open):
+class GraphItemBody(_Graph):
     content_type: str = Field(
         "text", alias="contentType", pattern=_any_case("text", "html"), description="text or html"
     )
     content: str = ""
 
 
-class GraphHeader(_Open):
+class GraphHeader(_Graph):
     name: str = Field(description="x-... (at most 5)")
     value: str
 
 
-class GraphFileAttachment(_Open):
+class GraphFileAttachment(_Graph):
     odata_type: str = Field(
         "#microsoft.graph.fileAttachment",
         alias="@odata.type",
         pattern=_any_case("#microsoft.graph.fileAttachment"),
         description="only file attachments",
     )
-    name: str | None = None
+    name: str
     content_type: str | None = Field(None, alias="contentType")
     content_bytes: str | None = Field(None, alias="contentBytes", description="base64")
-    is_inline: bool | None = Field(None, alias="isInline")
+    is_inline: GraphBool | None = Field(None, alias="isInline")
     content_id: str | None = Field(None, alias="contentId")
 
 
-class GraphMessage(_Closed):
-    """The message of a Graph sendMail body; property names are matched in any letter case, as Graph does."""
-
-    model_config = ConfigDict(json_schema_extra=_names_in_any_case)
+class GraphMessage(_Graph):
+    """The message of a Graph sendMail body. Graph's other v1.0 message properties (flag, categories,
+    singleValueExtendedProperties ...) are refused by name; `mentions`, which Graph's v1.0 sendMail ignores, is
+    ignored with a warning in the answer."""
 
     odata_type: str | None = Field(None, alias="@odata.type")
     subject: str = ""
@@ -100,15 +102,14 @@ class GraphMessage(_Closed):
     importance: str | None = Field(None, pattern=_any_case("low", "normal", "high"), description="low, normal or high")
     attachments: list[GraphFileAttachment] | None = None
     internet_message_headers: list[GraphHeader] | None = Field(None, alias="internetMessageHeaders")
+    mentions: list[Any] | None = Field(None, description="ignored, as Graph's v1.0 sendMail ignores it")
 
 
-class GraphSendMail(_Closed):
+class GraphSendMail(_Graph):
     """A raw Graph sendMail body; property names are matched in any letter case (msgraph-sdk sends `Message`)."""
 
-    model_config = ConfigDict(json_schema_extra=_names_in_any_case)
-
     message: GraphMessage
-    save_to_sent_items: bool = Field(True, alias="saveToSentItems")
+    save_to_sent_items: GraphBool = Field(True, alias="saveToSentItems")
     id: str | None = Field(None, description="makes the request idempotent, as the app's `id` does")
 
 
@@ -136,12 +137,22 @@ class BudgetWarning(_Model):
     message: str
 
 
+class MailWarning(_Model):
+    code: Literal["empty_subject", "ignored_property", "budget_short", "backlog"]
+    message: str
+
+
 class Queued(_Model):
     id: str
     status: Literal["queued"]
     lane: Lane = Field(description="the priority lane it waits in (README: Sending budgets)")
     warning: BudgetWarning | None = Field(
         None, description="its sending mailbox's daily budget is nearly used up, or a backlog waits before it"
+    )
+    warnings: list[MailWarning] | None = Field(
+        None,
+        description="what the caller should know about the accepted mail: `empty_subject` (it goes without a "
+        "subject), `ignored_property` (a Graph property Graph's sendMail ignores too), and the budget `warning`",
     )
 
 

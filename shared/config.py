@@ -85,9 +85,17 @@ class Settings:
         return address.lower() in self.mail_allowed_senders
 
     def may_mail(self, address: str) -> bool:
-        """The recipient policy: MAIL_ALLOWED_RECIPIENT_DOMAINS, where empty allows every domain."""
+        """The recipient policy: MAIL_ALLOWED_RECIPIENT_DOMAINS (`*`: any domain); unset, the domains of the
+        default sender and the other allowed senders."""
         domains = self.mail_allowed_recipient_domains
-        return not domains or address.rsplit("@", 1)[-1].lower() in domains
+        return ANY_DOMAIN in domains or address.rsplit("@", 1)[-1].lower() in domains
+
+    def recipient_fence(self) -> str:
+        """The recipient fence in force, in words (the start-up log says it)."""
+        domains = self.mail_allowed_recipient_domains
+        if ANY_DOMAIN in domains:
+            return "MAIL_ALLOWED_RECIPIENT_DOMAINS=*: any recipient domain"
+        return f"recipients only in {', '.join(sorted(domains))}"
 
     def may_use_alert_lanes(self, senders: tuple[str, ...]) -> bool:
         """Whether mail from these mailboxes (one sender, or a pool's members) may claim the alert lanes:
@@ -118,6 +126,7 @@ def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     return value
 
 
+ANY_DOMAIN = "*"  # MAIL_ALLOWED_RECIPIENT_DOMAINS: recipients in any domain
 DELIVERY_MODES = {  # MAIL_DELIVERY_MODE's values, and what each means (the start-up log and health say it)
     "auto": "drafts (exactly once) where the app may write the sending mailbox, sendMail where Graph refuses them",
     "draft": "drafts only (exactly once); needs Mail.ReadWrite in every sending mailbox",
@@ -288,6 +297,20 @@ def _pools(env: Mapping[str, str], allowed: set[str]) -> tuple[tuple[str, tuple[
     return tuple(pools.items())
 
 
+def _recipient_domains(env: Mapping[str, str], senders: set[str]) -> set[str]:
+    """MAIL_ALLOWED_RECIPIENT_DOMAINS: a comma list of domains, or `*` for any; unset or empty, the senders'
+    own domains (a typo in a recipient's domain never mails outside the organisation)."""
+    given = [d.strip().lower() for d in _text(env, "MAIL_ALLOWED_RECIPIENT_DOMAINS", "").split(",") if d.strip()]
+    if ANY_DOMAIN in given:
+        if len(given) > 1:
+            raise ConfigError("setting MAIL_ALLOWED_RECIPIENT_DOMAINS: `*` (any domain) stands alone")
+        return {ANY_DOMAIN}
+    for domain in given:
+        if not DOMAIN.match(domain):
+            raise ConfigError(f"setting MAIL_ALLOWED_RECIPIENT_DOMAINS: {domain!r} is not a domain")
+    return set(given) or {address.rsplit("@", 1)[-1] for address in senders}
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Read and check every setting; raises ConfigError naming the first bad one."""
     mode = _choice(env, "GRAPH_AUTH_MODE", "keyvault", ("keyvault", "managed_identity"))
@@ -298,13 +321,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         for s in _text(env, "MAIL_ALLOWED_SENDERS", sender).split(",")
         if s.strip()
     }
-    domains = set()
-    for domain in _text(env, "MAIL_ALLOWED_RECIPIENT_DOMAINS", "").split(","):
-        if domain.strip():
-            if not DOMAIN.match(domain.strip()):
-                raise ConfigError(f"setting MAIL_ALLOWED_RECIPIENT_DOMAINS: {domain.strip()!r} is not a domain")
-            domains.add(domain.strip().lower())
     allowed = senders | {sender}
+    domains = _recipient_domains(env, allowed)
     return Settings(
         graph_auth_mode=mode,
         graph_tenant_id=_text(env, "GRAPH_TENANT_ID", None if keyvault else ""),

@@ -78,6 +78,7 @@ def start_up() -> None:
     quiet_libraries(config.library_log_level)
     mode = config.mail_delivery_mode
     log.info("mail delivery: MAIL_DELIVERY_MODE=%s: %s", mode, DELIVERY_MODES[mode])
+    log.info("recipient fence: %s", config.recipient_fence())
 
 
 async def _held(message: func.QueueMessage, queue: str) -> bool:

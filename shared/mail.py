@@ -18,12 +18,13 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .config import Settings
 from .errors import AppError, Detail, InvalidRequest, PayloadTooLarge
+from .graph_form import as_written, is_graph_form, read_graph_form
 from .routes import MAIL_ATTACHMENTS
 from .text import ADDRESS, CONTROL
 
@@ -173,6 +174,9 @@ class MailRequest(_Strict):
         alias="senderPool",
         description="A pool of sending mailboxes (MAIL_SENDER_POOLS) to send from instead of `from`.",
     )
+    # a mail given in Graph's form: where the caller wrote each field, and what Graph would ignore too
+    _written: dict[str, str] | None = PrivateAttr(None)
+    _ignored: list[str] = PrivateAttr(default_factory=list)
 
     # the published schema shows what callers may send: one address, or a list of addresses and mailboxes
     @field_validator("to", "cc", "bcc", "reply_to", mode="before", json_schema_input_type=str | list[str | Mailbox])
@@ -186,6 +190,23 @@ class MailRequest(_Strict):
 
     def recipients(self) -> list[str]:
         return [m.address.lower() for m in (*self.to, *self.cc, *self.bcc)]
+
+    def as_written(self, field: str) -> str:
+        """A field's name as the caller wrote it: the app's own for its form, Graph's path for a Graph body."""
+        return field if self._written is None else as_written(self._written, field)
+
+    def warnings(self) -> list[dict[str, str]]:
+        """What the caller should know about an accepted mail: an empty subject, properties ignored as Graph
+        ignores them."""
+        found = []
+        if not self.subject.strip():
+            where = self.as_written("subject")
+            found.append({"code": "empty_subject", "message": f"{where} is empty: the mail goes without a subject"})
+        for where in self._ignored:
+            found.append(
+                {"code": "ignored_property", "message": f"{where}: Graph's sendMail ignores it, and so does the app"}
+            )
+        return found
 
     def dump(self) -> dict[str, Any]:
         """The JSON form this mail travels in (queue, blob)."""
@@ -203,138 +224,33 @@ def _field(location: tuple[Any, ...]) -> str:
 _UNION_TAGS = {"str", "int", "constrained-int", "function-after[_addresses_as_objects()]"}
 
 
-def _from_validation_error(error: ValidationError, prefix: str = "") -> AppError:
+def _from_validation_error(error: ValidationError, written: dict[str, str] | None = None) -> AppError:
     details = []
     for item in error.errors():
-        location = tuple(p for p in item["loc"] if p not in _UNION_TAGS)
-        details.append(Detail(prefix + _field(location) or "body", item["msg"]))
+        location = _field(tuple(p for p in item["loc"] if p not in _UNION_TAGS))
+        details.append(
+            Detail(as_written(written, location) if written is not None else location or "body", item["msg"])
+        )
     return InvalidRequest(f"The mail is not valid: {details[0].field}: {details[0].message}", details)
 
 
 def parse_mail(body: Any) -> MailRequest:
-    """Accept the app's schema or a raw Graph sendMail body (`{"message": {...}, "saveToSentItems"}`)."""
+    """Accept the app's schema or a raw Graph sendMail body (`{"message": {...}, "saveToSentItems"}`, read as
+    Graph reads it: `shared.graph_form`)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object.", [Detail("body", "not an object")])
-    lowered = {key.lower(): key for key in body}
-    if "message" in lowered:
-        return _from_graph(body, lowered)
+    if is_graph_form(body):
+        form = read_graph_form(body)
+        try:
+            mail = MailRequest.model_validate(form.mail)
+        except ValidationError as error:
+            raise _from_validation_error(error, form.written) from None
+        mail._written, mail._ignored = form.written, form.ignored
+        return mail
     try:
         return MailRequest.model_validate(body)
     except ValidationError as error:
         raise _from_validation_error(error) from None
-
-
-_GRAPH_MESSAGE_FIELDS = {
-    "subject",
-    "body",
-    "torecipients",
-    "ccrecipients",
-    "bccrecipients",
-    "replyto",
-    "from",
-    "importance",
-    "attachments",
-    "internetmessageheaders",
-    "@odata.type",
-}
-
-
-def _graph_mailboxes(value: Any, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{where} must be an array of recipients.", [Detail(where, "not an array")])
-    result = []
-    for index, item in enumerate(value):
-        address = item.get("emailAddress") if isinstance(item, dict) else None
-        if not isinstance(address, dict):
-            raise InvalidRequest(
-                f'{where}[{index}] must be {{"emailAddress": {{"address": ...}}}}.',
-                [Detail(f"{where}[{index}]", "not a Graph recipient")],
-            )
-        result.append({k: v for k, v in address.items() if k in {"address", "name"}})
-    return result
-
-
-def _from_graph(body: dict[str, Any], lowered: dict[str, str]) -> MailRequest:
-    """Map a Graph sendMail body onto the app's schema, refusing what we would otherwise drop silently."""
-    extra = set(lowered) - {"message", "savetosentitems", "id"}
-    if extra:
-        name = lowered[sorted(extra)[0]]
-        raise InvalidRequest(f"Unknown property '{name}'.", [Detail(name, "unknown property")])
-    message = body[lowered["message"]]
-    if not isinstance(message, dict):
-        raise InvalidRequest("message must be an object.", [Detail("message", "not an object")])
-    fields = {key.lower(): value for key, value in message.items()}
-    unknown = set(fields) - _GRAPH_MESSAGE_FIELDS
-    if unknown:
-        name = sorted(unknown)[0]
-        raise InvalidRequest(f"message.{name} is not supported.", [Detail(f"message.{name}", "not supported")])
-    mail: dict[str, Any] = {
-        "subject": fields.get("subject", ""),
-        "to": _graph_mailboxes(fields.get("torecipients"), "message.toRecipients"),
-        "cc": _graph_mailboxes(fields.get("ccrecipients"), "message.ccRecipients"),
-        "bcc": _graph_mailboxes(fields.get("bccrecipients"), "message.bccRecipients"),
-        "replyTo": _graph_mailboxes(fields.get("replyto"), "message.replyTo"),
-    }
-    if "id" in lowered:
-        mail["id"] = body[lowered["id"]]
-    if "savetosentitems" in lowered:
-        mail["saveToSentItems"] = body[lowered["savetosentitems"]]
-    if fields.get("from") is not None:
-        senders = _graph_mailboxes([fields["from"]], "message.from")
-        mail["from"] = senders[0].get("address")
-    if "importance" in fields:
-        mail["importance"] = str(fields["importance"]).lower()
-    item_body = fields.get("body")
-    if item_body is not None:
-        if not isinstance(item_body, dict):
-            raise InvalidRequest("message.body must be an itemBody.", [Detail("message.body", "not an object")])
-        kind = str(item_body.get("contentType", "text")).lower()
-        if kind not in {"text", "html"}:
-            raise InvalidRequest(
-                "message.body.contentType must be text or html.",
-                [Detail("message.body.contentType", "must be text or html")],
-            )
-        mail[kind] = item_body.get("content", "")
-    headers = fields.get("internetmessageheaders") or []
-    if not isinstance(headers, list) or not all(isinstance(h, dict) for h in headers):
-        raise InvalidRequest(
-            "message.internetMessageHeaders must be name/value pairs.",
-            [Detail("message.internetMessageHeaders", "not name/value pairs")],
-        )
-    mail["headers"] = {h.get("name"): h.get("value") for h in headers}
-    attachments = fields.get("attachments") or []
-    if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
-        raise InvalidRequest(
-            "message.attachments must be an array of file attachments.",
-            [Detail("message.attachments", "not an array of objects")],
-        )
-    mail["attachments"] = []
-    for index, attachment in enumerate(attachments):
-        kind = str(attachment.get("@odata.type", "#microsoft.graph.fileAttachment")).lower()
-        if kind != "#microsoft.graph.fileattachment":
-            raise InvalidRequest(
-                "Only file attachments are supported.",
-                [Detail(f"message.attachments[{index}]", "not a fileAttachment")],
-            )
-        mail["attachments"].append(
-            {
-                key: value
-                for key, value in {
-                    "name": attachment.get("name"),
-                    "contentType": attachment.get("contentType"),
-                    "contentBase64": attachment.get("contentBytes"),
-                    "inline": attachment.get("isInline"),
-                    "contentId": attachment.get("contentId"),
-                }.items()
-                if value is not None
-            }
-        )
-    try:
-        return MailRequest.model_validate(mail)
-    except ValidationError as error:
-        raise _from_validation_error(error, "message.") from None
 
 
 def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
@@ -395,16 +311,17 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     if mail.template is not None:
         problems.append(Detail("template", f"no template named {mail.template!r} is configured"))
     if problems:
+        problems = [Detail(mail.as_written(p.field), p.message) for p in problems]
         raise InvalidRequest(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
     size, limit = message_bytes(mail), settings.mail_max_message_bytes
     if size > limit:
         raise PayloadTooLarge(
             f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
-            [Detail("attachments", f"{size} bytes; at most {limit}")],
+            [Detail(mail.as_written("attachments"), f"{size} bytes; at most {limit}")],
         )
     bare = body_request_bytes(mail) + REQUEST_HEADROOM_BYTES
     if bare > GRAPH_REQUEST_BYTES:  # the body alone: no attachment left out of the request makes room
-        field = "html" if mail.html is not None else "text"
+        field = mail.as_written("html" if mail.html is not None else "text")
         raise PayloadTooLarge(
             f"The mail's body makes a Graph request of {bare} bytes (JSON escapes each non-ASCII character); "
             f"Graph takes at most {GRAPH_REQUEST_BYTES}.",
@@ -449,10 +366,10 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
         problems.append(Detail("attachments", f"at most {MAX_ATTACHMENTS} attachments"))
     for index, attachment in enumerate(mail.attachments):
         where = f"attachments[{index}]"
-        for name in ("name", "content_type", "content_id"):
+        for name, alias in (("name", "name"), ("content_type", "contentType"), ("content_id", "contentId")):
             value = getattr(attachment, name)
             if value is not None and CONTROL.search(value):
-                problems.append(Detail(f"{where}.{name}", "must not contain line breaks or control characters"))
+                problems.append(Detail(f"{where}.{alias}", "must not contain line breaks or control characters"))
         if attachment.blob is not None:
             if not BLOB_REFERENCE.match(attachment.blob):  # as the model does: a mail may be built without it
                 problems.append(

@@ -282,6 +282,16 @@ class NotifyConfig(_Model):
     sources: dict[Literal["alertmanager", "grafana", "azuremonitor", "generic"], SourceAuth] = {}
     require_source_auth: bool = False  # refuse alerts of every source that `sources` gives no authentication
     digests: list[MailboxDigest] = []
+    # a source's severity words beyond the built-in ones (shared.alerts.model.SEVERITY_WORDS), any letter case
+    severity_map: dict[str, Literal["critical", "high", "warning", "info"]] = {}
+
+    @field_validator("severity_map")
+    @classmethod
+    def _severity_words(cls, words: dict[str, str]) -> dict[str, str]:
+        lowered = {word.strip().lower(): severity for word, severity in words.items()}
+        if len(lowered) != len(words) or not all(lowered):
+            raise ValueError("severity words must be non-empty and differ in more than letter case")
+        return lowered
 
     @model_validator(mode="after")
     def _references(self) -> NotifyConfig:

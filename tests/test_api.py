@@ -296,7 +296,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
             }
         },
         400,
-        "message.attachments[0]",
+        "message.attachments[0].@odata.type",
     ),
     ("graph: unknown top-level", {"body": {"message": {}, "extra": 1}}, 400, "extra"),
 ]
@@ -545,4 +545,217 @@ def test_a_caller_cannot_take_an_id_of_the_apps_own_mails(app: Any, azurite: Azu
     headers = {"Idempotency-Key": "app:alert-0123"} if where != "id" else None
     status, answer, _ = _post(app, body, headers=headers)
     assert status == 400 and answer["error"]["details"][0]["field"] == where
+    assert _queued(azurite) == []
+
+
+# Microsoft's v1.0 sendMail examples (learn.microsoft.com/graph/api/user-sendmail), as Graph's page shows them;
+# the mentions one is beta's (Graph's v1.0 sendMail ignores mentions)
+LUNCH = {
+    "message": {
+        "subject": "Meet for lunch?",
+        "body": {"contentType": "Text", "content": "The new cafeteria is open."},
+        "toRecipients": [{"emailAddress": {"address": "frannis@contoso.com"}}],
+        "ccRecipients": [{"emailAddress": {"address": "danas@contoso.com"}}],
+    },
+    "saveToSentItems": "false",
+}
+WITH_HEADERS = {
+    "message": {
+        "subject": "9/9/2018: concert",
+        "body": {"contentType": "HTML", "content": "The group represents Nevada."},
+        "toRecipients": [{"emailAddress": {"address": "AlexW@contoso.com"}}],
+        "internetMessageHeaders": [
+            {"name": "x-custom-header-group-name", "value": "Nevada"},
+            {"name": "x-custom-header-group-id", "value": "NV001"},
+        ],
+    }
+}
+WITH_ATTACHMENT = {
+    "message": {
+        "subject": "Meet for lunch?",
+        "body": {"contentType": "Text", "content": "The new cafeteria is open."},
+        "toRecipients": [{"emailAddress": {"address": "meganb@contoso.com"}}],
+        "attachments": [
+            {
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": "attachment.txt",
+                "contentType": "text/plain",
+                "contentBytes": "SGVsbG8gV29ybGQh",
+            }
+        ],
+    }
+}
+WITH_MENTIONS = {
+    "message": {
+        "subject": "Project kickoff",
+        "toRecipients": [{"emailAddress": {"name": "Samantha Booth", "address": "samanthab@contoso.com"}}],
+        "mentions": [{"mentioned": {"name": "Dana Swope", "address": "danas@contoso.com"}}],
+    }
+}
+
+
+def _sent_from_graph_bodies(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch, *bodies: Any
+) -> tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Post Graph bodies to the app, then send them: the answers, the mails queued, what the sandbox sent."""
+    from shared.config import settings
+
+    monkeypatch.setenv("MAIL_ALLOWED_RECIPIENT_DOMAINS", "*")  # Microsoft's examples mail contoso.com
+    settings.cache_clear()
+    answers = [_post(app, body) for body in bodies]
+    assert [a[0] for a in answers] == [202] * len(bodies), answers
+    queued = _queued(azurite)
+    run(drain_queue(azurite.connection_string, "mail-outbox", app.mail_outbox))
+    return [a[1] for a in answers], queued, sandbox.sent()
+
+
+def test_microsofts_send_mail_examples_are_accepted_and_arrive_as_graph_would_send_them(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers, queued, sent = _sent_from_graph_bodies(
+        app, azurite, sandbox, monkeypatch, LUNCH, WITH_HEADERS, WITH_ATTACHMENT, WITH_MENTIONS
+    )
+    assert len(sent) == 4, sent
+    by_id = {m["id"]: m for m in queued}
+    assert by_id[answers[0]["id"]]["saveToSentItems"] is False  # the string "false", as Graph reads it
+    messages = {(m["subject"], bool(m["attachments"])): m for m in sent}
+    lunch = messages[("Meet for lunch?", False)]
+    assert lunch["body"] == {"contentType": "text", "content": "The new cafeteria is open."}
+    assert lunch["externalRecipients"] == ["frannis@contoso.com", "danas@contoso.com"]
+    assert [r["emailAddress"]["address"] for r in lunch["ccRecipients"]] == ["danas@contoso.com"]
+    concert = messages[("9/9/2018: concert", False)]
+    assert concert["body"] == {"contentType": "html", "content": "The group represents Nevada."}
+    assert concert["toRecipients"][0]["emailAddress"]["address"] == "AlexW@contoso.com"
+    assert {h["name"]: h["value"] for h in concert["internetMessageHeaders"]} == {
+        "x-custom-header-group-name": "Nevada",
+        "x-custom-header-group-id": "NV001",
+    }
+    [attached] = messages[("Meet for lunch?", True)]["attachments"]
+    assert (attached["name"], attached["contentType"], attached["size"]) == ("attachment.txt", "text/plain", 12)
+    kickoff = messages[("Project kickoff", False)]
+    assert kickoff["toRecipients"] == [{"emailAddress": {"address": "samanthab@contoso.com", "name": "Samantha Booth"}}]
+    assert "mentions" not in kickoff  # Graph's v1.0 sendMail ignores them; so does the app, and says so
+    assert answers[3]["warnings"] == [
+        {"code": "ignored_property", "message": "message.mentions: Graph's sendMail ignores it, and so does the app"}
+    ]
+
+
+def test_a_graph_body_in_any_letter_case_with_string_booleans_arrives_as_written(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shouting = {
+        "Message": {
+            "Subject": "Any case",
+            "Body": {"ContentType": "TEXT", "Content": "hello"},
+            "ToRecipients": [{"EmailAddress": {"Address": "alice@contoso.test", "Name": "Alice"}}],
+            "Importance": "High",
+            "Attachments": [
+                {
+                    "@odata.type": "#Microsoft.Graph.FileAttachment",
+                    "Name": "a.txt",
+                    "ContentBytes": "aGk=",
+                    "IsInline": "False",
+                }
+            ],
+        },
+        "SaveToSentItems": "FALSE",
+    }
+    _, [queued], [sent] = _sent_from_graph_bodies(app, azurite, sandbox, monkeypatch, shouting)
+    assert queued["saveToSentItems"] is False
+    assert sent["toRecipients"] == [{"emailAddress": {"address": "alice@contoso.test", "name": "Alice"}}]
+    assert sent["importance"] == "high" and sent["body"] == {"contentType": "text", "content": "hello"}
+    [attached] = sent["attachments"]
+    assert (attached["name"], attached["isInline"], attached["size"]) == ("a.txt", False, 2)
+    [arrived] = [m for m in sandbox.mailbox("alice@contoso.test") if m["subject"] == "Any case"]
+    assert arrived["body"]["content"] == "hello"
+
+
+GRAPH_TO = [{"emailAddress": {"address": "alice@contoso.test"}}]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"message": {"toRecipients": GRAPH_TO}, "saveToSentItems": "no"}, "saveToSentItems", "must be true or false"),
+        (
+            {"message": {"toRecipients": GRAPH_TO, "saveToSentItems": False}},
+            "message.saveToSentItems",
+            "belongs beside message, not in it",
+        ),
+        (
+            {"message": {"toRecipients": [{"emailAddress": {"Address": 1}}]}},
+            "message.toRecipients[0].emailAddress.Address",
+            "Input should be a valid string",
+        ),
+        (
+            {"message": {"toRecipients": [{"emailAddress": {"name": "A"}}]}},
+            "message.toRecipients[0].emailAddress.address",
+            "is required",
+        ),
+        (
+            {"message": {"toRecipients": [{"EmailAddress": {"Address": "nope"}}]}},
+            "message.toRecipients[0]",
+            "not an email address",
+        ),
+        (
+            {"message": {"ToRecipients": GRAPH_TO, "Flag": {"flagStatus": "flagged"}}},
+            "message.Flag",
+            "Graph's property is not supported by the app (see the README: the Graph form)",
+        ),
+        ({"message": {"toRecipients": GRAPH_TO, "Subjcet": "x"}}, "message.Subjcet", None),
+        (
+            {"message": {"toRecipients": GRAPH_TO, "Attachments": [{"Name": "a", "ContentBytes": "!"}]}},
+            "message.Attachments[0].ContentBytes",
+            "not valid base64",
+        ),
+        (
+            {
+                "message": {
+                    "toRecipients": GRAPH_TO,
+                    "body": {"content": "x"},
+                    "internetMessageHeaders": [{"name": "Bad", "value": "v"}],
+                }
+            },
+            "message.internetMessageHeaders[0]",
+            None,
+        ),
+    ],
+)
+def test_graph_body_errors_name_the_field_as_the_caller_wrote_it(
+    app: Any, azurite: AzuriteProcess, body: dict[str, Any], field: str, message: str | None
+) -> None:
+    status, answer, _ = _post(app, body)
+    assert status == 400, answer
+    [detail, *_] = answer["error"]["details"]
+    assert detail["field"] == field, answer
+    if message is not None:
+        assert detail["message"] == message
+    assert _queued(azurite) == []
+
+
+def test_an_empty_or_missing_subject_is_accepted_with_a_warning(app: Any, azurite: AzuriteProcess) -> None:
+    for body in ({**MAIL, "subject": ""}, {"to": MAIL["to"], "text": "no subject"}):
+        status, answer, _ = _post(app, body)
+        assert status == 202, answer
+        assert answer["warnings"] == [
+            {"code": "empty_subject", "message": "subject is empty: the mail goes without a subject"}
+        ]
+    status, answer, _ = _post(app, {"message": {"toRecipients": GRAPH_TO, "body": {"content": "x"}}})
+    assert status == 202 and answer["warnings"][0]["code"] == "empty_subject"
+    assert "warnings" not in _post(app, MAIL)[1]
+
+
+def test_with_the_recipient_fence_unset_a_typo_in_a_domain_is_refused_not_mailed_outside(
+    app: Any, monkeypatch: pytest.MonkeyPatch, azurite: AzuriteProcess
+) -> None:
+    from shared.config import settings
+
+    monkeypatch.delenv("MAIL_ALLOWED_RECIPIENT_DOMAINS", raising=False)
+    settings.cache_clear()
+    status, body, _ = _post(app, {**MAIL, "to": ["alice@contoso.tset"]})
+    assert status == 400
+    assert body["error"]["details"][0] == {
+        "field": "to[0]",
+        "message": "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)",
+    }
     assert _queued(azurite) == []

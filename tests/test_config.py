@@ -23,7 +23,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.azure_authority_host == "https://login.microsoftonline.com"
     assert settings.key_vault_verify_challenge_resource is True
     assert settings.mail_allowed_senders == {"notifications@contoso.test"}
-    assert settings.mail_allowed_recipient_domains == frozenset()
+    assert settings.mail_allowed_recipient_domains == {"contoso.test"}  # the senders' own domains
     assert settings.storage == StorageAccount(DEVELOPMENT_STORAGE)
     assert settings.mailbox_digest_schedule == "0 0 7 * * 1-5"
     assert settings.audit_recipients == "hashed"
@@ -173,7 +173,20 @@ def test_the_sending_and_recipient_policy_is_one_rule_of_the_settings() -> None:
     settings = load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": "contoso.test", "MAIL_ALLOWED_SENDERS": ""})
     assert settings.may_send_as("Notifications@contoso.test") and not settings.may_send_as("ceo@contoso.test")
     assert settings.may_mail("a@Contoso.test") and not settings.may_mail("a@evil.test")
-    assert load_settings(BASE).may_mail("anyone@anywhere.test")
+    assert load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": "*"}).may_mail("anyone@anywhere.test")
+
+
+def test_unset_the_recipient_fence_keeps_mail_in_the_senders_domains_and_star_opens_it() -> None:
+    unset = load_settings({**BASE, "MAIL_ALLOWED_SENDERS": "alerts@fabrikam.test"})
+    assert unset.may_mail("alice@contoso.test") and unset.may_mail("bob@Fabrikam.test")
+    assert not unset.may_mail("alice@contoso.tset")  # a typo stays inside
+    assert unset.recipient_fence() == "recipients only in contoso.test, fabrikam.test"
+    assert load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": ""}).may_mail("alice@contoso.tset") is False
+    star = load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": " * "})
+    assert star.may_mail("alice@contoso.tset")
+    assert star.recipient_fence() == "MAIL_ALLOWED_RECIPIENT_DOMAINS=*: any recipient domain"
+    with pytest.raises(ConfigError, match="stands alone"):
+        load_settings({**BASE, "MAIL_ALLOWED_RECIPIENT_DOMAINS": "*,contoso.test"})
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,25 @@ def test_an_error_log_names_the_path_never_the_query_with_the_function_key(
     assert response.status_code == 503, json.loads(response.get_body())
     assert "/api/mail/m-1" in caplog.text
     assert "the-function-key-value" not in caplog.text
+
+
+def test_the_start_up_log_says_which_recipient_fence_is_in_force(
+    app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared.config import settings
+
+    caplog.set_level(logging.INFO)
+    for given, said in (
+        (None, "recipient fence: recipients only in contoso.test"),
+        ("*", "recipient fence: MAIL_ALLOWED_RECIPIENT_DOMAINS=*: any recipient domain"),
+    ):
+        if given is None:
+            monkeypatch.delenv("MAIL_ALLOWED_RECIPIENT_DOMAINS", raising=False)
+        else:
+            monkeypatch.setenv("MAIL_ALLOWED_RECIPIENT_DOMAINS", given)
+        settings.cache_clear()
+        caplog.clear()
+        app.handlers.start_up()
+        assert said in [r.getMessage() for r in caplog.records]
+    monkeypatch.delenv("MAIL_ALLOWED_RECIPIENT_DOMAINS")
+    settings.cache_clear()

@@ -122,7 +122,7 @@ def test_reply_to_is_fenced_by_the_recipient_domains_in_the_app_form_and_the_gra
         ("replyTo[0]", "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)")
     ]
     assert _problems(graph_form, FENCED) == [
-        ("replyTo[0]", "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)")
+        ("message.replyTo[0]", "recipient domain is not allowed (MAIL_ALLOWED_RECIPIENT_DOMAINS)")
     ]
     inside = check_mail(parse_mail({**app_form, "replyTo": ["bob@contoso.test"]}), FENCED)
     assert [m.address for m in inside.reply_to] == ["bob@contoso.test"]

@@ -145,3 +145,13 @@ def test_make_run_stopped_with_sigterm_stops_azurite_the_sandbox_and_the_devhost
     assert not left, f"still running after SIGTERM:\n{left}"
     assert [port for port in ports if _listening(port)] == []
     assert stopped_after < 10, stopped_after  # Azurite used to hold on for 10 s and more
+
+
+def test_the_banner_says_that_function_keys_are_not_checked_locally() -> None:
+    from devhost.azurite import AzuriteProcess
+    from devhost.run import banner
+
+    azurite = AzuriteProcess(ROOT / ".azurite-unused", (10000, 10001, 10002))  # not started: only its ports
+    text = banner("http://127.0.0.1:7071", "https://127.0.0.1:8790", azurite)
+    assert "function keys are not checked locally, as with Core Tools' `func start`" in text
+    assert "on Azure every route but health and OpenAPI needs one (x-functions-key or ?code=)" in text

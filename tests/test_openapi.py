@@ -23,6 +23,7 @@ from shared.mail import parse_mail
 from shared.openapi import mail_schema, openapi_document
 
 from .helpers import http, run, user_function
+from .test_api import LUNCH, WITH_ATTACHMENT, WITH_HEADERS, WITH_MENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ROOT / "schemas" / "mail.schema.json"
@@ -241,6 +242,20 @@ ACCEPTED: list[tuple[str, Any]] = [
         },
     ),
     ("Graph's form in other letter cases", {"MESSAGE": {"Subject": "s", "ToRecipients": []}, "saveTOsentITEMS": True}),
+    ("Microsoft's sendMail example", LUNCH),
+    ("Microsoft's example with headers", WITH_HEADERS),
+    ("Microsoft's example with an attachment", WITH_ATTACHMENT),
+    ("Microsoft's (beta) example with mentions", WITH_MENTIONS),
+    (
+        "Graph's form in any case at every level",
+        {
+            "message": {
+                "toRecipients": [{"EmailAddress": {"Address": "a@contoso.test"}}],
+                "Attachments": [{"Name": "a.txt", "ContentBytes": "aGk=", "IsInline": "TRUE"}],
+            },
+            "SaveToSentItems": "False",
+        },
+    ),
 ]
 
 REFUSED: list[tuple[str, Any]] = [
@@ -257,6 +272,10 @@ REFUSED: list[tuple[str, Any]] = [
     ("Graph: a recipient that is a string", {"message": {"toRecipients": ["a@b.test"]}}),
     ("Graph: an item attachment", {"message": {"attachments": [{"@odata.type": "#microsoft.graph.itemAttachment"}]}}),
     ("Graph: an rtf body", {"message": {"body": {"contentType": "rtf"}}}),
+    ("Graph: saveToSentItems as another word", {"message": {}, "saveToSentItems": "no"}),
+    ("Graph: an unknown emailAddress property", {"message": {"toRecipients": [{"emailAddress": {"mail": "a"}}]}}),
+    ("Graph: an unsupported attachment property", {"message": {"attachments": [{"contentLocation": "x"}]}}),
+    ("Graph: an attachment without a name", {"message": {"attachments": [{"contentBytes": "aGk="}]}}),
 ]
 
 

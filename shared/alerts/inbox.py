@@ -44,7 +44,7 @@ async def ingest_message(
     if json_too_deep(text):
         return await _poison_inbox(text, message_id, settings, store, "not JSON: nested too deep")
     try:
-        alerts = parse_alerts(json.loads(text))
+        alerts = parse_alerts(json.loads(text), severity_map=dispatcher.config.severity_map)
     except ValueError as error:
         return await _poison_inbox(text, message_id, settings, store, f"not JSON: {error}"[:300])
     except AppError as error:

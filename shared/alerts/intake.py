@@ -5,7 +5,7 @@ payloads raise `invalid_request` naming the place and the reason."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +36,14 @@ _NEVER = "0001-01-01T00:00:00Z"  # Alertmanager's and Grafana's "no end yet"
 
 def _fail(source: str, where: str, reason: str) -> AppError:
     return InvalidRequest(f"{source}: {where}: {reason}", [Detail(where, reason)])
+
+
+def _severity(value: Any, source: str, where: str, severity_map: Mapping[str, str] | None) -> str:
+    """The alert's severity from the source's word; an unknown word is refused naming the known ones."""
+    try:
+        return normalise_severity(value, severity_map)
+    except ValueError as error:
+        raise _fail(source, where, str(error)) from None
 
 
 def _time(value: Any, source: str, where: str) -> datetime | None:
@@ -159,7 +167,7 @@ def _alert_list(body: dict[str, Any], source: str) -> list[Any]:
     return alerts
 
 
-def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
+def _prometheus_style(body: dict[str, Any], source: str, severity_map: Mapping[str, str] | None) -> list[Alert]:
     """Alertmanager's webhook, which Grafana's extends with per-alert links."""
     common = _annotations(body.get("commonAnnotations"), source, "commonAnnotations")
     notification = _notification(body, source)
@@ -192,7 +200,12 @@ def _prometheus_style(body: dict[str, Any], source: str) -> list[Alert]:
                     source=source,
                     name=labels["alertname"],
                     status=_status(item.get("status") or body.get("status"), source, f"{where}.status"),  # type: ignore[arg-type]
-                    severity=normalise_severity(labels.get("severity") or labels.get("priority")),
+                    severity=_severity(
+                        labels.get("severity") or labels.get("priority"),
+                        source,
+                        f"{where}.labels.{'severity' if labels.get('severity') else 'priority'}",
+                        severity_map,
+                    ),
                     labels=labels,
                     annotations=annotations,
                     starts_at=_time(item.get("startsAt"), source, f"{where}.startsAt"),
@@ -244,20 +257,17 @@ def _notification(body: dict[str, Any], source: str) -> Notification | None:
     )
 
 
-def parse_alertmanager(body: dict[str, Any]) -> list[Alert]:
+def parse_alertmanager(body: dict[str, Any], severity_map: Mapping[str, str] | None = None) -> list[Alert]:
     if str(body.get("version", "4")) != "4":
         raise _fail("alertmanager", "version", f"webhook version {body.get('version')!r} is not 4")
-    return _prometheus_style(body, "alertmanager")
+    return _prometheus_style(body, "alertmanager", severity_map)
 
 
-def parse_grafana(body: dict[str, Any]) -> list[Alert]:
-    return _prometheus_style(body, "grafana")
+def parse_grafana(body: dict[str, Any], severity_map: Mapping[str, str] | None = None) -> list[Alert]:
+    return _prometheus_style(body, "grafana", severity_map)
 
 
-_AZURE_SEVERITY = {"sev0": "critical", "sev1": "high", "sev2": "warning", "sev3": "info", "sev4": "info"}
-
-
-def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
+def parse_azure_monitor(body: dict[str, Any], severity_map: Mapping[str, str] | None = None) -> list[Alert]:
     """The common alert schema: `essentials` for every signal, `alertContext` by signal type."""
     source = "azuremonitor"
     if body.get("schemaId") != "azureMonitorCommonAlertSchema":
@@ -279,7 +289,7 @@ def parse_azure_monitor(body: dict[str, Any]) -> list[Alert]:
     items = essentials.get("configurationItems") or []
     labels = {
         "alertname": rule,
-        "severity": _AZURE_SEVERITY.get(severity.lower(), normalise_severity(severity)),
+        "severity": _severity(severity, source, "data.essentials.severity", severity_map),
         "azure_severity": severity,
         "signal_type": signal,
         "monitoring_service": str(essentials.get("monitoringService") or ""),
@@ -425,7 +435,7 @@ def _generic_links(value: Any, source: str, where: str) -> dict[str, str]:
     return links
 
 
-def parse_generic(body: Any) -> list[Alert]:
+def parse_generic(body: Any, severity_map: Mapping[str, str] | None = None) -> list[Alert]:
     """`{"name", "status", "severity", "summary", "description", "labels", "annotations", "startsAt", "endsAt",
     "fingerprint", "links"}`, one or a list of them, or `{"alerts": [...]}`. Unknown fields are refused."""
     source = "generic"
@@ -446,7 +456,8 @@ def parse_generic(body: Any) -> list[Alert]:
         name = item.get("name") or item.get("alertname") or labels.get("alertname")
         if not isinstance(name, str) or not name.strip():
             raise _fail(source, f"{where}.name", "is required")
-        severity = normalise_severity(item.get("severity") or labels.get("severity"))
+        given = "severity" if item.get("severity") else "labels.severity"
+        severity = _severity(item.get("severity") or labels.get("severity"), source, f"{where}.{given}", severity_map)
         labels = {**labels, "alertname": name.strip(), "severity": severity}
         annotations = _annotations(item.get("annotations"), source, f"{where}.annotations")
         for key in ("summary", "description"):
@@ -474,7 +485,7 @@ def parse_generic(body: Any) -> list[Alert]:
     return alerts
 
 
-PARSERS: dict[str, Callable[[Any], list[Alert]]] = {
+PARSERS: dict[str, Callable[[Any, Mapping[str, str] | None], list[Alert]]] = {
     "alertmanager": parse_alertmanager,
     "grafana": parse_grafana,
     "azuremonitor": parse_azure_monitor,
@@ -510,8 +521,21 @@ def apparent_sources(body: Any) -> set[str]:
     return found
 
 
+# the top-level fields each format has, to find the closest one for a payload no marker identifies
+_FORMAT_FIELDS = {
+    "generic": GENERIC_FIELDS | {"alerts"},
+    "alertmanager": frozenset(
+        {"version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels", "commonLabels"}
+        | {"commonAnnotations", "externalURL", "alerts"}
+    ),
+    "azuremonitor": frozenset({"schemaId", "data"}),
+}
+
+
 def detect_source(body: Any) -> str:
-    """Which source sent a payload, from its shape; raises when it is none we know."""
+    """Which source sent a payload, from its shape. A payload no format's marker identifies goes to the format
+    whose fields it shares most, whose parser then names what it lacks (`alert.name: is required`); one that
+    shares none is refused naming each format's marks."""
     if isinstance(body, dict):
         if body.get("schemaId") == "azureMonitorCommonAlertSchema":
             return "azuremonitor"
@@ -519,20 +543,27 @@ def detect_source(body: Any) -> str:
             return "grafana" if _looks_like_grafana(body) else "alertmanager"
         if "name" in body or "alertname" in body or isinstance(body.get("alerts"), list):
             return "generic"
-    if isinstance(body, list) and body and all(isinstance(i, dict) and ("name" in i or "alertname" in i) for i in body):
+        shared = {name: len(fields & body.keys()) for name, fields in _FORMAT_FIELDS.items()}
+        closest = max(shared, key=lambda name: shared[name])  # ties: the first, generic
+        if shared[closest]:
+            return closest
+    if isinstance(body, list) and body and all(isinstance(i, dict) for i in body):
         return "generic"
     raise InvalidRequest(
-        "The payload is not an alert from Alertmanager, Grafana, Azure Monitor (common alert "
-        "schema) or the generic format; name the source in the URL if it is one of them.",
-        [Detail("body", "unknown alert format")],
+        "The payload is not an alert from Alertmanager, Grafana, Azure Monitor (common alert schema) or the "
+        "generic format: it has none of their fields (generic: name, severity, labels ...; Alertmanager and "
+        "Grafana: groupKey, alerts; Azure Monitor: schemaId, data); name the source in the URL if it is one "
+        "of them.",
+        [Detail("body", "unknown alert format: none of the formats' fields")],
     )
 
 
-def parse_alerts(body: Any, source: str | None = None) -> list[Alert]:
-    """Alerts from a payload, of the named source or the detected one."""
+def parse_alerts(body: Any, source: str | None = None, severity_map: Mapping[str, str] | None = None) -> list[Alert]:
+    """Alerts from a payload, of the named source or the detected one; severity words as SEVERITY_WORDS and
+    the routing file's `severity_map` say."""
     chosen = source or detect_source(body)
     if chosen not in PARSERS:
         raise NotFound(f"Unknown alert source {chosen!r}; one of {', '.join(SOURCES)}.")
     if chosen != "generic" and not isinstance(body, dict):
         raise _fail(chosen, "body", "must be a JSON object")
-    return PARSERS[chosen](body)
+    return PARSERS[chosen](body, severity_map)

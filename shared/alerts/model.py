@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 Status = Literal["firing", "resolved"]
 SEVERITIES = ("critical", "high", "warning", "info")
-_SEVERITY_WORDS = {
+# the words of common sources and scales (syslog, Opsgenie's P1-P5, Azure's Sev0-4, Zabbix, PagerDuty's urgent)
+# and the severity each means; the README's Alerts section lists them, a routing file's severity_map adds more
+SEVERITY_WORDS = {
     "critical": "critical",
+    "urgent": "critical",
+    "emerg": "critical",
+    "alert": "critical",
     "crit": "critical",
     "fatal": "critical",
     "emergency": "critical",
@@ -21,6 +27,7 @@ _SEVERITY_WORDS = {
     "p1": "critical",
     "high": "high",
     "error": "high",
+    "err": "high",
     "major": "high",
     "sev1": "high",
     "p2": "high",
@@ -46,11 +53,21 @@ _SEVERITY_WORDS = {
 }
 
 
-def normalise_severity(value: str | None) -> str:
-    """Map a source's severity word onto critical/high/warning/info; `warning` when it names none we know."""
-    if not value:
+def normalise_severity(value: Any, severity_map: Mapping[str, str] | None = None) -> str:
+    """Map a source's severity word (any letter case) onto critical/high/warning/info: the routing file's
+    `severity_map` first, then SEVERITY_WORDS; `warning` when none is given. A word neither knows is a
+    ValueError naming the known ones: an alert is never filed under a guessed severity."""
+    if value is None or not str(value).strip():
         return "warning"
-    return _SEVERITY_WORDS.get(value.strip().lower(), "warning")
+    word = str(value).strip().lower()
+    mapped = (severity_map or {}).get(word) or SEVERITY_WORDS.get(word)
+    if mapped is None:
+        words = sorted({*SEVERITY_WORDS, *(severity_map or {})} - set(SEVERITIES))
+        raise ValueError(
+            f"{value!r} is not a known severity: use {', '.join(SEVERITIES)} or one of {', '.join(words)}, "
+            "or map it in the routing file's severity_map"
+        )
+    return mapped
 
 
 def stamp(moment: datetime) -> str:

@@ -41,6 +41,8 @@ sources:
     replay_window: 5m
   azuremonitor:
     bearer_secret: azuremonitor-webhook-token
+severity_map:
+  Blocker: critical
 """
 GRAFANA_SECRET = "grafana-hmac-value"
 AZURE_MONITOR_TOKEN = "azure-monitor-token-value"

@@ -282,3 +282,84 @@ def test_azure_monitors_portal_and_search_links_are_held_to_the_link_rules_like_
     [alert] = parse_alerts(json.loads(text))
     assert "dashboard" not in alert.links
     assert alert.links["source"].startswith("https://portal.azure.com/")
+
+
+@pytest.mark.parametrize(
+    ("word", "severity"),
+    [
+        ("page", "critical"),
+        ("URGENT", "critical"),
+        ("crit", "critical"),
+        ("p1", "critical"),
+        ("P2", "high"),
+        ("error", "high"),
+        ("p3", "warning"),
+        ("warn", "warning"),
+        ("p4", "info"),
+        ("info", "info"),
+        (None, "warning"),  # none given: the documented default
+    ],
+)
+def test_common_severity_words_map_as_the_readme_table_says(word: str | None, severity: str) -> None:
+    [alert] = parse_alerts({"name": "X", **({"severity": word} if word else {})})
+    assert alert.severity == severity == alert.labels["severity"]
+
+
+@pytest.mark.parametrize(
+    ("body", "source", "field"),
+    [
+        ({"name": "X", "severity": "sometimes"}, None, "alert.severity"),
+        ({"name": "X", "labels": {"severity": "sometimes"}}, None, "alert.labels.severity"),
+        (
+            {
+                "version": "4",
+                "groupKey": "g",
+                "status": "firing",
+                "alerts": [{"labels": {"alertname": "A", "severity": "sometimes"}}],
+            },
+            "alertmanager",
+            "alerts[0].labels.severity",
+        ),
+        (
+            {
+                "schemaId": "azureMonitorCommonAlertSchema",
+                "data": {"essentials": {"alertRule": "r", "severity": "Sev9", "monitorCondition": "Fired"}},
+            },
+            None,
+            "data.essentials.severity",
+        ),
+    ],
+)
+def test_an_unknown_severity_word_is_refused_listing_the_known_ones_never_guessed(
+    body: Any, source: str | None, field: str
+) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(body, source)
+    assert status_of(raised.value) == 400
+    [detail] = raised.value.details
+    assert detail.field == field
+    assert "is not a known severity: use critical, high, warning, info or one of" in detail.message
+    assert "page" in detail.message and "p1" in detail.message and "severity_map" in detail.message
+
+
+def test_the_routing_files_severity_map_adds_words_and_overrides_the_built_in_ones() -> None:
+    mapping = {"blocker": "critical", "p3": "info"}
+    assert parse_alerts({"name": "X", "severity": "Blocker"}, severity_map=mapping)[0].severity == "critical"
+    assert parse_alerts({"name": "X", "severity": "P3"}, severity_map=mapping)[0].severity == "info"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"severity": "critical", "summary": "disk full"}, "alert.name", "is required"),
+        ([{"severity": "critical"}], "alerts[0].name", "is required"),
+        ({"data": {}}, "schemaId", None),
+        ({"hello": "world"}, "body", "unknown alert format: none of the formats' fields"),
+    ],
+)
+def test_auto_detection_names_what_the_closest_format_lacks(body: Any, field: str, message: str | None) -> None:
+    with pytest.raises(AppError) as raised:
+        parse_alerts(body)
+    assert raised.value.details[0].field == field
+    if message is not None:
+        assert raised.value.details[0].message == message

@@ -111,6 +111,8 @@ def test_durations() -> None:
         ),
         (TREE + "digests:\n  - {name: d, mailbox: s@contoso.test, folders: [], to: [a@contoso.test]}\n", "folders"),
         (TREE + "digests:\n  - {name: Bad Name, mailbox: s@contoso.test, to: [a@contoso.test]}\n", "digests[0].name"),
+        (TREE + "severity_map:\n  blocker: urgent\n", "severity_map.blocker"),
+        (TREE + "severity_map:\n  Blocker: critical\n  BLOCKER: high\n", "differ in more than letter case"),
     ],
 )
 def test_bad_config_fails_with_a_message_naming_the_line_and_path(tmp_path: Path, text: str, message: str) -> None:
@@ -175,3 +177,12 @@ def test_a_digest_that_mails_outside_the_allowed_domains_stops_the_app_at_start_
     )
     with pytest.raises(ConfigError, match=r"digest 'd' mails x@evil\.test, outside MAIL_ALLOWED_RECIPIENT_DOMAINS"):
         notify_config(settings)
+
+
+def test_the_severity_map_maps_a_sources_own_words_in_any_letter_case(tmp_path: Path) -> None:
+    path = tmp_path / "notify.yaml"
+    path.write_text(TREE + "severity_map:\n  Blocker: critical\n  P3: info\n")
+    config = load_notify_config(path)
+    assert config.severity_map == {"blocker": "critical", "p3": "info"}
+    [alert] = parse_alerts({"name": "X", "severity": "BLOCKER"}, severity_map=config.severity_map)
+    assert alert.severity == "critical"

@@ -618,3 +618,25 @@ def test_a_passed_through_alert_mails_footer_gives_the_time_it_was_sent_in_the_o
     [mail] = sandbox.sent()
     footer = f"to {group.receiver} at {today:%Y-%m-%d} 16:07 UTC."
     assert footer in mail["body"]["content"]
+
+
+def test_an_unknown_severity_is_a_400_and_the_routing_files_severity_map_routes_its_own_words(
+    alerts_app: Any, azurite: AzuriteProcess
+) -> None:
+    status, answer = _post(alerts_app, {"name": "X", "severity": "sometimes"})
+    assert status == 400
+    assert answer["error"]["details"][0]["field"] == "alert.severity"
+    assert "critical, high, warning, info" in answer["error"]["details"][0]["message"]
+    status, answer = _post(alerts_app, {"name": "X", "severity": "blocker"})  # severity_map: Blocker: critical
+    assert status == 202 and answer["groups"][0]["receiver"] == "oncall"
+
+
+def test_a_generic_alert_without_a_name_gets_the_same_answer_detected_or_named(alerts_app: Any) -> None:
+    body = {"severity": "critical", "summary": "disk full"}
+    detected, named = _post(alerts_app, body), _post(alerts_app, body, source="generic")
+    assert detected[0] == named[0] == 400
+    assert (
+        detected[1]["error"]["details"]
+        == named[1]["error"]["details"]
+        == [{"field": "alert.name", "message": "is required"}]
+    )
