@@ -60,7 +60,7 @@ param mailDefaultSender string
 @description('Comma list of mailboxes callers may send as; empty = the default sender only.')
 param mailAllowedSenders string = ''
 
-@description('Comma list of recipient domains mail may go to; empty = any.')
+@description('Comma list of recipient domains mail may go to; empty = the allowed senders\' own domains; * = any.')
 param mailAllowedRecipientDomains string = ''
 
 @description('keyvault: the identity reads the app registration\'s credential from Key Vault. managed_identity: the identity holds the Graph app roles itself.')
