@@ -197,7 +197,10 @@ def test_without_graph_client_id_health_says_config_fails_and_every_other_endpoi
             "post_mail": await call("post_mail", "POST", "/api/mail"),
             "get_mail": await call("get_mail", "GET", "/api/mail/x1", id="x1"),
             "post_alerts": await call("post_alerts", "POST", "/api/alerts"),
-            "run_digest": await call("run_digest", "POST", "/api/digests/support-unread/run", name="support-unread"),
+            "run_digest": await call("run_digest", "POST", "/api/digests/support-new/run", name="support-new"),
+            "run_alert_digest": await call(
+                "run_alert_digest", "POST", "/api/alert-digests/alert-digest/run", receiver="alert-digest"
+            ),
             "openapi": await call("openapi", "GET", "/api/openapi.json"),
             "no_such_route": await call("no_such_route", "GET", "/api/nothing", path="nothing"),
         }
