@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import CLOCK, stamp
-from .messages import build_message, message_size, new_id, new_immutable_id
+from .messages import build_message, message_size, new_id, new_immutable_id, stamp_origin
 from .store import Store, User
 
 MINUTE = 60.0
 DAY = 86_400.0
 NDR_SENDER_NAME = "Microsoft Outlook"
 NDR_SENDER_LOCAL = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e"
+NDR_GENERATING_SERVER = "SANDBOX01MB0001.namprd00.prod.outlook.com"
 NDR_STATUS = {
     "5.1.90": "550 5.1.90 Your message can't be sent because you've reached your daily limit for message recipients.",
     "5.3.4": "550 5.3.4 ROUTING.SizeLimit; message size exceeds fixed maximum size for route",
@@ -123,6 +124,7 @@ class Transport:
                     isRead=False,
                     bccRecipients=[],
                     receivedDateTime=stamp(delivered or now),
+                    internetMessageHeaders=stamp_origin(document.get("internetMessageHeaders") or [], "Internal"),
                 )
                 self.store.insert_message(recipient, copy, visible=delivered)
         counted = 0 if refused else len(recipients)
@@ -143,26 +145,46 @@ class Transport:
         return record
 
     def _deliver_ndr(self, sender: User, original: dict[str, Any], code: str, failed: list[str], at: float) -> None:
-        """The non-delivery report Exchange puts in the sender's Inbox."""
+        """The non-delivery report Exchange Online puts in the sender's Inbox: from its system mailbox, a
+        `multipart/report; report-type=delivery-status` marked as an NDR, made inside the tenant, its text naming
+        each failed recipient with the SMTP reply, then the original's headers (its Message-ID among them)."""
         domain = self.store.tenant().get("domain", "sandbox.test")
+        message_id = str(original.get("internetMessageId", ""))
         listed = "".join(f"<li>{html.escape(address)}</li>" for address in failed)
+        replies = "".join(
+            f"<p>{html.escape(address)}<br>Remote Server returned '{html.escape(NDR_STATUS[code])}'</p>"
+            for address in failed
+        )
         content = (
             "<p>Your message couldn't be delivered.</p>"
             f"<p>Delivery has failed to these recipients or groups:</p><ul>{listed}</ul>"
             "<p>Diagnostic information for administrators:</p>"
-            f"<pre>Remote Server returned '{html.escape(NDR_STATUS[code])}'</pre>"
+            f"<p>Generating server: {NDR_GENERATING_SERVER}</p>{replies}"
             "<p>Original message headers:</p>"
-            f"<pre>Message-ID: {html.escape(original.get('internetMessageId', ''))}\n"
+            f"<pre>From: {html.escape(sender.upn)}\n"
+            f"Message-ID: {html.escape(message_id)}\n"
             f"Subject: {html.escape(original.get('subject', ''))}\n"
             f"Date: {html.escape(original.get('sentDateTime', ''))}</pre>"
         )
+        boundary = f"_000_{new_id()[:24]}_"
         report = build_message(
             {
                 "subject": f"Undeliverable: {original.get('subject', '')}",
                 "from": {"emailAddress": {"name": NDR_SENDER_NAME, "address": f"{NDR_SENDER_LOCAL}@{domain}"}},
                 "toRecipients": [sender.upn],
                 "body": {"contentType": "html", "content": content},
-                "internetMessageHeaders": [{"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""}],
+                "internetMessageHeaders": [
+                    {
+                        "name": "Content-Type",
+                        "value": f'multipart/report; report-type=delivery-status; boundary="{boundary}"',
+                    },
+                    {"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""},
+                    {"name": "In-Reply-To", "value": message_id},
+                    {"name": "References", "value": message_id},
+                    {"name": "Auto-Submitted", "value": "auto-replied"},
+                    {"name": "X-MS-Exchange-Organization-AuthAs", "value": "Internal"},
+                    {"name": "X-MS-Exchange-Organization-SCL", "value": "-1"},
+                ],
             },
             folder_id=self.store.folder(sender, "inbox").id,
             is_read=False,

@@ -55,6 +55,8 @@ HIDDEN_PROPERTIES = frozenset(
 )  # fmt: skip
 _NOT_DEFAULT = HIDDEN_PROPERTIES | {"id"}
 EXTENDED = "singleValueExtendedProperties"
+ORGANIZATION_HEADERS = "x-ms-exchange-organization-"  # Exchange's own: no sender sets them (the header firewall)
+AUTH_AS_HEADER = "X-MS-Exchange-Organization-AuthAs"
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
@@ -166,11 +168,21 @@ def received_stamp(value: str) -> str:
     return format_datetime(datetime.fromtimestamp(CLOCK.time() - int(ago[1]) * _AGO_SECONDS[ago[2]], UTC))
 
 
+def stamp_origin(headers: list[dict[str, Any]], auth_as: str) -> list[dict[str, Any]]:
+    """A message's headers as Exchange's header firewall leaves them on delivery: every
+    X-MS-Exchange-Organization-* header the sender wrote removed, and Exchange's own `AuthAs` stamped
+    (`Internal` for mail submitted in the tenant, `Anonymous` for mail from outside)."""
+    kept = [h for h in headers if not str(h.get("name", "")).lower().startswith(ORGANIZATION_HEADERS)]
+    return [*kept, {"name": AUTH_AS_HEADER, "value": auth_as}]
+
+
 def seeded_message(source: dict[str, Any], folder_id: str) -> dict[str, Any]:
-    """A message delivered through the control API: Graph's shape, plus isRead/receivedDateTime/categories."""
+    """A message delivered through the control API: mail from outside the tenant, in Graph's shape, plus
+    isRead/receivedDateTime/categories; its headers are what Exchange's header firewall leaves of them."""
     received = source.get("receivedDateTime")
     stamp = received_stamp(received) if isinstance(received, str) else None
     document = build_message(source, folder_id=folder_id, is_read=bool(source.get("isRead", False)), received=stamp)
+    document["internetMessageHeaders"] = stamp_origin(document["internetMessageHeaders"], "Anonymous")
     return document
 
 

@@ -215,14 +215,14 @@ class _Parser:
         return f"{column.sql}{collate} {_COMPARISONS[operator]} ?"
 
     def _property_member(self, name: str) -> Column:
-        """`ep/id` or `ep/value` inside `singleValueExtendedProperties/Any(ep: ...)`; compared case-sensitively
-        (an id in the form Exchange compares)."""
+        """`ep/id` or `ep/value` inside `singleValueExtendedProperties/Any(ep: ...)`: an id in the form Exchange
+        compares it in, a value without regard to case (as Graph documents for filters on a value)."""
         variable, _, member = name.partition("/")
         if variable != self.lambda_variable or member.lower() not in {"id", "value"}:
             raise ODataError(f"Invalid filter clause: '{name}' is not {self.lambda_variable}/id or /value.")
         if member.lower() == "id":
             return Column("json_extract(value, '$.id')", "propertyid")
-        return Column("json_extract(value, '$.value')", "exact")
+        return Column("json_extract(value, '$.value')", "str")
 
     def column(self, name: str) -> Column:
         column = self.columns.get(name.lower())

@@ -41,7 +41,16 @@ from .errors import (
     UnsupportedMediaType,
     UpstreamRefused,
 )
-from .mail import APP_ID_PREFIX, ID_PATTERN, MAX_JSON_BYTES, MailRequest, check_mail, parse_mail, payload_hash
+from .mail import (
+    APP_ID_PREFIX,
+    ID_PATTERN,
+    MAX_JSON_BYTES,
+    MailRequest,
+    canonical_id,
+    check_mail,
+    parse_mail,
+    payload_hash,
+)
 from .outbox import submit_mail
 from .pacer import intake_warning, lane_of
 from .routes import Route
@@ -211,7 +220,7 @@ def _given_id(request: ApiRequest, mail: MailRequest) -> str | None:
             "The Idempotency-Key header is not a valid id.",
             [Detail("Idempotency-Key", "1-64 letters, digits or . _ : -")],
         )
-    if key is not None and mail.id is not None and key != mail.id:
+    if key is not None and mail.id is not None and canonical_id(key) != canonical_id(mail.id):
         raise InvalidRequest(
             "The body's id and the Idempotency-Key header differ.",
             [Detail("id", "differs from the Idempotency-Key header")],
@@ -223,7 +232,7 @@ def _given_id(request: ApiRequest, mail: MailRequest) -> str | None:
             f"Mail ids starting with {APP_ID_PREFIX!r} are the app's own.",
             [Detail(where, f"{APP_ID_PREFIX!r} ids belong to the app's alert and digest mails")],
         )
-    return given
+    return canonical_id(given) if given is not None else None
 
 
 async def _submitted_before(store: Store, mail: MailRequest, *, quiet: bool = False) -> bool:
@@ -382,7 +391,7 @@ async def get_mail(request: ApiRequest, store: Store) -> ApiAnswer:
     mail_id = request.route.get("id", "")
     if not ID_PATTERN.match(mail_id):
         raise InvalidRequest("That is not a valid mail id.", [Detail("id", "1-64 letters, digits or . _ : -")])
-    status = await store.statuses.get(mail_id)
+    status = await store.statuses.get(canonical_id(mail_id))
     if status is None:
         raise NotFound(f"No mail with id {mail_id!r}.")
     return ApiAnswer(200, status.answer())

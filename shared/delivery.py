@@ -183,7 +183,7 @@ class DraftDelivery:
 
         carried, _ = split_attachments(mail)
         message = graph_send_body(mail.model_copy(update={"attachments": [mail.attachments[i] for i in carried]}))
-        message["message"]["internetMessageId"] = message_id_for(status.id, mailbox)
+        message["message"]["internetMessageId"] = message_id_for(status.id, mailbox, status.message_key)
         try:
             draft = await self.graph.create_draft(mailbox, message["message"], status.id)
         except GraphError as error:
@@ -330,14 +330,14 @@ def _read_graph_time(text: str | None) -> datetime | None:
         return None
 
 
-def marked_send_body(mail: MailRequest, mail_id: str) -> dict[str, Any]:
+def marked_send_body(mail: MailRequest, mail_id: str, key: str) -> dict[str, Any]:
     """sendMail's body for a mail, its message marked with the mail's id like a draft is (the Sent Items copy
-    can then be found by it)."""
+    can then be found by it), and its internetMessageId keyed with the status row's `key`."""
     from .graph import DELIVERY_ID_PROPERTY
 
     body = graph_send_body(mail)
     body["message"]["singleValueExtendedProperties"] = [{"id": DELIVERY_ID_PROPERTY, "value": mail_id}]
-    body["message"]["internetMessageId"] = message_id_for(mail_id, mail.sender or "")
+    body["message"]["internetMessageId"] = message_id_for(mail_id, mail.sender or "", key)
     return body
 
 

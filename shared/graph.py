@@ -518,14 +518,14 @@ class GraphClient:
                 raise
 
     async def list_bounces(self, mailbox: str, *, since: datetime | None = None) -> list[Bounce]:
-        """The non-delivery reports in the mailbox's Inbox (received at or after `since`), each with the bounced
-        mail's internetMessageId, the DSN code and the recipients that bounced. One request per 50 Inbox
-        messages."""
+        """The non-delivery reports Exchange wrote to the mailbox's Inbox (received at or after `since`), each with
+        the bounced mail's internetMessageId, the DSN code and the recipients that bounced; anything else that
+        looks like one (sent by a mailbox, or from outside) is left out. One request per 50 Inbox messages."""
         received = f"receivedDateTime ge {since.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if since else None
         inbox = self.list_messages(
             mailbox, folder_id="inbox", select=NDR_FIELDS.split(","), filter=received, top=50, immutable=True
         )
-        return [_bounce(message, mailbox) async for message in inbox if _is_ndr(message)]
+        return [_bounce(message, mailbox) async for message in inbox if _is_ndr(message, mailbox)]
 
     async def _upload_call(
         self, mailbox: str, method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
@@ -633,10 +633,18 @@ class _StreamReader:
             self._kept_start += cut
 
 
-# Non-delivery reports: Exchange marks them with this header; their text quotes the SMTP reply per recipient
-# ("Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; ...'") and, after it, the bounced
-# mail's original headers (its Message-ID among them).
+# Non-delivery reports as Exchange Online writes them: from its system mailbox ("Microsoft Outlook"
+# <MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@...>, often the tenant's onmicrosoft.com domain), a
+# `multipart/report; report-type=delivery-status` marked `X-MS-Exchange-Message-Is-Ndr`, made inside the
+# organisation (`X-MS-Exchange-Organization-AuthAs: Internal`: Exchange's header firewall removes
+# X-MS-Exchange-Organization-* from mail arriving from outside and stamps its own, so no outsider can set it;
+# a mailbox inside cannot send as the system mailbox). The text quotes the SMTP reply per recipient ("Remote
+# Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; ...'") and, after it, the bounced mail's original
+# headers (its Message-ID among them).
 NDR_HEADER = "x-ms-exchange-message-is-ndr"
+NDR_SENDER_LOCAL = "microsoftexchange329e71ec88ae4615bbc36ab6ce41109e"
+AUTH_AS_HEADER = "x-ms-exchange-organization-authas"
+_REPORT = re.compile(r"^\s*multipart/report\s*;(?:.*;)?\s*report-type\s*=\s*\"?delivery-status\"?\s*(?:;|$)", re.I)
 _DSN = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.])([^'<>#\n]*)")
 _MESSAGE_ID = re.compile(r"(?<![\w-])Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE)
 _ADDRESS = re.compile(r"[\w.!#$%&*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
@@ -649,9 +657,19 @@ def _headers(message: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _is_ndr(message: dict[str, Any]) -> bool:
+def _is_ndr(message: dict[str, Any], mailbox: str) -> bool:
+    """Whether Exchange itself wrote this report: its system sender (in the mailbox's domain or an
+    onmicrosoft.com one), its report structure and marks, and made inside the organisation."""
     headers = _headers(message)
-    return NDR_HEADER in headers or "report-type=delivery-status" in headers.get("content-type", "").lower()
+    sender = str(((message.get("from") or {}).get("emailAddress") or {}).get("address") or "").lower()
+    local, _, domain = sender.partition("@")
+    return (
+        local == NDR_SENDER_LOCAL
+        and (domain == mailbox.rsplit("@", 1)[-1].lower() or domain.endswith(".onmicrosoft.com"))
+        and NDR_HEADER in headers
+        and bool(_REPORT.match(headers.get("content-type", "")))
+        and headers.get(AUTH_AS_HEADER, "").strip().lower() == "internal"
+    )
 
 
 def _bounce(message: dict[str, Any], mailbox: str) -> Bounce:
@@ -669,8 +687,11 @@ def _bounce(message: dict[str, Any], mailbox: str) -> Bounce:
     for address in _ADDRESS.findall(named):
         if address.lower() not in {mailbox.lower(), reporter}:
             recipients.setdefault(address.lower(), address)
-    found_id = _MESSAGE_ID.search(text[first.start() :] if first else text)
-    original = _headers(message).get("in-reply-to") or (found_id.group(1) if found_id else None)
+    found_id = _MESSAGE_ID.search(text[codes[-1].end() :]) if codes else None  # the quoted original headers
+    original = found_id.group(1) if found_id else None
+    replied_to = _headers(message).get("in-reply-to", "").strip()
+    if replied_to and replied_to != original:  # the report's two mentions of the original disagree
+        original = None
     return Bounce(
         ndr_id=str(message["id"]),
         received_at=message.get("receivedDateTime"),

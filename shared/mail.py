@@ -53,6 +53,9 @@ MAX_HEADERS = 5  # Graph allows at most 5 custom internet message headers, named
 # mail may not, or it could take an alert's place in the outbox before the alert arrives
 APP_ID_PREFIX = "app:"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+# header names a caller may not set: Microsoft's and Exchange's own (an NDR's marks, anti-spam and transport
+# stamps) and the app's (x-notifier-*, on its alert mail only)
+RESERVED_HEADER_PREFIXES = ("x-ms-", "x-microsoft-", "x-exchange-", "x-forefront-", "x-notifier-")
 _HEADER_NAME = re.compile(r"^[xX]-[A-Za-z0-9-]{1,62}\Z")
 
 
@@ -253,11 +256,20 @@ def parse_mail(body: Any) -> MailRequest:
         raise _from_validation_error(error) from None
 
 
+def canonical_id(mail_id: str) -> str:
+    """The form a mail id is kept and looked up in: lower case, since Graph compares the marker property's value
+    (the id) without regard to case, so `Case-X` and `case-x` must be one mail."""
+    return mail_id.lower()
+
+
 def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
-    """Apply limits and the sending policy; returns the mail with its sender filled in."""
+    """Apply limits and the sending policy; returns the mail with its sender filled in and its id in its
+    canonical (lower-case) form."""
     problems: list[Detail] = []
     if mail.id is not None and not ID_PATTERN.match(mail.id):
         problems.append(Detail("id", "must be 1-64 letters, digits or . _ : - and start with a letter or digit"))
+    elif mail.id is not None:
+        mail = mail.model_copy(update={"id": canonical_id(mail.id)})
     sender = (mail.sender or settings.mail_default_sender).lower()
     pool = settings.sender_pool(mail.sender_pool) if mail.sender_pool is not None else None
     if mail.sender_pool is not None:
@@ -270,6 +282,7 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     elif not settings.may_send_as(sender):
         problems.append(Detail("from", f"{sender} is not an allowed sender (MAIL_ALLOWED_SENDERS)"))
     own = mail.id is not None and mail.id.lower().startswith(APP_ID_PREFIX)
+    _refuse_reserved_headers(mail, own)
     if mail.priority in ("critical", "alert") and not own and not settings.may_use_alert_lanes(pool or (sender,)):
         problems.append(
             Detail(
@@ -330,6 +343,20 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     if pool is not None:
         return mail.model_copy(update={"sender_pool": mail.sender_pool})
     return mail.model_copy(update={"sender": sender})
+
+
+def _refuse_reserved_headers(mail: MailRequest, own: bool) -> None:
+    """A caller's header under a reserved prefix is refused (`reserved_header`): Exchange's own marks (an NDR's
+    `x-ms-exchange-message-is-ndr`) must only ever come from Exchange; the app's own only from the app."""
+    for name in mail.headers:
+        prefix = next((p for p in RESERVED_HEADER_PREFIXES if str(name).lower().startswith(p)), None)
+        if prefix is not None and not (own and prefix == "x-notifier-"):
+            raise InvalidRequest(
+                f"The header {name!r} is reserved: names starting {', '.join(RESERVED_HEADER_PREFIXES)} are "
+                "Microsoft's, Exchange's or the app's own.",
+                [Detail(f"headers.{name}", f"names starting {prefix!r} are reserved")],
+                code="reserved_header",
+            )
 
 
 def message_bytes(mail: MailRequest) -> int:
@@ -397,7 +424,7 @@ def _attachment_problems(mail: MailRequest) -> list[Detail]:
 def app_mail_id(kind: str, *parts: str) -> str:
     """The id of a mail the app writes itself: `app:<kind>-<parts>`, readable when it fits the 64 characters of
     an id, else `app:<kind>-<hash of the parts>` (a long receiver or digest name)."""
-    readable = f"{APP_ID_PREFIX}{kind}-{'-'.join(parts)}"
+    readable = canonical_id(f"{APP_ID_PREFIX}{kind}-{'-'.join(parts)}")
     if ID_PATTERN.match(readable):
         return readable
     return f"{APP_ID_PREFIX}{kind}-{hashlib.sha256('-'.join(parts).encode()).hexdigest()[:32]}"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attachments import resolve_attachments
 from .audit import audit
+from .bounces import new_message_key, recipient_tags
 from .budgets import Verdict
 from .config import Settings
 from .delivery import (
@@ -38,7 +39,7 @@ from .delivery import (
     outcome_unknown,
 )
 from .errors import AppError, AttachmentChanged, Conflict, GraphError, InvalidMessage, Unavailable
-from .mail import ID_PATTERN, MailRequest, check_mail, needs_draft, parse_mail, payload_hash
+from .mail import ID_PATTERN, MailRequest, canonical_id, check_mail, needs_draft, parse_mail, payload_hash
 from .pacer import Pacer, Pacing
 from .store import StatusChanged, Store
 from .store.mail_status import DeliveryMode, MailState, MailStatus
@@ -167,8 +168,8 @@ class Sender:
         if given is not None and (not isinstance(given, str) or not ID_PATTERN.match(given)):
             reason = f"id {str(given)[:80]!r} is not a valid mail id (1-64 letters, digits or . _ : -)"
             return await self._poison(text, fallback_id, "invalid_message", reason)
-        if given is None:  # copies handed back to the queue (throttled, busy) keep the id given here
-            envelope["id"] = fallback_id
+        if given is None or given != canonical_id(given):  # copies handed back to the queue (throttled, busy)
+            envelope["id"] = canonical_id(given or fallback_id)  # keep the id as it is kept here
             text = json.dumps(envelope, separators=(",", ":"))
         mail_id: str = envelope["id"]
         _claimed.set(False)
@@ -239,6 +240,8 @@ class Sender:
             refused = pacing.verdict is Verdict.REFUSE
             return Delivery(mail_id, DeliveryOutcome.FAILED if refused else DeliveryOutcome.RETRY_LATER, pacing.detail)
         status.sender = pacing.mailbox
+        status.message_key = status.message_key or new_message_key()  # kept from the first claim on: one Message-ID
+        status.recipient_tags = recipient_tags(status.message_key, mail.recipients())
         try:
             status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
             status = await self.store.statuses.save(status)
@@ -321,7 +324,7 @@ class Sender:
         status.mode = DeliveryMode.SENDMAIL
         if status.outcome_unknown:  # Graph may have taken an earlier attempt: this send may duplicate it
             status.possible_duplicate = True
-        body = marked_send_body(mail.model_copy(update={"sender": sender}), status.id)
+        body = marked_send_body(mail.model_copy(update={"sender": sender}), status.id, status.message_key)
         await self.graph.send_mail(sender, body)
         status.sent_at, status.internet_message_id = datetime.now(UTC), body["message"]["internetMessageId"]
         return DeliveryMode.SENDMAIL

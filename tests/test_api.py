@@ -83,6 +83,27 @@ def test_an_id_reused_for_a_different_mail_is_409(app: Any, azurite: AzuriteProc
     assert len(_queued(azurite)) == 1
 
 
+def test_ids_differing_only_in_letter_case_are_one_mail(app: Any, azurite: AzuriteProcess) -> None:
+    first = _post(app, {**MAIL, "id": "Case-X"})
+    again = _post(app, {**MAIL, "id": "case-x"})
+    assert first[:2] == again[:2] == (202, {"id": "case-x", "status": "queued", "lane": "normal"})
+    assert again[2]["Idempotent-Replay"] == "true"
+    other = _post(app, {**MAIL, "subject": "something else"}, headers={"Idempotency-Key": "CASE-x"})
+    assert other[0] == 409 and other[1]["error"]["code"] == "conflict"
+    assert {m["id"] for m in _queued(azurite)} == {"case-x"}  # a replay may leave a spare copy
+    answer = run(user_function(app.get_mail)(http("GET", "/api/mail/CASE-X", route={"id": "CASE-X"})))
+    assert answer.status_code == 200 and json.loads(answer.get_body())["id"] == "case-x"
+
+
+def test_a_reserved_header_is_refused_with_reserved_header(app: Any, azurite: AzuriteProcess) -> None:
+    for name in ("x-ms-exchange-message-is-ndr", "X-MS-Exchange-Organization-AuthAs", "x-notifier-alert-group"):
+        status, body, _ = _post(app, {**MAIL, "headers": {name: "x"}})
+        assert status == 400 and body["error"]["code"] == "reserved_header", name
+        assert name in body["error"]["message"]
+    assert _post(app, {**MAIL, "headers": {"x-alert-id": "42"}})[0] == 202
+    assert len(_queued(azurite)) == 1
+
+
 def test_a_raw_graph_send_mail_body_is_accepted(app: Any, azurite: AzuriteProcess) -> None:
     status, _, _ = _post(
         app,

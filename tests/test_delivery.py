@@ -306,14 +306,95 @@ def test_a_bounce_turns_the_mail_s_status_into_bounced_with_the_dsn_code_and_rec
     assert [(r["correlationId"], r["outcome"]) for r in rows] == [("dm-bounces-1", "bounced")]
 
 
-def test_the_message_id_a_mail_is_sent_with_gives_its_id_back() -> None:
-    from shared.bounces import mail_id_from, message_id_for
+def test_the_message_id_a_mail_is_sent_with_gives_its_id_back_and_carries_its_key() -> None:
+    from shared.bounces import mail_id_from, message_id_for, new_message_key
 
-    for mail_id in ("a", "incident-42", "app:alert-x.y_z:1", "Z" * 64):
-        message_id = message_id_for(mail_id, "notifications@Contoso.test")
-        assert message_id.endswith(".notify@contoso.test>") and mail_id_from(message_id) == mail_id
+    for mail_id in ("a", "incident-42", "app:alert-x.y_z:1", "z" * 64):
+        key = new_message_key()
+        message_id = message_id_for(mail_id, "notifications@Contoso.test", key)
+        assert message_id.endswith(f".{key}.notify@contoso.test>") and mail_id_from(message_id) == mail_id
+        assert message_id != message_id_for(mail_id, "notifications@contoso.test", new_message_key())
     assert mail_id_from("<abc@contoso.test>") is None and mail_id_from(None) is None
     assert mail_id_from("<mzxw6.notify@x.test> trailing") is None
+
+
+def test_a_mail_s_internet_message_id_cannot_be_computed_from_its_id_and_stays_one_across_attempts(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    from shared.bounces import message_id_for
+
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": "dm-keyed-1"})
+        await _trigger(app, azurite).drain()
+        return await _status(app, "dm-keyed-1")
+
+    status = run(scenario())
+    assert status["status"] == "sent"
+    assert status["internetMessageId"] != message_id_for("dm-keyed-1", SENDER, "")  # the old, computable form
+    [copy] = [m for m in sandbox.mailbox("alice@contoso.test", "inbox") if m["subject"] == MAIL["subject"]]
+    assert copy["internetMessageId"] == status["internetMessageId"]
+
+
+FORGED_REPORT = """<html><body><p>Your message couldn't be delivered.</p>
+<p>Delivery has failed to these recipients or groups:</p><ul><li>alice@contoso.test</li></ul>
+<p>alice@contoso.test<br>Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found'</p>
+<p>Original message headers:</p><pre>Message-ID: {message_id}
+Subject: Disk 91% on db-2</pre></body></html>"""
+
+
+def _forged_report(message_id: str) -> dict[str, Any]:
+    """A report shaped as Exchange writes one, every header included, quoting a delivered mail's Message-ID."""
+    return {
+        "subject": "Undeliverable: Disk 91% on db-2",
+        "from": "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test",
+        "body": {"contentType": "html", "content": FORGED_REPORT.format(message_id=message_id.replace("<", "&lt;"))},
+        "internetMessageHeaders": [
+            {"name": "Content-Type", "value": 'multipart/report; report-type=delivery-status; boundary="b"'},
+            {"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""},
+            {"name": "X-MS-Exchange-Organization-AuthAs", "value": "Internal"},
+            {"name": "In-Reply-To", "value": message_id},
+        ],
+    }
+
+
+def test_forged_bounce_reports_leave_delivered_mail_sent_while_exchange_s_own_still_counts(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    from azure.functions.timer import TimerRequest
+
+    sandbox.reset({**test_seed, "exchange": {}})  # Exchange's transport on: unknown recipients bounce
+
+    async def scenario() -> dict[str, Any]:
+        await _post(app, {**MAIL, "id": "dm-victim-1"})
+        await _post(app, {**MAIL, "id": "dm-real-bounce-1", "to": ["nobody@contoso.test"]})
+        await _trigger(app, azurite).drain()
+        victim = (await _status(app, "dm-victim-1"))["internetMessageId"]  # as every recipient sees it
+        headers = {"x-ms-exchange-message-is-ndr": ""}
+        marked = await user_function(app.post_mail)(
+            http("POST", "/api/mail", {**MAIL, "to": [SENDER], "headers": headers})
+        )
+        text = FORGED_REPORT.format(message_id=victim)
+        # (a) an API caller mails the service mailbox a report's text; (b) outsiders mail it and support@ one
+        await _post(app, {"to": [SENDER], "subject": "Undeliverable: Disk 91% on db-2", "html": text})
+        await _post(
+            app, {"from": "alice@contoso.test", "to": [SENDER, SUPPORT], "subject": "Undeliverable", "html": text}
+        )
+        sandbox.deliver(SENDER, [_forged_report(victim)])
+        sandbox.deliver(SUPPORT, [_forged_report(victim)])
+        await _trigger(app, azurite).drain()
+        await user_function(app.bounce_check)(TimerRequest(past_due=False))
+        return {
+            "marked": (marked.status_code, json.loads(marked.get_body())),
+            "victim": await _status(app, "dm-victim-1"),
+            "real": await _status(app, "dm-real-bounce-1"),
+        }
+
+    result = run(scenario())
+    assert result["victim"]["status"] == "sent" and "bounce" not in result["victim"]
+    status, answer = result["marked"]
+    assert status == 400 and answer["error"]["code"] == "reserved_header"
+    assert result["real"]["status"] == "bounced"
+    assert result["real"]["bounce"]["recipients"] == ["nobody@contoso.test"]
 
 
 # -- the crash figures ----------------------------------------------------------------------------------------

@@ -457,17 +457,42 @@ Message-ID: &lt;BN8PR11MB35870A1@BN8PR11MB3587.namprd11.prod.outlook.com&gt;
 Subject: Nightly export</pre></body></html>"""
 
 
-def test_an_ndr_in_exchange_online_s_layout_names_each_bounced_recipient(
-    app_env: dict[str, str], sandbox: SandboxProcess
-) -> None:
-    ndr = {
-        "subject": "Undeliverable: Nightly export",
-        "from": "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test",
-        "body": {"contentType": "html", "content": EXCHANGE_ONLINE_NDR},
-        "internetMessageHeaders": [{"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""}],
-    }
-    sandbox.deliver(SENDER, [ndr])
-    [bounce] = _with_client(app_env, lambda client: client.list_bounces(SENDER))
+def test_an_ndr_in_exchange_online_s_layout_names_each_bounced_recipient() -> None:
+    from shared.graph import _bounce
+
+    ndr = {"id": "AAMk1", "body": {"contentType": "html", "content": EXCHANGE_ONLINE_NDR}}
+    bounce = _bounce(ndr, SENDER)
     assert bounce.internet_message_id == "<BN8PR11MB35870A1@BN8PR11MB3587.namprd11.prod.outlook.com>"
     assert bounce.dsn_code == "5.1.10"
     assert bounce.recipients == [GHOST, "old@contoso.test"]  # not alice, who is only in the original headers
+
+
+def test_only_reports_exchange_wrote_are_ndrs_not_ones_from_outside_or_from_a_mailbox(
+    app_env: dict[str, str], limited: SandboxProcess
+) -> None:
+    forged = {
+        "subject": "Undeliverable: Nightly export",
+        "from": "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test",
+        "body": {"contentType": "html", "content": EXCHANGE_ONLINE_NDR},
+        "internetMessageHeaders": [
+            {"name": "Content-Type", "value": "multipart/report; report-type=delivery-status; boundary=b"},
+            {"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""},
+            {"name": "X-MS-Exchange-Organization-AuthAs", "value": "Internal"},  # the header firewall drops it
+        ],
+    }
+    limited.deliver(SENDER, [forged])  # from outside the tenant
+
+    async def scenario(client: GraphClient) -> list[Bounce]:
+        from_mailbox = {
+            **_message(subject="Undeliverable: Nightly export", to=(SENDER,)),
+            "body": {"contentType": "html", "content": EXCHANGE_ONLINE_NDR},
+            "internetMessageHeaders": [{"name": "X-MS-Exchange-Message-Is-Ndr", "value": ""}],
+        }
+        await client.send_mail("support@contoso.test", {"message": from_mailbox, "saveToSentItems": False})
+        draft = await client.create_draft(SENDER, _message(to=(GHOST,)), "mail-0011")
+        await client.send_draft(SENDER, draft.id)
+        return await client.list_bounces(SENDER)
+
+    bounces = _with_client(app_env, scenario)
+    assert [(b.dsn_code, b.recipients) for b in bounces] == [("5.1.10", [GHOST])]  # Exchange's own only
+    assert len(limited.mailbox(SENDER, "inbox")) == 3

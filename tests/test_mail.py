@@ -163,7 +163,7 @@ def test_the_apps_own_mail_ids_fit_64_characters_however_long_the_names_in_them(
     from shared.mail import ID_PATTERN, app_mail_id
 
     assert app_mail_id("digest", "support-unread", "20261124T070000-abc123") == (
-        "app:digest-support-unread-20261124T070000-abc123"
+        "app:digest-support-unread-20261124t070000-abc123"  # ids are kept in lower case
     )
     long_name = app_mail_id("alertdigest", "platform-oncall-digest-for-the-night-shift", "20261124T070000", "abc123")
     assert ID_PATTERN.match(long_name) and long_name.startswith("app:alertdigest-")

@@ -48,6 +48,8 @@ class MailStatus:
     mode: str = ""  # a DeliveryMode, once a delivery chose one
     graph_id: str = ""  # the draft's immutable id (it stays the message's id once sent)
     internet_message_id: str = ""
+    message_key: str = ""  # the random part of its internetMessageId (never answered: see shared/bounces.py)
+    recipient_tags: str = ""  # its recipients as keyed hashes, to check a report's (never answered)
     drafted_at: datetime | None = None
     uploads: str = ""  # JSON: the attachments added to the draft after it was created (never answered)
     sent_at: datetime | None = None

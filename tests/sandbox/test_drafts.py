@@ -194,6 +194,22 @@ def test_extended_properties_set_on_a_draft_by_patch_are_kept_when_sent(sandbox:
     assert [m["id"] for m in found] == [draft["id"]]
 
 
+def test_a_marker_value_filter_ignores_letter_case_as_graph_s_does(sandbox: SandboxProcess) -> None:
+    assert sandbox.control is not None
+    headers = {**bearer(sandbox), "Prefer": IMMUTABLE}
+    draft = sandbox.control.post(
+        f"/v1.0/users/{SENDER}/messages",
+        headers=headers,
+        json={"subject": "cased", "singleValueExtendedProperties": [{"id": MARKER, "value": "Case-X"}]},
+    ).json()
+    found = sandbox.control.get(
+        f"/v1.0/users/{SENDER}/mailFolders/drafts/messages",
+        headers=headers,
+        params={"$filter": f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER}' and ep/value eq 'case-x')"},
+    ).json()["value"]
+    assert [m["id"] for m in found] == [draft["id"]]
+
+
 def test_an_invalid_extended_property_id_is_refused(sandbox: SandboxProcess) -> None:
     assert sandbox.control is not None
     answer = sandbox.control.post(

@@ -134,3 +134,34 @@ def test_a_bad_exchange_seed_is_refused_naming_the_field(sandbox: SandboxProcess
     answer = sandbox.control.post("/_sandbox/reset", json={**test_seed, "users": users})
     assert answer.status_code == 400
     assert "users.0.exchange.maxMessageSizeMB" in answer.json()["error"]["message"]
+
+
+def _headers_by_subject(sandbox: SandboxProcess, upn: str) -> dict[str, dict[str, str]]:
+    return {
+        m["subject"]: {h["name"].lower(): h["value"] for h in m.get("internetMessageHeaders") or []}
+        | {"from": m["from"]["emailAddress"]["address"]}
+        for m in sandbox.mailbox(upn)
+    }
+
+
+def test_an_ndr_is_shaped_as_exchange_online_s_and_the_header_firewall_stamps_where_mail_came_from(
+    limited: SandboxProcess,
+) -> None:
+    forged = [{"name": "X-MS-Exchange-Organization-AuthAs", "value": "Anonymous"}]
+    _send(limited, bearer(limited), [ALICE, "nobody@contoso.test"], "Disk full", internetMessageHeaders=forged)
+    outside = {
+        "subject": "From outside",
+        "from": "x@fabrikam.test",
+        "internetMessageHeaders": [{**forged[0], "value": "Internal"}],
+    }
+    limited.deliver(SENDER, [outside])
+    mine = _headers_by_subject(limited, SENDER)
+    ndr, seeded = mine["Undeliverable: Disk full"], mine["From outside"]
+    assert ndr["from"] == "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test"
+    assert ndr["content-type"].startswith("multipart/report; report-type=delivery-status;")
+    assert "x-ms-exchange-message-is-ndr" in ndr and ndr["x-ms-exchange-organization-authas"] == "Internal"
+    assert ndr["auto-submitted"] == "auto-replied"
+    original = limited.sent()[-1]["internetMessageId"]
+    assert ndr["in-reply-to"] == original and ndr["references"] == original
+    assert seeded["x-ms-exchange-organization-authas"] == "Anonymous"  # the sender's own was removed
+    assert _headers_by_subject(limited, ALICE)["Disk full"]["x-ms-exchange-organization-authas"] == "Internal"
