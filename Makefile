@@ -25,16 +25,26 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup lint alertmanager infra-check
-	$(BIN)/pytest
+TEST_WORKERS ?= 2
+
+# The set-up side by side (make -j); then the suite over $(TEST_WORKERS) workers (pytest-xdist; each worker
+# starts its own Azurite and sandbox) while lint and infra-check run beside it; the slowest tests are listed.
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup alertmanager shellcheck
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint infra-check & checks=$$!; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15; tests=$$?; \
+	wait $$checks || { echo "make: lint or infra-check failed (their output is above)"; exit 1; }; \
+	exit $$tests
 
 # Debian's prometheus-alertmanager (and amtool) for the end-to-end alert test, installed when missing and
 # when this machine lets us (root, or passwordless sudo); otherwise that one test says why it is skipped.
+# A lock keeps apt-get to one at a time (make test installs this and shellcheck side by side).
 alertmanager:
 	@if ! command -v amtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
 	    echo "make: installing prometheus-alertmanager (Debian)"; \
+	    exec 9>>/tmp/notifier-apt.lock && flock 9; \
 	    $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null 2>&1 \
 	    || { $$SUDO apt-get update -qq >/dev/null && \
 	         $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }; \
@@ -90,6 +100,7 @@ shellcheck:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
 	    echo "make: installing shellcheck (Debian)"; \
+	    exec 9>>/tmp/notifier-apt.lock && flock 9; \
 	    $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null 2>&1 \
 	    || { $$SUDO apt-get update -qq >/dev/null && \
 	         $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }; \
