@@ -341,6 +341,7 @@ async def _statuses(ids: list[str]) -> Counter[str]:
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("drains-of-thousands")  # one worker runs the two heaviest in turn
 @pytest.mark.timeout(600)
 def test_2000_mails_under_lost_answers_503s_and_dropped_connections_go_out_exactly_once(
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess

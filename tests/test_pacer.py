@@ -140,6 +140,7 @@ def _most_in_a_minute(times: list[float]) -> int:
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("drains-of-thousands")  # one worker runs the two heaviest in turn
 @pytest.mark.timeout(420)  # the figure: 1,000 mails at a pace Exchange would otherwise carry over (2-3 minutes)
 def test_a_critical_alert_goes_out_within_5_s_past_1000_bulk_mails_which_are_all_paced_and_delivered_once(
     budgets_on: Callable[..., Any], azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
