@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench faults schemas screenshots setup clean alertmanager chromium
+.PHONY: run test lint bench faults schemas screenshots setup clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -25,34 +25,32 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup lint alertmanager chromium infra-check
-	$(BIN)/pytest
+TEST_WORKERS ?= 2
 
-# Debian's prometheus-alertmanager (and amtool) for the end-to-end alert test, installed when missing and
-# when this machine lets us (root, or passwordless sudo); otherwise that one test says why it is skipped.
-alertmanager:
-	@if ! command -v amtool >/dev/null; then \
+# The set-up side by side (make -j); then the suite over $(TEST_WORKERS) workers (pytest-xdist; each worker
+# starts its own Azurite and sandbox) while lint and infra-check run beside it; the slowest tests are listed.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target setup debian-tools
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint infra-check & checks=$$!; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15; tests=$$?; \
+	wait $$checks || { echo "make: lint or infra-check failed (their output is above)"; exit 1; }; \
+	exit $$tests
+
+# Debian's packages some checks need, each installed when its command is missing and this machine lets us (root,
+# or passwordless sudo), all in one apt-get: prometheus-alertmanager (amtool) for the end-to-end alert test,
+# chromium for the mail layout test and `make screenshots`, shellcheck for infra-check. Where they cannot be
+# installed, the tests that need them say why they skip (and fail under CI=true).
+DEBIAN_TOOLS := amtool:prometheus-alertmanager chromium:chromium shellcheck:shellcheck
+debian-tools:
+	@missing=; for pair in $(DEBIAN_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
-	    echo "make: installing prometheus-alertmanager (Debian)"; \
-	    $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null 2>&1 \
+	    echo "make: installing$$missing (Debian)"; \
+	    $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
 	    || { $$SUDO apt-get update -qq >/dev/null && \
-	         $$SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; }; \
-	  else echo "make: cannot install prometheus-alertmanager here; its test will be skipped"; fi; \
-	fi
-
-# Debian's chromium for the mail layout test (tests/test_templating.py) and `make screenshots`, installed when
-# missing and when this machine lets us (as for alertmanager); otherwise that test says why it is skipped (and
-# fails under CI=true).
-chromium:
-	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
-	    echo "make: installing chromium (Debian)"; \
-	    $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
-	    || { $$SUDO apt-get update -qq >/dev/null && \
-	         $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
-	  else echo "make: cannot install chromium here; the mail layout test will be skipped"; fi; \
+	         $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	  else echo "make: cannot install$$missing here; the tests that need them will be skipped"; fi; \
 	fi
 
 run: setup
@@ -70,7 +68,7 @@ bench: setup
 faults: setup
 	$(BIN)/python bench/fault_run.py
 
-screenshots: $(VENV)/.installed chromium
+screenshots: $(VENV)/.installed debian-tools
 	$(BIN)/python docs/screenshot.py
 
 schemas: $(VENV)/.installed
@@ -80,14 +78,14 @@ schemas: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .venv-checkov node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
 
-# Offline checks of the deployment (README "Deploy to Azure"): checkov over the Bicep, in a virtualenv of its
+# Offline checks of the deployment (docs/deploy.md): checkov over the Bicep, in a virtualenv of its
 # own (its dependencies are many and must not meet the app's), and shellcheck over the admin scripts.
 # tests/test_infra.py does the structural checks (settings, roles, security properties).
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
-.PHONY: infra-check shellcheck
+.PHONY: infra-check debian-tools
 
-infra-check: $(CHECKOV_VENV)/.installed shellcheck
+infra-check: $(CHECKOV_VENV)/.installed debian-tools
 	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
 	@if command -v shellcheck >/dev/null; then shellcheck --severity=style scripts/*.sh; \
 	elif [ -n "$$CI" ]; then echo "make: shellcheck is missing (CI=true)"; exit 1; \
@@ -97,15 +95,3 @@ $(CHECKOV_VENV)/.installed:
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	touch $@
-
-# Debian's shellcheck, installed when missing and when this machine lets us (as for alertmanager).
-shellcheck:
-	@if ! command -v shellcheck >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
-	    echo "make: installing shellcheck (Debian)"; \
-	    $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null 2>&1 \
-	    || { $$SUDO apt-get update -qq >/dev/null && \
-	         $$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }; \
-	  else echo "make: cannot install shellcheck here"; fi; \
-	fi

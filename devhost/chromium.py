@@ -27,14 +27,14 @@ TIMEOUT = 90  # seconds for one page; a loaded 2-core machine starts Chromium in
 
 
 def browser() -> str | None:
-    """The Chromium executable, or None when it is not installed (`make chromium` installs it)."""
+    """The Chromium executable, or None when it is not installed (`make debian-tools` installs it)."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _run(html: str, width: int, height: int, *action: str) -> str:
     executable = browser()
     if executable is None:
-        raise RuntimeError("Debian's chromium is needed: make chromium (apt-get install chromium)")
+        raise RuntimeError("Debian's chromium is needed: make debian-tools (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as folder:
         page = Path(folder) / "mail.html"
         page.write_text(html, encoding="utf-8")

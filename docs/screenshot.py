@@ -118,6 +118,6 @@ def photograph(html: str, name: str, height: int) -> None:
 
 if __name__ == "__main__":
     if chromium.browser() is None:
-        raise SystemExit("screenshot: Debian's chromium is needed (make chromium, or apt-get install chromium)")
+        raise SystemExit("screenshot: Debian's chromium is needed (make debian-tools, or apt-get install chromium)")
     photograph(alert_mail_html(), "alert-mail", 620)
     photograph(mailbox_digest_html(), "mailbox-digest", 900)

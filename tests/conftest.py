@@ -1,4 +1,7 @@
-"""Session fixtures: a sandbox (reset before each test that asks for it) and Azurite, both on free ports."""
+"""Session fixtures: a sandbox (reset before each test that asks for it) and Azurite, both on free ports.
+
+Session fixtures belong to one process: under pytest-xdist (`make test`) each worker starts its own sandbox
+(in its own temporary folder) and its own Azurite, so workers share no mailbox, queue or table."""
 
 from __future__ import annotations
 
@@ -38,6 +41,12 @@ def pytest_configure(config: pytest.Config) -> None:
     (SANDBOX_DIR / "state").mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(SANDBOX_DIR / "state")
     os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(tls.ca_bundle)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first (marked `long`): spread over workers (`make test`), a long test begun last would
+    keep one worker busy while the others have finished."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

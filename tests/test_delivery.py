@@ -421,6 +421,8 @@ async def _statuses(ids: list[str]) -> Counter[str]:
     return Counter(str(s.status) if s else "missing" for s in found)
 
 
+@pytest.mark.long
+@pytest.mark.xdist_group("drains-of-thousands")  # one worker runs the two heaviest in turn
 @pytest.mark.timeout(600)
 def test_2000_mails_under_lost_answers_503s_and_dropped_connections_go_out_exactly_once(
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
@@ -452,6 +454,7 @@ def test_2000_mails_under_lost_answers_503s_and_dropped_connections_go_out_exact
     assert len(sandbox.mailbox(SENDER, "drafts")) == 0
 
 
+@pytest.mark.long
 @pytest.mark.timeout(400)
 def test_a_sender_killed_at_10_random_moments_of_a_drain_sends_every_mail_exactly_once(
     app_env: dict[str, str], azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path
@@ -503,6 +506,7 @@ def _sender_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complete(
     app_env: dict[str, str],

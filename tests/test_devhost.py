@@ -308,6 +308,7 @@ def _sent_subjects(sandbox: SandboxProcess, prefix: str) -> list[str]:
     return [m["subject"] for m in sandbox.sent() if m["subject"].startswith(prefix)]
 
 
+@pytest.mark.long
 def test_two_devhosts_drain_500_mails_each_sent_exactly_once(
     app_host_env: dict[str, str], azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:
@@ -328,6 +329,7 @@ def test_two_devhosts_drain_500_mails_each_sent_exactly_once(
     assert all(share > 50 for share in shares), shares  # both instances competed for the queue
 
 
+@pytest.mark.long
 def test_killing_one_of_two_devhosts_mid_drain_loses_no_mail(
     app_host_env: dict[str, str], azurite: AzuriteProcess, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:

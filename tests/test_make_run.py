@@ -29,6 +29,8 @@ SESSION_VARIABLES = (
     "GRAPH_TENANT_ID",
     "GRAPH_CLIENT_ID",
 )
+# `make run` keeps its sandbox, Azurite and local.settings.json in the checkout: one worker runs these in turn
+pytestmark = [pytest.mark.xdist_group("make-run"), pytest.mark.long]
 
 
 def test_make_run_reaches_its_banner_whose_curls_send_a_mail_and_an_alert_and_sigint_stops_everything() -> None:

@@ -139,6 +139,8 @@ def _most_in_a_minute(times: list[float]) -> int:
     return max((sum(1 for t in times if start <= t < start + 60) for start in times), default=0)
 
 
+@pytest.mark.long
+@pytest.mark.xdist_group("drains-of-thousands")  # one worker runs the two heaviest in turn
 @pytest.mark.timeout(420)  # the figure: 1,000 mails at a pace Exchange would otherwise carry over (2-3 minutes)
 def test_a_critical_alert_goes_out_within_5_s_past_1000_bulk_mails_which_are_all_paced_and_delivered_once(
     budgets_on: Callable[..., Any], azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
@@ -246,6 +248,7 @@ def test_a_sender_about_to_cross_its_daily_recipients_defers_the_excess_and_aler
     assert {r["correlationId"] for r in deferrals} == {mail_id for mail_id, _ in result["deferred"]}
 
 
+@pytest.mark.long
 def test_a_pool_of_3_mailboxes_sends_3_times_the_rate_of_one_each_mailbox_within_its_own(
     budgets_on: Callable[..., Any], azurite: AzuriteProcess, sandbox: SandboxProcess, test_seed: dict[str, Any]
 ) -> None:

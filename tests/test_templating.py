@@ -181,10 +181,10 @@ def measure(width: int, dark: bool = False) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def browser() -> str:
     """Debian's chromium; without it the test says why it skips, and fails under CI (`make test` installs it
-    where the machine allows: `make chromium`)."""
+    where the machine allows: `make debian-tools`)."""
     executable = chromium.browser()
     if executable is None:
-        reason = "Debian's chromium is not installed (make chromium, or apt-get install chromium)"
+        reason = "Debian's chromium is not installed (make debian-tools, or apt-get install chromium)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)

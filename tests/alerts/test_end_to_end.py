@@ -178,6 +178,7 @@ async def _storm(url: str) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("alert_host", [{"group_wait": "30s", "group_interval": "5m"}], indirect=True)
 def test_a_storm_of_10000_alerts_becomes_one_mail_per_group_and_none_is_lost_while_graph_throttles(
     alert_host: Devhost, sandbox: SandboxProcess
