@@ -61,7 +61,7 @@ run: setup
 
 BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost lane_latency deployment_size
 
-# every figure of the README's benchmark table; one script each, each printing `BENCH <name> <value> <unit> | ...`
+# every figure of bench/RESULTS.md; one script each, each printing `BENCH <name> <value> <unit> | ...`
 # lines; bench/summary.py runs them in turn and ends with the one summary table (output in bench/results/)
 bench: setup
 	$(BIN)/python bench/summary.py $(BENCHMARKS)
@@ -80,7 +80,7 @@ schemas: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .venv-checkov node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
 
-# Offline checks of the deployment (README "Deploy to Azure"): checkov over the Bicep, in a virtualenv of its
+# Offline checks of the deployment (docs/deploy.md): checkov over the Bicep, in a virtualenv of its
 # own (its dependencies are many and must not meet the app's), and shellcheck over the admin scripts.
 # tests/test_infra.py does the structural checks (settings, roles, security properties).
 CHECKOV_VENV := .venv-checkov
