@@ -59,7 +59,7 @@ run: setup
 
 BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_cost lane_latency deployment_size
 
-# every figure of the README's benchmark table; one script each, each printing `BENCH <name> <value> <unit> | ...`
+# every figure of bench/RESULTS.md; one script each, each printing `BENCH <name> <value> <unit> | ...`
 # lines; bench/summary.py runs them in turn and ends with the one summary table (output in bench/results/)
 bench: setup
 	$(BIN)/python bench/summary.py $(BENCHMARKS)

@@ -97,7 +97,7 @@ def bench_line(
     target: str = "",
     met: bool | None = None,
 ) -> None:
-    """The figure's line, as `make bench`'s summary (`bench/summary.py`) and the README read it:
+    """The figure's line, as `make bench`'s summary (`bench/summary.py`, into bench/RESULTS.md) reads it:
     `BENCH <name> <value> <unit> | baseline: ... | ratio: 2.50x | target: ... | met: yes`, the fields after
     the first only when given. `ratio` is the result over the same-run baseline."""
     fields = [f"BENCH {name} {_number(value)} {unit}"]

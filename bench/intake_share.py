@@ -11,7 +11,7 @@ request:
   404 without Storage) shows that share nearly alone.
 
 `--profile` adds a cProfile of the in-process mail handler (top functions by own time and by cumulative time).
-Not a `make bench` figure: a profile the README's "what limits the rest" quotes.
+Not a `make bench` figure: a profile docs/benchmarks.md's "What limits each figure" quotes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Sandbox speed: start-up, sendMail throughput, and a 1000-message page (faults off).
 
 Run with `make bench` (or `.venv/bin/python bench/sandbox_bench.py`). Prints one `BENCH <name> <value> <unit>`
-line per figure (`bench/common.py`); the README quotes them. The client runs on the same 2-core machine and
+line per figure (`bench/common.py`); sandbox/README.md quotes them. The client runs on the same 2-core machine and
 shares its CPU.
 """
 

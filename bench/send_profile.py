@@ -3,7 +3,7 @@
 per mail, the Storage and Graph requests per mail, and with `--profile` a cProfile (top functions by own time,
 and the share of the SDK pipelines). The queue's own receive and delete are the host's, so they are not here.
 
-Not a `make bench` figure: a profile the README's "what limits the rest" quotes.
+Not a `make bench` figure: a profile docs/benchmarks.md's "What limits each figure" quotes.
 
     python bench/send_profile.py [--profile] [--mails 600]
 """

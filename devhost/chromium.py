@@ -1,5 +1,5 @@
-"""Headless Chromium (Debian's `chromium`) for the local tools that look at rendered mails: the README's
-screenshots (`docs/screenshot.py`) and the layout test of the mail templates (`tests/test_templating.py`).
+"""Headless Chromium (Debian's `chromium`) for the local tools that look at rendered mails: the pictures in
+docs/ (`docs/screenshot.py`) and the layout test of the mail templates (`tests/test_templating.py`).
 
 Each call runs a fresh browser with its own profile and its network features off, so nothing leaves the
 machine; the page is a local file.

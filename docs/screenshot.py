@@ -1,4 +1,4 @@
-"""Screenshots of rendered mails for the README, taken with headless Chromium (Debian's `chromium`).
+"""Screenshots of rendered mails for the pages in docs/, taken with headless Chromium (Debian's `chromium`).
 
 `make screenshots` runs it: the alert mail (from the Alertmanager fixture) and a mailbox digest (from sample
 messages shaped as Graph lists them) are rendered by the app's own templates and photographed at a phone's

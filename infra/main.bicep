@@ -1,4 +1,4 @@
-// `azd up` entry point: a resource group with the Graph mail notifier in it (README "Deploy to Azure").
+// `azd up` entry point: a resource group with the Graph mail notifier in it (docs/deploy.md).
 // core.bicep: identity, Storage, Key Vault, monitoring and the identity's roles; app.bicep: the Flex
 // Consumption Function App. Every app setting is in one place below: `appSettings`.
 targetScope = 'subscription'
@@ -51,7 +51,7 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-// --- the organisation's values (README "Deploy to Azure" says where each comes from) ---------------------
+// --- the organisation's values (docs/deploy.md says where each comes from) ---------------------
 
 @description('Mailbox mail is sent from when a request names none (MAIL_DEFAULT_SENDER). Required.')
 @minLength(3)
@@ -218,7 +218,7 @@ module app 'app.bicep' = {
   }
 }
 
-// What the admin scripts and the README's next steps need (azd stores them in .azure/<env>/.env)
+// What the admin scripts and the next steps of docs/deploy.md need (azd stores them in .azure/<env>/.env)
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = subscription().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Admin step 1 of README "Deploy to Azure": the Graph permissions the notifier needs, with the Azure CLI.
+# Admin step 1 of docs/deploy.md: the Graph permissions the notifier needs, with the Azure CLI.
 #
 # keyvault mode (default): an app registration with the Mail.Send (and, with --digests, Mail.ReadWrite)
 #   application permissions, admin consent, and a client secret or certificate that goes straight into the

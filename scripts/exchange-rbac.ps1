@@ -6,7 +6,7 @@
     Applications), checks the result, then removes the tenant-wide Entra grant.
 
 .DESCRIPTION
-    Admin step 2 of README "Deploy to Azure". Run it after scripts/entra-app.sh. It:
+    Admin step 2 of docs/deploy.md. Run it after scripts/entra-app.sh. It:
       1. registers the app's service principal in Exchange Online (New-ServicePrincipal);
       2. creates or updates a management scope with exactly the sending mailboxes (New-/Set-ManagementScope),
          and a second one with the mailboxes the app reads and writes: the sending mailboxes (the exactly-once

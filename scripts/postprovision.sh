@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # azd's postprovision hook (azure.yaml): after every `azd provision` / `azd up`, say which admin step of
-# README "Deploy to Azure" comes next, and run step 1 when asked to.
+# docs/deploy.md comes next, and run step 1 when asked to.
 #
 # The app deploys before the admin steps exist; until then it answers 503 not_configured and its health names
 # the missing setting. This hook never fails the deployment: it prints the next commands, and with
@@ -34,7 +34,7 @@ step1="scripts/entra-app.sh --digests"
 [ "$MODE" = managed_identity ] && step1="scripts/entra-app.sh --mode managed_identity --digests"
 
 echo
-echo "graph-mail-notifier: the admin steps (README \"Deploy to Azure\")"
+echo "graph-mail-notifier: the admin steps (docs/deploy.md)"
 if [ "$MODE" = keyvault ] && [ -n "$CLIENT_ID" ]; then
   echo "  step 1 (Entra): done, GRAPH_CLIENT_ID is $CLIENT_ID"
 elif [ "$ADMIN_STEPS" = run ] && command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; then

@@ -145,7 +145,7 @@ class MailWarning(_Model):
 class Queued(_Model):
     id: str
     status: Literal["queued"]
-    lane: Lane = Field(description="the priority lane it waits in (README: Sending budgets)")
+    lane: Lane = Field(description="the priority lane it waits in (docs/delivery.md: Sending budgets)")
     warning: BudgetWarning | None = Field(
         None, description="its sending mailbox's daily budget is nearly used up, or a backlog waits before it"
     )

@@ -40,7 +40,7 @@ log = logging.getLogger("notifier")
 HOLD_SECONDS = 300  # how long a queue message that arrives while the app is not configured is put back for
 NEXT_STEPS = (
     "On a first deployment this is expected until the admin steps have run: scripts/entra-app.sh (it prints "
-    'the app id), then `azd env set GRAPH_CLIENT_ID <appId> && azd provision` (README "Deploy to Azure"). '
+    "the app id), then `azd env set GRAPH_CLIENT_ID <appId> && azd provision` (docs/deploy.md). "
     "Otherwise correct what is named above in the Function App's settings or the routing file; the app restarts "
     "with its settings."
 )

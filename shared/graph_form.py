@@ -126,7 +126,7 @@ def _object(
         at = f"{where}.{key}" if where else str(key)
         name = names.get(str(key).lower())
         if str(key).lower() in refused:
-            raise _refuse(at, "Graph's property is not supported by the app (see the README: the Graph form)")
+            raise _refuse(at, "Graph's property is not supported by the app (see docs/api.md: the Graph form)")
         if name is None:
             raise _refuse(at, f"unknown property; known here: {', '.join(known)}")
         if name in found:

@@ -169,7 +169,7 @@ class MailRequest(_Strict):
     data: dict[str, Any] | None = None
     priority: Literal["critical", "alert", "normal", "bulk"] | None = Field(
         None,
-        description="The mail's lane (see the README's Sending budgets): `critical` and `alert` only for the app's "
+        description="The mail's lane (docs/delivery.md: Sending budgets): `critical` and `alert` only for the app's "
         "alert mail and senders in MAIL_PRIORITY_SENDERS; `normal` by default.",
     )
     sender_pool: str | None = Field(

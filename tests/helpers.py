@@ -31,6 +31,15 @@ MI_NOT_READER_ID = "b2b2b2b2-0000-4000-8000-000000000001"
 MI_GRAPH_ID = "b2b2b2b2-0000-4000-8000-000000000002"  # holds Mail.Send itself (managed_identity mode)
 SENDER = "notifications@contoso.test"
 SUPPORT = "support@contoso.test"
+# the documentation: the README (a map), the reference pages and the tools' manuals beside their code
+DOCUMENTATION = ("README.md", "docs/*.md", "sandbox/README.md", "devhost/README.md")
+
+
+def documentation() -> dict[str, str]:
+    """Every documentation page's text by its path from the repository's root, so the tests of the examples check
+    them wherever they live."""
+    paths = sorted({path for pattern in DOCUMENTATION for path in ROOT.glob(pattern)})
+    return {path.relative_to(ROOT).as_posix(): path.read_text() for path in paths}
 
 
 @asynccontextmanager

@@ -721,7 +721,7 @@ GRAPH_TO = [{"emailAddress": {"address": "alice@contoso.test"}}]
         (
             {"message": {"ToRecipients": GRAPH_TO, "Flag": {"flagStatus": "flagged"}}},
             "message.Flag",
-            "Graph's property is not supported by the app (see the README: the Graph form)",
+            "Graph's property is not supported by the app (see docs/api.md: the Graph form)",
         ),
         ({"message": {"toRecipients": GRAPH_TO, "Subjcet": "x"}}, "message.Subjcet", None),
         (

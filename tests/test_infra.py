@@ -22,6 +22,8 @@ from pycep import BicepParser
 
 from shared import config
 
+from .helpers import documentation
+
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 SCRIPTS = ROOT / "scripts"
@@ -120,14 +122,14 @@ def test_azure_yaml_names_the_infra_and_one_python_function_service() -> None:
     assert site["config"]["kind"] == "functionapp,linux"
 
 
-def test_azd_offers_only_the_flex_consumption_regions_and_the_readme_deploys_to_one_of_them() -> None:
+def test_azd_offers_only_the_flex_consumption_regions_and_the_deploy_guide_deploys_to_one_of_them() -> None:
     location = bicep("main.bicep")["parameters"]["location"]
     allowed = location["decorators"]
     [regions] = [d["argument"] for d in allowed if d["type"] == "allowed"]
     assert len(regions) >= 20 and all(re.fullmatch(r"[a-z0-9]+", r) for r in regions)
     assert {"westeurope", "northeurope", "swedencentral", "eastus", "eastus2"} <= set(regions)
-    readme_region = re.search(r"azd env set AZURE_LOCATION (\w+)", (ROOT / "README.md").read_text())
-    assert readme_region is not None and readme_region.group(1) in regions
+    guide_region = re.search(r"azd env set AZURE_LOCATION (\w+)", "\n".join(documentation().values()))
+    assert guide_region is not None and guide_region.group(1) in regions
     assert "list-flexconsumption-locations" in MAIN_TEXT  # where the list comes from, cited beside it
 
 
@@ -292,7 +294,7 @@ def test_the_bicep_gives_every_setting_the_app_reads_and_none_it_does_not() -> N
 
 
 def test_the_settings_check_reads_the_app_itself_so_a_setting_the_bicep_lacks_is_reported() -> None:
-    # the list comes from running shared/config.py: it has the settings the README documents
+    # the list comes from running shared/config.py: it has the settings docs/configuration.md documents
     assert {
         "MAIL_DEFAULT_SENDER",
         "GRAPH_AUTH_MODE",
@@ -466,7 +468,7 @@ BUILT_IN_ROLES = {
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
-# What the identity needs, on what, and nothing more (README "Deploy to Azure" says why each).
+# What the identity needs, on what, and nothing more (docs/deploy.md says why each).
 EXPECTED_GRANTS = {
     ("storage", "Storage Blob Data Owner"),
     ("storage", "Storage Queue Data Contributor"),

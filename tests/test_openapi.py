@@ -1,4 +1,4 @@
-"""The published contracts: the OpenAPI document as served, the mail JSON Schema, the README's and the `make run`
+"""The published contracts: the OpenAPI document as served, the mail JSON Schema, the documentation's and the `make run`
 banner's examples, and the API's real answers held against what the document says of them."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shared.errors import AppError
 from shared.mail import parse_mail
 from shared.openapi import mail_schema, openapi_document
 
-from .helpers import http, run, user_function
+from .helpers import documentation, http, run, user_function
 from .test_api import LUNCH, WITH_ATTACHMENT, WITH_HEADERS, WITH_MENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,15 +90,18 @@ def test_the_published_schema_is_the_one_generated_from_the_models() -> None:
     assert json.loads(PUBLISHED.read_text()) == mail_schema(), "regenerate schemas/mail.schema.json: make schemas"
 
 
-def _readme_json_examples() -> list[Any]:
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"^ *```json\n(.*?)^ *```", readme, flags=re.MULTILINE | re.DOTALL)
-    return [json.loads(block) for block in blocks]
+def _json_examples() -> list[Any]:
+    """Every ```json block of the documentation (the README, docs/, the tools' manuals)."""
+    return [
+        json.loads(block)
+        for text in documentation().values()
+        for block in re.findall(r"^ *```json\n(.*?)^ *```", text, flags=re.MULTILINE | re.DOTALL)
+    ]
 
 
-def test_every_json_example_in_the_readme_is_a_mail_the_schema_and_the_api_accept() -> None:
-    examples = _readme_json_examples()
-    assert examples, "the README shows a mail as a ```json block"
+def test_every_json_example_in_the_documentation_is_a_mail_the_schema_and_the_api_accept() -> None:
+    examples = _json_examples()
+    assert examples, "docs/api.md shows a mail as a ```json block"
     validator = _published_validator()
     for example in examples:
         assert _errors(validator, example) == []

@@ -12,7 +12,7 @@ from typing import Any, Literal
 Status = Literal["firing", "resolved"]
 SEVERITIES = ("critical", "high", "warning", "info")
 # the words of common sources and scales (syslog, Opsgenie's P1-P5, Azure's Sev0-4, Zabbix, PagerDuty's urgent)
-# and the severity each means; the README's Alerts section lists them, a routing file's severity_map adds more
+# and the severity each means; docs/alerts.md lists them, a routing file's severity_map adds more
 SEVERITY_WORDS = {
     "critical": "critical",
     "urgent": "critical",

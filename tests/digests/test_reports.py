@@ -19,7 +19,7 @@ from sandbox.launcher import SandboxProcess
 from shared.config import settings
 from shared.store import store
 
-from ..helpers import ROOT, SUPPORT, bearer, drain_queue, http, run, user_function
+from ..helpers import SUPPORT, bearer, documentation, drain_queue, http, run, user_function
 
 ROUTING = """
 receivers:
@@ -313,19 +313,19 @@ def test_a_tagging_waiting_digest_counts_each_folders_unread_mail_on_every_run(
     assert {f["path"]: f["count"] for f in second["folders"]} == unread
 
 
-README_RUN = re.compile(
+DOCUMENTED_RUN = re.compile(
     r"curl -s -X POST '?http://127\.0\.0\.1:7071/api/(digests|alert-digests)/([a-z0-9-]+)/run(\?dryRun=true)?"
 )
 
 
-def test_the_readmes_digest_runs_work_against_the_shipped_routing_file_and_the_default_seed(
+def test_the_documented_digest_runs_work_against_the_shipped_routing_file_and_the_default_seed(
     app_env: dict[str, str], sandbox: SandboxProcess, azurite: AzuriteProcess
 ) -> None:
     import function_app
     from shared.routing_file import notify_config
 
     notify_config.cache_clear()  # app_env leaves NOTIFY_CONFIG unset: the shipped config/notify.yaml
-    examples = README_RUN.findall((ROOT / "README.md").read_text())
+    examples = DOCUMENTED_RUN.findall("\n".join(documentation().values()))  # the README's and docs/digests.md's
     assert {(kind, name) for kind, name, _ in examples} == {
         ("digests", "support-new"),
         ("digests", "support-waiting"),
