@@ -63,6 +63,12 @@ param mailAllowedSenders string = ''
 @description('Comma list of recipient domains mail may go to; empty = the allowed senders\' own domains; * = any.')
 param mailAllowedRecipientDomains string = ''
 
+@description('Comma list of folders of the container mail-attachments (e.g. exports/) whose blobs mails on the mail-outbox queue may name as attachments; empty = none.')
+param mailQueueBlobPrefixes string = ''
+
+@description('The same for mails posted as JSON to /api/mail; empty = none (forms carry their own files).')
+param mailApiBlobPrefixes string = ''
+
 @description('keyvault: the identity reads the app registration\'s credential from Key Vault. managed_identity: the identity holds the Graph app roles itself.')
 @allowed(['keyvault', 'managed_identity'])
 param graphAuthMode string = 'keyvault'
@@ -187,6 +193,8 @@ var appSettings = {
   MAIL_DEFAULT_SENDER: mailDefaultSender
   MAIL_ALLOWED_SENDERS: mailAllowedSenders
   MAIL_ALLOWED_RECIPIENT_DOMAINS: mailAllowedRecipientDomains
+  MAIL_QUEUE_BLOB_PREFIXES: mailQueueBlobPrefixes
+  MAIL_API_BLOB_PREFIXES: mailApiBlobPrefixes
   MAIL_SEND_LEASE_SECONDS: string(mailSendLeaseSeconds)
   MAIL_DELIVERY_MODE: mailDeliveryMode
   MAIL_MAX_MESSAGE_BYTES: string(mailMaxMessageBytes)
