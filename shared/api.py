@@ -197,7 +197,8 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
     given_id = _given_id(request, mail)
     mail = mail.model_copy(update={"id": given_id or uuid.uuid4().hex})
     prefixes = settings.mail_api_blob_prefixes  # the app's own files of this mail come only from its form
-    mail = check_mail(await resolve_attachments(store, mail, prefixes, error=InvalidRequest), settings)
+    resolved = await resolve_attachments(store, mail, prefixes, error=InvalidRequest, own_files=False)
+    mail = check_mail(resolved, settings)
     if form is None:
         return await _submit(store, settings, mail)
     try:
