@@ -303,12 +303,12 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    if not await _first_sight(store, admission.signed, now.timestamp()):
-        log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
-        return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
     try:
+        if not await _first_sight(store, admission.signed, now.timestamp()):
+            log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
+            return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
         written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
-    except BaseException:  # the sender's retry of a request that failed is no replay
+    except BaseException:  # the sender's retry of a request that failed (its check or its intake) is no replay
         await _forget(store, admission.signed, now.timestamp())
         raise
     answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
