@@ -24,7 +24,7 @@ from .alerts.intake import SOURCES, parse_alerts
 from .alerts.notify import Notifier
 from .attachments import MailForm, is_form, resolve_attachments
 from .config import Settings
-from .digests.alerts import preview_alert_digest
+from .digests.alerts import AlertDigestOutcome, preview_alert_digest
 from .digests.alerts import run_alert_digest as run_alert_digest_now
 from .digests.mailbox import DigestOutcome, run_mailbox_digest
 from .errors import (
@@ -197,7 +197,8 @@ async def post_mail(request: ApiRequest, settings: Settings, store: Store) -> Ap
     given_id = _given_id(request, mail)
     mail = mail.model_copy(update={"id": given_id or uuid.uuid4().hex})
     prefixes = settings.mail_api_blob_prefixes  # the app's own files of this mail come only from its form
-    mail = check_mail(await resolve_attachments(store, mail, prefixes, error=InvalidRequest), settings)
+    resolved = await resolve_attachments(store, mail, prefixes, error=InvalidRequest, own_files=False)
+    mail = check_mail(resolved, settings)
     if form is None:
         return await _submit(store, settings, mail)
     try:
@@ -302,12 +303,12 @@ async def post_alerts(
         ]
         answered = [r.answer() for r in receipts(groups, config)]
         return ApiAnswer(200, {"accepted": len(alerts), "dryRun": True, "groups": answered, "mails": mails})
-    if not await _first_sight(store, admission.signed, now.timestamp()):
-        log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
-        return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
     try:
+        if not await _first_sight(store, admission.signed, now.timestamp()):
+            log.warning("a %s request was replayed (its signature was seen lately): nothing accepted", source)
+            return ApiAnswer(202, {"accepted": 0, "groups": [], "replayed": True})
         written = await Dispatcher(config, store, Notifier(settings, store)).ingest(alerts, now)
-    except BaseException:  # the sender's retry of a request that failed is no replay
+    except BaseException:  # the sender's retry of a request that failed (its check or its intake) is no replay
         await _forget(store, admission.signed, now.timestamp())
         raise
     answered = [r.answer() for r in receipts(written.groups, config, written.mails)]
@@ -354,7 +355,7 @@ async def run_digest(
 async def run_alert_digest(request: ApiRequest, settings: Settings, config: NotifyConfig, store: Store) -> ApiAnswer:
     """Send a `mode: digest` receiver's alert digest now (200 with what it did); `?dryRun=true` answers the mail
     it would send, and sends and releases nothing. An unknown receiver is a 404, one that is not `mode: digest`
-    a 409 `not_a_digest_receiver`."""
+    a 409 `not_a_digest_receiver`, one whose digest another run holds now a 409 `digest_running`."""
     dry_run = query_flags(request, "dryRun")["dryRun"]
     name = request.route.get("receiver", "")
     receiver = next((r for r in config.receivers if r.name == name), None)
@@ -370,7 +371,12 @@ async def run_alert_digest(request: ApiRequest, settings: Settings, config: Noti
     now = datetime.now(UTC)
     if dry_run:
         return ApiAnswer(200, (await preview_alert_digest(receiver, settings, store, now)).answer())
-    return ApiAnswer(200, (await run_alert_digest_now(receiver, settings, store, now)).answer())
+    run = await run_alert_digest_now(receiver, settings, store, now)
+    if run.outcome == AlertDigestOutcome.RUNNING:
+        raise Conflict(
+            f"The alert digest of {name!r} is being run by another run now; try again later.", code="digest_running"
+        )
+    return ApiAnswer(200, run.answer())
 
 
 def no_such_route(request: ApiRequest, table: tuple[Route, ...]) -> ApiAnswer:

@@ -334,11 +334,13 @@ async def resolve_attachments(
     prefixes: tuple[str, ...],
     *,
     error: type[AppError] = InvalidMessage,
+    own_files: bool = True,
 ) -> MailRequest:
     """The mail with the `size` of each blob attachment read from Storage, for `check_mail`. A mail may name the
-    blobs the app stored for it (their size and SHA-256 as taken then) and blobs under `prefixes` (read from
-    Storage, whatever the mail said); any other name raises `error` before Storage is asked, the same for a
-    blob that exists and one that does not. A blob that is missing, empty or larger than Graph takes (150 MB)
+    blobs the app stored for it (their size and SHA-256 as taken then; not with `own_files` False, as at intake,
+    where those come only from the form's file parts) and blobs under `prefixes` (read from Storage, whatever
+    the mail said); any other name raises `error` before Storage is asked, the same for a blob that exists and
+    one that does not. A blob that is missing, empty or larger than Graph takes (150 MB)
     raises `error` too: InvalidMessage (a queue message to poison) for the sender, InvalidRequest for the API;
     one of the app's that is not as it was stored raises `AttachmentChanged`. A mail without blobs costs no I/O."""
     blobs = [(i, a) for i, a in enumerate(mail.attachments) if a.blob is not None]
@@ -348,7 +350,7 @@ async def resolve_attachments(
     foreign = [
         Detail(f"attachments[{i}].blob", _NOT_YOURS)
         for i, a in blobs
-        if a.blob is not None and not _may_name(a.blob, mail.id, prefixes)
+        if a.blob is not None and not _may_name(a.blob, mail.id if own_files else None, prefixes)
     ]
     if foreign:
         raise error(f"attachment {foreign[0].field}: {foreign[0].message}", foreign)
@@ -383,6 +385,8 @@ async def resolve_attachments(
 _NOT_YOURS = "not a blob this mail may name (the files of its own form, or a folder configured for its way in)"
 
 
-def _may_name(blob: str, mail_id: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether a mail may name the blob: one the app stored for it, or one under its way in's folders."""
-    return owned_by(blob, mail_id) or (not blob.startswith(FORMS_FOLDER) and blob.startswith(prefixes))
+def _may_name(blob: str, mail_id: str | None, prefixes: tuple[str, ...]) -> bool:
+    """Whether a mail may name the blob: one the app stored for it (`mail_id`: None when it may name none of
+    those), or one under its way in's folders."""
+    own = mail_id is not None and owned_by(blob, mail_id)
+    return own or (not blob.startswith(FORMS_FOLDER) and blob.startswith(prefixes))

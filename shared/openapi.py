@@ -149,7 +149,10 @@ OPERATIONS: dict[routes.Route, Operation] = {
             200: Answer("What the run did (a dry run: the mail it would send)", m.AlertDigestRun),
             400: _error("An unknown query parameter, or dryRun not true or false"),
             404: _error("No receiver of that name"),
-            409: _error("The receiver is not mode: digest (not_a_digest_receiver)"),
+            409: _error(
+                "The receiver is not mode: digest (not_a_digest_receiver), or another run holds its digest now "
+                "(digest_running)"
+            ),
             500: _FAILED,
             503: _error("Storage unavailable"),
         },

@@ -67,6 +67,9 @@ def form(*parts: bytes, boundary: str = BOUNDARY) -> bytes:
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
+_NOT_YOURS = "not a blob this mail may name (the files of its own form, or a folder configured for its way in)"
+
+
 # -- fixtures and helpers ----------------------------------------------------------------------------------
 
 
@@ -364,6 +367,27 @@ def test_an_http_mail_cannot_have_another_producers_blob_mailed_to_itself(app: A
     assert (status, body["error"]["details"][0]["field"]) == (400, "attachments[0].blob")
     assert _queued(azurite) == []
     assert blob in _blobs(azurite, "exports/2026-11-25/")
+
+
+def test_an_http_mail_cannot_name_the_apps_form_files_not_even_under_its_own_id(
+    app: Any, azurite: AzuriteProcess
+) -> None:
+    """The app's files come only from a form's file parts: a JSON body naming `forms/<its own id>/...` gets the
+    same 400 as any other name, whether the file exists (a form sent earlier under that id) or not, never a 500."""
+    first = _post_form(app, form(mail_part({**MAIL, "id": "weekly-9"}), file_part("w.pdf", b"%PDF week 9")))
+    assert first[0] == 202
+    [stored] = _queued(azurite)[0]["attachments"]
+    answers = []
+    for mail_id, blob in (("weekly-9", stored["blob"]), ("Fresh-1", f"{form_folder('fresh-1')}0")):
+        reference = {"name": "w.pdf", "blob": blob, "size": stored["size"], "sha256": stored["sha256"]}
+        request = http("POST", "/api/mail", {**MAIL, "id": mail_id, "attachments": [reference]})
+        response = run(user_function(app.post_mail)(request))
+        answers.append((response.status_code, json.loads(response.get_body())["error"]))
+    refused = [{"field": "attachments[0].blob", "message": _NOT_YOURS}]
+    assert [(status, error["code"], error["details"]) for status, error in answers] == 2 * [
+        (400, "invalid_request", refused)
+    ]
+    assert len(_queued(azurite)) == 1
 
 
 def test_an_http_mail_may_name_blobs_under_the_folders_configured_for_the_api(

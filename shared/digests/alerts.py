@@ -3,8 +3,10 @@
 A run reads the receiver's rows of `alertdigest`, records the mail and the rows it covers (with their ETags)
 as a blob, submits the mail to the outbox under an id made of the receiver and the run, then deletes exactly
 those rows, each only if unchanged since it was read: an alert seen again meanwhile stays for the next
-digest. A run that finds a record left by one that died (or one still running elsewhere) finishes that
-record first, so every buffered alert is mailed once.
+digest. A run that finds a record left by one that died finishes that record first, so every buffered alert
+is mailed once. A run first claims the receiver's digest (`shared.store.digest_status`, as mailbox digests do):
+while another run holds it (the timer's, or one asked for through the API, on any instance), a run does nothing
+and says so (`running`), so no two runs mail the same alerts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..mail import MailRequest, app_mail_id
 from ..outbox import submit_mail
 from ..routing_file import NotifyConfig, Receiver
 from ..store import StatusChanged, Store
+from ..store.digest_status import RunClaim
 from ..templating import RenderedMail
 from .render import AlertDigestLine, alert_digest_lines, render_alert_digest
 
@@ -38,6 +41,7 @@ class AlertDigestOutcome(StrEnum):
     NOTHING_NEW = "nothing_new"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+    RUNNING = "running"  # another run holds the receiver's digest: this one did nothing
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,25 @@ async def run_alert_digests(
     return runs
 
 
+def _claim_name(receiver: Receiver) -> str:
+    return f"alerts:{receiver_key(receiver.name)}"  # `:` is in no mailbox digest's name: never theirs
+
+
 async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store, now: datetime) -> AlertDigestRun:
+    """Mail the receiver's waiting alerts in one digest (see the module's docstring); `running` while another
+    run holds the receiver's digest."""
+    claim = await store.digest_statuses.claim_run(_claim_name(receiver), uuid.uuid4().hex)
+    if claim is None:
+        log.info("the alert digest of %s is being run by another run; this one leaves it to that run", receiver.name)
+        return AlertDigestRun(receiver.name, AlertDigestOutcome.RUNNING)
+    try:
+        return await _run(receiver, settings, store, now, claim)
+    finally:
+        await store.digest_statuses.release_run(claim)
+
+
+async def _run(receiver: Receiver, settings: Settings, store: Store, now: datetime, claim: RunClaim) -> AlertDigestRun:
+    """A run that holds the receiver's digest claim."""
     resumed = False
     pending = await store.digest_runs.get(_record_name(receiver))
     if pending is not None:
@@ -97,6 +119,9 @@ async def run_alert_digest(receiver: Receiver, settings: Settings, store: Store,
     # unique per run; a rerun finds the record (and this id in it) rather than making the id again
     mail_id = app_mail_id("alertdigest", receiver.name, now.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
     mail = receiver_mail(receiver, mail_id, rendered, settings, priority="bulk")
+    if not await store.digest_statuses.extend_run(claim):  # held too long: another run reads and mails now
+        log.warning("the alert digest run of %s outlived its claim; it mails nothing", receiver.name)
+        return AlertDigestRun(receiver.name, AlertDigestOutcome.RUNNING, resumed=resumed)
     record: dict[str, Any] = {
         "mail": mail.dump(),
         "rows": [[row.row_key, row.etag] for row in rows],

@@ -586,6 +586,33 @@ def test_a_signed_request_whose_intake_failed_is_forgotten_so_the_senders_retry_
     assert len(sandbox.sent()) == 1
 
 
+def test_a_signed_request_whose_replay_check_failed_after_noting_it_is_forgotten_so_the_retry_is_accepted(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signature was written, then Storage failed (the previous bucket's read, the clean-up): the request
+    fails with nothing accepted, and the sender's retry is no replay, or its alert would be lost."""
+    from shared.store.alert_replays import AlertReplays
+
+    payload = fresh("grafana")
+    payload["alerts"][0]["labels"]["severity"] = "critical"
+    body = json.dumps(payload).encode()
+    headers = _grafana_headers(body)
+    first_sight = AlertReplays.first_sight
+
+    async def noted_then_storage_went_away(self: Any, *args: Any) -> bool:
+        monkeypatch.setattr(AlertReplays, "first_sight", first_sight)  # once
+        await first_sight(self, *args)
+        raise ConnectionError("storage went away")
+
+    monkeypatch.setattr(AlertReplays, "first_sight", noted_then_storage_went_away)
+    status, _ = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status >= 500
+    status, retry = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert len(sandbox.sent()) == 1
+
+
 def test_a_passed_through_alert_mails_footer_gives_the_time_it_was_sent_in_the_one_date_format(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:

@@ -3,6 +3,7 @@ after submitting its mail and the timer runs again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from shared.alerts.grouping import receiver_key
 from shared.alerts.intake import parse_alerts
 from shared.alerts.render import MAIL_BUDGET
 from shared.config import settings
-from shared.digests.alerts import AlertDigestRun, run_alert_digests
+from shared.digests.alerts import AlertDigestRun, run_alert_digest, run_alert_digests
 from shared.routing_file import notify_config
 from shared.store import StatusChanged, Store, store
 from shared.store.alert_digest import AlertDigestBuffer
@@ -254,3 +255,60 @@ def test_running_the_alert_digest_of_an_unknown_or_immediate_receiver_is_refused
     status, body = _run_now(digest_app, "oncall", dry_run=True)
     assert status == 409 and body["error"]["code"] == "not_a_digest_receiver"
     assert "mode: immediate" in body["error"]["message"]
+
+
+def test_two_runs_at_once_the_timers_and_a_manual_one_report_each_alert_once(
+    digest_app: Any, sandbox: SandboxProcess, azurite: AzuriteProcess
+) -> None:
+    """A manual run reads the waiting alerts, then the timer's run reads and mails them all; the manual run must
+    not mail them a second time."""
+    run(_buffer(WAITING[:4]))
+
+    class _ReadsThenWaits(AlertDigestBuffer):
+        async def waiting(self, receiver_key: str) -> Any:
+            rows = await super().waiting(receiver_key)
+            read.set()
+            await other_done.wait()
+            return rows
+
+    async def scenario() -> list[str]:
+        config = settings()
+        routing = notify_config(config)
+        receiver = next(r for r in routing.receivers if r.name == "low-priority")
+        slow = Store(config.storage)
+        slow.digest_buffer = _ReadsThenWaits(slow.storage)
+        try:
+            manual = asyncio.create_task(run_alert_digest(receiver, config, slow, datetime.now(UTC)))
+            await read.wait()
+            timer = await run_alert_digest(receiver, config, store(config.storage), datetime.now(UTC))
+            other_done.set()
+            return sorted([timer.outcome, (await manual).outcome])
+        finally:
+            await slow.close()
+
+    read, other_done = asyncio.Event(), asyncio.Event()
+    outcomes = run(scenario())
+    _deliver(digest_app, azurite)
+    assert [m["subject"] for m in sandbox.sent()] == ["[ALERT DIGEST] 4 alerts, 2 kinds (low-priority)"]
+    assert outcomes == ["running", "sent"]  # the run that came second left the alerts to the first
+
+
+def test_running_the_alert_digest_while_another_run_holds_it_is_409_digest_running(
+    digest_app: Any, sandbox: SandboxProcess
+) -> None:
+    run(_buffer(WAITING[:1]))
+
+    async def claim() -> Any:
+        return await store(settings().storage).digest_statuses.claim_run(
+            f"alerts:{receiver_key('low-priority')}", "the timer's run"
+        )
+
+    async def release(held: Any) -> None:
+        await store(settings().storage).digest_statuses.release_run(held)
+
+    held = run(claim())
+    assert held is not None
+    status, body = _run_now(digest_app, "low-priority")
+    assert (status, body["error"]["code"]) == (409, "digest_running")
+    run(release(held))
+    assert _run_now(digest_app, "low-priority")[1]["outcome"] == "sent"
