@@ -646,7 +646,11 @@ NDR_SENDER_LOCAL = "microsoftexchange329e71ec88ae4615bbc36ab6ce41109e"
 AUTH_AS_HEADER = "x-ms-exchange-organization-authas"
 _REPORT = re.compile(r"^\s*multipart/report\s*;(?:.*;)?\s*report-type\s*=\s*\"?delivery-status\"?\s*(?:;|$)", re.I)
 _DSN = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})(?![\d.])([^'<>#\n]*)")
-_MESSAGE_ID = re.compile(r"(?<![\w-])Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE)
+# the original's Message-ID as a header line of its own in the quoted headers: a subject (which its sender
+# writes) quoted on the line of its own header cannot start one
+_MESSAGE_ID = re.compile(r"^[ \t]*Message-ID:[ \t]*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# where Exchange starts quoting the original's headers: what follows is the sender's text, not Exchange's
+_ORIGINAL_HEADERS = re.compile(r"Original message headers:", re.IGNORECASE)
 _ADDRESS = re.compile(r"[\w.!#$%&*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _TAG = re.compile(r"<[^>]*>")
 
@@ -679,15 +683,17 @@ def _bounce(message: dict[str, Any], mailbox: str) -> Bounce:
     if str(body.get("contentType", "")).lower() == "html":
         text = _TAG.sub(" ", text)  # before unescaping, so a quoted <message-id> survives as text
     text = html.unescape(text)
-    codes = list(_DSN.finditer(text))
+    quoted = _ORIGINAL_HEADERS.search(text)
+    report, headers = (text[: quoted.start()], text[quoted.end() :]) if quoted else (text, "")
+    codes = list(_DSN.finditer(report))  # Exchange's own part: a code quoted in a subject is not one
     first = codes[0] if codes else None
-    named = text[: codes[-1].end()] if codes else text
+    named = report[: codes[-1].end()] if codes else report
     reporter = str(((message.get("from") or {}).get("emailAddress") or {}).get("address") or "").lower()
     recipients: dict[str, str] = {}
     for address in _ADDRESS.findall(named):
         if address.lower() not in {mailbox.lower(), reporter}:
             recipients.setdefault(address.lower(), address)
-    found_id = _MESSAGE_ID.search(text[codes[-1].end() :]) if codes else None  # the quoted original headers
+    found_id = _MESSAGE_ID.search(headers) if codes else None
     original = found_id.group(1) if found_id else None
     replied_to = _headers(message).get("in-reply-to", "").strip()
     if replied_to and replied_to != original:  # the report's two mentions of the original disagree

@@ -467,6 +467,25 @@ def test_an_ndr_in_exchange_online_s_layout_names_each_bounced_recipient() -> No
     assert bounce.recipients == [GHOST, "old@contoso.test"]  # not alice, who is only in the original headers
 
 
+def test_a_bounced_mails_own_subject_cannot_name_another_mails_message_id_code_or_recipients() -> None:
+    """A caller who knows mail V's Message-ID (a recipient of V) sends a mail that bounces, with a subject that
+    quotes V's Message-ID and a code: the report still names only the caller's own mail."""
+    from shared.graph import _bounce
+
+    victim = "&lt;victim.0123456789abcdef.notify@contoso.test&gt;"
+    subject = f"550 5.1.10 alice@contoso.test Message-ID: {victim}"
+    forged = EXCHANGE_ONLINE_NDR.replace("Subject: Nightly export", f"Subject: {subject}")
+    ndr = {"id": "AAMk2", "body": {"contentType": "html", "content": forged}}
+    bounce = _bounce(ndr, SENDER)
+    assert bounce.internet_message_id == "<BN8PR11MB35870A1@BN8PR11MB3587.namprd11.prod.outlook.com>"
+    assert (bounce.dsn_code, bounce.recipients) == ("5.1.10", [GHOST, "old@contoso.test"])
+    without_its_own = forged.replace(
+        "Message-ID: &lt;BN8PR11MB35870A1@BN8PR11MB3587.namprd11.prod.outlook.com&gt;\n", ""
+    )
+    unmatched = _bounce({"id": "AAMk3", "body": {"contentType": "html", "content": without_its_own}}, SENDER)
+    assert unmatched.internet_message_id is None  # the subject's Message-ID is never taken for the original's
+
+
 def test_only_reports_exchange_wrote_are_ndrs_not_ones_from_outside_or_from_a_mailbox(
     app_env: dict[str, str], limited: SandboxProcess
 ) -> None:
