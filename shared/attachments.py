@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
 from werkzeug.http import parse_options_header
@@ -28,7 +29,10 @@ from .mail import (
     MAX_JSON_BYTES,
     Attachment,
     MailRequest,
+    encoded_message_bytes,
     message_bytes,
+    message_too_large,
+    mime_attachment_bytes,
     parse_mail,
 )
 from .text import CONTROL, request_json
@@ -109,7 +113,8 @@ class MailForm:
         assert mail.id is not None
         attachments = list(mail.attachments)
         names = {a.name for a in attachments}
-        size = message_bytes(mail)  # the mail's bytes so far: its body and the mail part's attachments
+        # the mail so far (its body and the mail part's attachments): its own bytes, and as Exchange measures it
+        size, encoded = message_bytes(mail), encoded_message_bytes(mail)
         index = 0
         while (part := self._next_part()) is not None:
             where = f"{FILE_PART}[{index}]"
@@ -122,15 +127,17 @@ class MailForm:
                     [Detail(where, "duplicate name")],
                 )
             names.add(name)
-            counted = _Counted(self._data(), self._max_message_bytes - size)
+            counted = _Counted(self._data(), partial(_fits, self._max_message_bytes - encoded, name, content_type))
             try:
                 blob = await store.attachments.put(mail.id, index, name, counted.chunks(), content_type=content_type)
             except _OverLimit:
-                self._too_large(size + counted.size + sum(len(data) for data in self._data()))
+                length = counted.size + sum(len(data) for data in self._data())
+                self._too_large(size + length, encoded + mime_attachment_bytes(length, name, content_type))
             self.stored.append(blob)
             if counted.size == 0:
                 raise InvalidRequest(f"The file {name!r} is empty.", [Detail(where, "empty file")])
             size += counted.size
+            encoded += mime_attachment_bytes(counted.size, name, content_type)
             attachments.append(
                 Attachment.model_validate(
                     {
@@ -166,15 +173,14 @@ class MailForm:
                 [Detail(where, f"more than {MAX_ATTACHMENTS} attachments")],
             )
 
-    def _too_large(self, size: int) -> NoReturn:
-        """413 with the mail's size: what was read so far, and the rest of the form counted (not stored)."""
-        while self._next_part() is not None:
-            size += sum(len(data) for data in self._data())
-        limit = self._max_message_bytes
-        raise PayloadTooLarge(
-            f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
-            [Detail("attachments", f"{size} bytes; at most {limit}")],
-        )
+    def _too_large(self, size: int, encoded: int) -> NoReturn:
+        """413 with the mail's sizes: what was read so far, and the rest of the form counted (not stored)."""
+        while (part := self._next_part()) is not None:
+            length = sum(len(data) for data in self._data())
+            kind = part.headers.get("content-type") or "application/octet-stream"
+            size += length
+            encoded += mime_attachment_bytes(length, getattr(part, "filename", None) or "", kind)
+        raise message_too_large(size, encoded, self._max_message_bytes)
 
     def _read(self, decoder: MultipartDecoder) -> Iterator[Field | File | Data]:
         """The parser's part and data events, fed the body a piece at a time (no copy of the whole)."""
@@ -217,19 +223,25 @@ class _OverLimit(Exception):
     """A file part took the mail past MAIL_MAX_MESSAGE_BYTES (its blob is never committed)."""
 
 
+def _fits(room: int, name: str, content_type: str, size: int) -> bool:
+    """Whether a file part of `size` bytes takes no more than `room` of the encoded message."""
+    return mime_attachment_bytes(size, name, content_type) <= room
+
+
 class _Counted:
     """A file part's content on its way into a blob: counted and hashed, and stopped once the mail would pass its
-    limit (`_OverLimit`: the part's blob is then never committed)."""
+    limit (`_OverLimit`: the part's blob is then never committed). `fits` says whether the part's bytes so far
+    still fit the mail's limit."""
 
-    def __init__(self, data: Iterator[bytes], budget: int) -> None:
-        self._data, self._budget = data, budget
+    def __init__(self, data: Iterator[bytes], fits: Callable[[int], bool]) -> None:
+        self._data, self._fits = data, fits
         self.size = 0
         self.sha256 = hashlib.sha256()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._data:
             self.size += len(chunk)
-            if self.size > self._budget:
+            if not self._fits(self.size):
                 raise _OverLimit
             self.sha256.update(chunk)
             yield chunk

@@ -253,6 +253,31 @@ def test_an_invalid_queue_message_is_poisoned_at_once_with_its_reason(app: Any, 
     assert len(_queue(azurite, "mail-outbox-poison").peek_messages(max_messages=10)) == 2
 
 
+def test_a_queued_mail_over_the_encoded_size_limit_is_poisoned_with_both_sizes_and_never_sent(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer's queue message is measured as Exchange measures the message: 800,000 bytes of attachment
+    are over a 1 MiB MAIL_MAX_MESSAGE_BYTES once in base64 lines."""
+    from shared.config import settings
+    from shared.store import store
+
+    monkeypatch.setenv("MAIL_MAX_MESSAGE_BYTES", str(1024 * 1024))
+    settings.cache_clear()
+    attachment = {"name": "a.bin", "contentBase64": base64.b64encode(b"a" * 800_000).decode()}
+
+    async def scenario() -> dict[str, Any]:  # over 64 KB: the message is a claim check of a mail-payloads blob
+        await store(settings().storage).outbox.enqueue(
+            "encoded-big", {**MAIL, "id": "encoded-big", "attachments": [attachment]}
+        )
+        await _trigger(app, azurite).drain()
+        return await _status(app, "encoded-big")
+
+    status = run(scenario())
+    assert status["status"] == "failed" and status["error"]["code"] == "payload_too_large"
+    assert "as Exchange measures it" in status["error"]["message"] and "800016 bytes" in status["error"]["message"]
+    assert sandbox.sent() == []
+
+
 def test_at_most_4_graph_requests_per_mailbox_are_in_flight_per_process(
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
