@@ -64,7 +64,7 @@ BENCHMARKS := sandbox_bench cold_start intake_latency drain cpu_per_mail digest_
 bench: setup
 	$(BIN)/python bench/summary.py $(BENCHMARKS)
 
-# the mail path under injected faults (Storage stopped mid-drain; Graph errors and dropped connections)
+# the mail path under injected faults (Storage stopped mid-drain; Graph errors and dropped connections; lost answers)
 faults: setup
 	$(BIN)/python bench/fault_run.py
 

@@ -1,9 +1,11 @@
-"""Fault runs of the mail path (issue 11's acceptance): 300 mails accepted over HTTP and drained by a devhost
-of the real app while (a) Azurite is stopped for 20 s mid-drain, and (b) Graph answers with 100 ms latency,
-20% 503/429 and 5% dropped connections. Checked for each: every accepted mail sent exactly once, none lost,
-none left `sending` or `queued`. Not a benchmark: it prints what happened and exits non-zero on a defect.
+"""Fault runs of the mail path: 300 mails accepted over HTTP and drained by a devhost of the real app while
+(a) Azurite is stopped for 20 s mid-drain, (b) Graph answers with 100 ms latency, 20% 503/429 and 5% dropped
+connections, and (c) Graph loses answers: 20% of the requests that change state are carried out and their
+answer lost (the sandbox's `ambiguousRate`: a 504 or a closed connection after the draft, attachment or send
+was done). Checked for each: every accepted mail sent exactly once, none lost, none left `sending` or
+`queued`. Not a benchmark: it prints what happened and exits non-zero on a defect.
 
-    .venv/bin/python bench/fault_run.py [storage|graph]
+    .venv/bin/python bench/fault_run.py [storage|graph|ambiguous]
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def _run(kind: str) -> bool:
                 cloud.sandbox.set_faults(
                     latencyMs=100, errorRate=0.2, errorStatuses=[503, 429], dropConnectionRate=0.05, randomSeed=11
                 )
+            elif kind == "ambiguous":
+                cloud.sandbox.set_faults(latencyMs=100, ambiguousRate=0.2, randomSeed=13)
             else:
                 cloud.sandbox.set_faults(latencyMs=100, throttle={"concurrentPerMailbox": 4})
             ids = _accept(host.url, kind)
@@ -75,7 +79,9 @@ def _run(kind: str) -> bool:
                 time.sleep(2)
             time.sleep(5)  # a late second copy would show now
             sent = Counter(m["subject"] for m in cloud.sandbox.sent())
-            requests = [r for r in cloud.sandbox.requests() if r["path"].endswith("/sendMail")]
+            log = cloud.sandbox.requests()
+            requests = [r for r in log if r["path"].endswith("/sendMail") or r["path"].endswith("/send")]
+            lost_answers = sum(1 for r in log if r.get("ambiguous"))
         finally:
             host.stop()
     duplicates = sum(c - 1 for c in sent.values())
@@ -90,7 +96,8 @@ def _run(kind: str) -> bool:
                 "duplicates": duplicates,
                 "lost": lost,
                 "statuses": dict(statuses),
-                "sendMailAnswers": {str(k): v for k, v in sorted(outcome.items(), key=lambda i: str(i[0]))},
+                "sendAnswers": {str(k): v for k, v in sorted(outcome.items(), key=lambda i: str(i[0]))},
+                "lostAnswers": lost_answers,
                 "storageDownSeconds": round(down, 1),
             }
         )
@@ -99,7 +106,7 @@ def _run(kind: str) -> bool:
 
 
 def main() -> None:
-    kinds = sys.argv[1:] or ["storage", "graph"]
+    kinds = sys.argv[1:] or ["storage", "graph", "ambiguous"]
     results = [_run(kind) for kind in kinds]
     if not all(results):
         sys.exit("a fault run lost, duplicated or stranded mail")

@@ -9,6 +9,9 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr
 from typing import Any
 
 from .clock import CLOCK
@@ -59,6 +62,8 @@ ORGANIZATION_HEADERS = "x-ms-exchange-organization-"  # Exchange's own: no sende
 AUTH_AS_HEADER = "X-MS-Exchange-Organization-AuthAs"
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
+MIME_LINE_CHARS = 76  # RFC 2045: base64 in lines of at most 76 characters, each ended by CRLF
+TRANSPORT_HEADER_BYTES = 8 * 1024  # Received, ARC, Authentication-Results, X-MS-Exchange-* added in transport
 ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
 
 
@@ -73,11 +78,30 @@ def new_immutable_id() -> str:
 
 
 def message_size(document: dict[str, Any]) -> int:
-    """About the size Exchange measures a message by: body, headers and attachments as encoded (base64)."""
-    size = len(str((document.get("body") or {}).get("content", "")).encode()) + len(document.get("subject", ""))
+    """The size Exchange measures a message by against its maximum message size: the MIME message transport
+    writes (the email package's, with CRLF), its body encoded as the package chooses, each attachment in base64
+    lines of 76 characters, and the headers transport adds on its way."""
+    message = EmailMessage(policy=SMTP)
+    message["Subject"] = str(document.get("subject") or "")
+    for header, key in (("From", "from"), ("To", "toRecipients"), ("Cc", "ccRecipients"), ("Reply-To", "replyTo")):
+        value = document.get(key)
+        mailboxes = value if isinstance(value, list) else [value] if value else []
+        addresses = [recipient(m)["emailAddress"] for m in mailboxes]
+        if addresses:
+            message[header] = ", ".join(formataddr((a["name"], a["address"])) for a in addresses)
+    for header in document.get("internetMessageHeaders") or []:
+        message[str(header.get("name"))] = str(header.get("value"))
+    message["Message-ID"] = str(document.get("internetMessageId") or "<sandbox@sandbox.test>")
+    body = document.get("body") or {}
+    subtype = "html" if str(body.get("contentType", "text")).lower() == "html" else "plain"
+    message.set_content(str(body.get("content", "")), subtype=subtype)
+    encoded = 0
     for attachment in document.get("attachments") or []:
-        size += len(str(attachment.get("contentBytes") or "")) or int(attachment.get("size") or 0) * 4 // 3
-    return size
+        # the part's headers as written, its content counted rather than encoded again
+        message.add_attachment(b"", maintype="application", subtype="octet-stream", filename=attachment.get("name"))
+        characters = len(str(attachment.get("contentBytes") or "")) or 4 * -(-int(attachment.get("size") or 0) // 3)
+        encoded += characters + 2 * -(-characters // MIME_LINE_CHARS)
+    return len(message.as_bytes()) + encoded + TRANSPORT_HEADER_BYTES
 
 
 def now() -> str:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
 from werkzeug.http import parse_options_header
@@ -52,7 +53,10 @@ from .mail import (
     MAX_JSON_BYTES,
     Attachment,
     MailRequest,
+    encoded_message_bytes,
     message_bytes,
+    message_too_large,
+    mime_attachment_bytes,
     parse_mail,
 )
 from .store.attachments import FORMS_FOLDER, FileTaken, owned_by
@@ -138,7 +142,8 @@ class MailForm:
         assert mail.id is not None
         attachments = list(mail.attachments)
         names = {a.name for a in attachments}
-        size = message_bytes(mail)  # the mail's bytes so far: its body and the mail part's attachments
+        # the mail so far (its body and the mail part's attachments): its own bytes, and as Exchange measures it
+        size, encoded = message_bytes(mail), encoded_message_bytes(mail)
         index = 0
         while (part := await self._next_part()) is not None:
             where = f"{FILE_PART}[{index}]"
@@ -151,11 +156,12 @@ class MailForm:
                     [Detail(where, "duplicate name")],
                 )
             names.add(name)
-            counted = _Counted(self._data(), self._max_message_bytes - size)
+            counted = _Counted(self._data(), partial(_fits, self._max_message_bytes - encoded, name, content_type))
             try:
                 stored = await store.attachments.put(mail.id, index, name, counted.chunks(), content_type=content_type)
             except _OverLimit:
-                await self._too_large(size + counted.size + await _length(self._data()))
+                length = counted.size + await _length(self._data())
+                await self._too_large(size + length, encoded + mime_attachment_bytes(length, name, content_type))
             except FileTaken:
                 raise Conflict(f"The id {mail.id!r} was already used for a different mail.") from None
             if stored.created:
@@ -163,6 +169,7 @@ class MailForm:
             if stored.size == 0:
                 raise InvalidRequest(f"The file {name!r} is empty.", [Detail(where, "empty file")])
             size += stored.size
+            encoded += mime_attachment_bytes(stored.size, name, content_type)
             attachments.append(
                 Attachment.model_validate(
                     {
@@ -198,15 +205,14 @@ class MailForm:
                 [Detail(where, f"more than {MAX_ATTACHMENTS} attachments")],
             )
 
-    async def _too_large(self, size: int) -> NoReturn:
-        """413 with the mail's size: what was read so far, and the rest of the form counted (not stored)."""
-        while await self._next_part() is not None:
-            size += await _length(self._data())
-        limit = self._max_message_bytes
-        raise PayloadTooLarge(
-            f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
-            [Detail("attachments", f"{size} bytes; at most {limit}")],
-        )
+    async def _too_large(self, size: int, encoded: int) -> NoReturn:
+        """413 with the mail's sizes: what was read so far, and the rest of the form counted (not stored)."""
+        while (part := await self._next_part()) is not None:
+            length = await _length(self._data())
+            kind = part.headers.get("content-type") or "application/octet-stream"
+            size += length
+            encoded += mime_attachment_bytes(length, getattr(part, "filename", None) or "", kind)
+        raise message_too_large(size, encoded, self._max_message_bytes)
 
     async def _read(self, decoder: MultipartDecoder) -> AsyncIterator[Field | File | Data]:
         """The parser's part and data events, fed the body a piece at a time (no copy of the whole), the event loop
@@ -282,18 +288,24 @@ class _OverLimit(Exception):
     """A file part took the mail past MAIL_MAX_MESSAGE_BYTES (its blob is never committed)."""
 
 
+def _fits(room: int, name: str, content_type: str, size: int) -> bool:
+    """Whether a file part of `size` bytes takes no more than `room` of the encoded message."""
+    return mime_attachment_bytes(size, name, content_type) <= room
+
+
 class _Counted:
     """A file part's content on its way into a blob: counted, and stopped once the mail would pass its limit
-    (`_OverLimit`: the part's blob is then never committed)."""
+    (`_OverLimit`: the part's blob is then never committed). `fits` says whether the part's bytes so far still
+    fit the mail's limit."""
 
-    def __init__(self, data: AsyncIterator[bytes], budget: int) -> None:
-        self._data, self._budget = data, budget
+    def __init__(self, data: AsyncIterator[bytes], fits: Callable[[int], bool]) -> None:
+        self._data, self._fits = data, fits
         self.size = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._data:
             self.size += len(chunk)
-            if self.size > self._budget:
+            if not self._fits(self.size):
                 raise _OverLimit
             yield chunk
 

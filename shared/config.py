@@ -19,8 +19,8 @@ DEVELOPMENT_STORAGE = (
     "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 )  # Azurite's well-known development account (public, documented)
 APP_ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings are relative to the app
-# MAIL_MAX_MESSAGE_BYTES: Exchange Online's default maximum message size is 35 MB, raisable to 150 MB, which is
-# also the most Graph's upload sessions take
+# MAIL_MAX_MESSAGE_BYTES (the encoded message, as Exchange measures it): Exchange Online's default maximum message
+# size is 35 MB, raisable to 150 MB, which is also the most Graph's upload sessions take
 DEFAULT_MAX_MESSAGE_BYTES = 35 * 1024 * 1024
 MIN_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_MAX_MESSAGE_BYTES = 150 * 1024 * 1024

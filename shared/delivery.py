@@ -8,7 +8,9 @@ A step whose outcome is unknown (a 5xx or a dropped connection after Graph may h
 redelivered message) is never simply repeated: the next attempt first finds out where the mail stands (the
 draft by its recorded id; by its marker when the id was never recorded; not a draft any more = sent; an
 attachment by its name on the draft; an upload by its session's `nextExpectedRanges`) and goes on from there.
-So there are never two drafts of a mail, and never two sends. `Modes` says which mailboxes use this mode.
+So there are never two drafts of a mail, and never two sends. Each step is taken only while the delivery holds
+its lease (`shared.lease`: checked before every Graph write, each upload chunk included, and renewed in the
+background meanwhile). `Modes` says which mailboxes use this mode.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ from .store.mail_status import DeliveryMode, MailStatus
 
 if TYPE_CHECKING:
     from .graph import ByteSource, GraphClient, MessageState
+    from .lease import SendLease
     from .store import Store
 
 log = logging.getLogger("notifier.delivery")
@@ -48,7 +51,6 @@ SENT_COPY_WAIT = 30.0  # seconds between looks for a sent copy that Sent Items d
 DRAFT_RECHECK_SECONDS = 3600.0  # a mailbox that refused drafts is tried again after this long
 SENT_COPY_PENDING = "sent_copy_pending"  # the code of a wait for Sent Items to show a sent mail
 
-Save = Callable[[MailStatus], Awaitable[None]]
 Reader = Callable[[str], "ByteSource"]  # a blob attachment's bytes, by blob name
 
 
@@ -99,10 +101,9 @@ def split_attachments(mail: MailRequest) -> tuple[list[int], list[_Extra]]:
 class DraftDelivery:
     """Sends one mail through a marked draft; its status records each step (see the module's text)."""
 
-    def __init__(self, graph: GraphClient, store: Store, save: Save, lease: timedelta) -> None:
+    def __init__(self, graph: GraphClient, store: Store, lease: SendLease) -> None:
         self.graph = graph
         self.store = store
-        self._save = save
         self._lease = lease
 
     async def deliver(self, mail: MailRequest, status: MailStatus, mailbox: str) -> None:
@@ -184,6 +185,7 @@ class DraftDelivery:
         carried, _ = split_attachments(mail)
         message = graph_send_body(mail.model_copy(update={"attachments": [mail.attachments[i] for i in carried]}))
         message["message"]["internetMessageId"] = message_id_for(status.id, mailbox, status.message_key)
+        await self._lease.ensure()
         try:
             draft = await self.graph.create_draft(mailbox, message["message"], status.id)
         except GraphError as error:
@@ -238,6 +240,7 @@ class DraftDelivery:
         inline = Attachment.model_validate({**fields, "contentBase64": content})  # a blob's bytes read in
         body = graph_send_body(MailRequest(attachments=[inline]))
         item = body["message"]["attachments"][0]
+        await self._lease.ensure()
         try:
             await self.graph.add_attachment(mailbox, status.graph_id, item)
         except GraphError as error:
@@ -267,6 +270,7 @@ class DraftDelivery:
                     return
                 entry.pop("url")
         if not entry.get("url"):
+            await self._lease.ensure()
             session = await self.graph.create_upload_session(
                 mailbox,
                 status.graph_id,
@@ -284,6 +288,7 @@ class DraftDelivery:
     async def _send(self, status: MailStatus, mailbox: str) -> MessageState:
         from .graph import MessageGone, MessageState
 
+        await self._lease.ensure()
         try:
             await self.graph.send_draft(mailbox, status.graph_id)
         except GraphError as error:
@@ -299,19 +304,27 @@ class DraftDelivery:
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _reader(self, attachment: Attachment) -> ByteSource:
-        if attachment.blob is not None:  # read only as accepted: its size and SHA-256 are checked on the way
-            return self.store.attachments.reader(attachment.blob, attachment.byte_size(), attachment.sha256)
-        content = base64.b64decode(attachment.content_base64 or "")
+        """The attachment's bytes by range, each read (an upload's next chunk) only while the lease is held; a
+        blob is read only as it was accepted: its size and SHA-256 are checked on the way."""
+        blob = (
+            self.store.attachments.reader(attachment.blob, attachment.byte_size(), attachment.sha256)
+            if attachment.blob is not None
+            else None
+        )
+        content = base64.b64decode(attachment.content_base64 or "") if blob is None else b""
 
         async def read(start: int, length: int) -> bytes:
+            await self._lease.ensure()
+            if blob is not None:
+                assert callable(blob)
+                return await blob(start, length)
             return content[start : start + length]
 
         return read
 
     async def _record(self, status: MailStatus) -> None:
-        """Save a step; each one extends the lease, so a long upload keeps other deliveries off."""
-        status.lease_until = datetime.now(UTC) + self._lease
-        await self._save(status)
+        """Save a step through the lease (extending it; LeaseLost when another delivery took the mail over)."""
+        await self._lease.save(status)
 
 
 def _record_sent(status: MailStatus, message: MessageState) -> None:

@@ -39,6 +39,12 @@ GRAPH_REQUEST_BYTES = 4 * 1024 * 1024  # Graph answers 413 to a request body ove
 REQUEST_HEADROOM_BYTES = 16 * 1024  # what the sender adds to a mail's own request: marker, internetMessageId
 MAX_BLOB_ATTACHMENT_BYTES = 150 * 1024 * 1024  # Graph's upload sessions take attachments up to 150 MB
 MAX_ATTACHMENTS = 50
+# the MIME message Exchange measures against its maximum message size: base64 in lines of 76 characters, each
+# ended by CRLF (RFC 2045); the headers Exchange writes (Received, ARC, X-MS-Exchange-*: a few KB) and each
+# attachment's part headers (Content-Type, -Disposition with its dates, -Transfer-Encoding, the boundary line)
+MIME_LINE_CHARS = 76
+MIME_HEADER_BYTES = 16 * 1024
+MIME_PART_HEADER_BYTES = 512
 MAX_JSON_BYTES = 5 * 1024 * 1024  # a mail's JSON (a request body, a form's mail part): 3 MiB inline is 4 MiB of base64
 # a blob reference: the container, then 1-4 path segments of letters, digits and . _ : - (none starting with a
 # dot) and no `..` anywhere, as `shared.store.attachments` names the blobs it writes (`forms/<mail id in hex>/<n>`)
@@ -326,12 +332,7 @@ def check_mail(mail: MailRequest, settings: Settings) -> MailRequest:
     if problems:
         problems = [Detail(mail.as_written(p.field), p.message) for p in problems]
         raise InvalidRequest(f"The mail is not valid: {problems[0].field}: {problems[0].message}", problems)
-    size, limit = message_bytes(mail), settings.mail_max_message_bytes
-    if size > limit:
-        raise PayloadTooLarge(
-            f"The mail has {size} bytes (body and attachments); at most {limit} are accepted (MAIL_MAX_MESSAGE_BYTES).",
-            [Detail(mail.as_written("attachments"), f"{size} bytes; at most {limit}")],
-        )
+    check_message_size(mail, settings.mail_max_message_bytes)
     bare = body_request_bytes(mail) + REQUEST_HEADROOM_BYTES
     if bare > GRAPH_REQUEST_BYTES:  # the body alone: no attachment left out of the request makes room
         field = mail.as_written("html" if mail.html is not None else "text")
@@ -360,10 +361,53 @@ def _refuse_reserved_headers(mail: MailRequest, own: bool) -> None:
 
 
 def message_bytes(mail: MailRequest) -> int:
-    """What MAIL_MAX_MESSAGE_BYTES limits: the body that is sent (UTF-8) and the attachments, decoded. (Exchange
-    measures the encoded message, in which base64 makes attachments about a third larger.)"""
+    """The mail's own bytes: the body that is sent (UTF-8) and the attachments, decoded. Not what the size limit
+    measures (`encoded_message_bytes`); the 413 names both."""
     body = mail.html if mail.html is not None else (mail.text or "")
     return len(body.encode("utf-8", "surrogatepass")) + sum(a.byte_size() for a in mail.attachments)
+
+
+def mime_base64_bytes(size: int) -> int:
+    """`size` bytes as MIME writes them in base64: 4 characters per 3 bytes, in lines of 76 ended by CRLF."""
+    characters = 4 * -(-size // 3)
+    return characters + 2 * -(-characters // MIME_LINE_CHARS)
+
+
+def mime_attachment_bytes(attachment_bytes: int, name: str, content_type: str) -> int:
+    """One attachment's share of the MIME message: its base64 lines and its part's headers (the name twice,
+    RFC 2231-encoded at worst, three bytes a byte)."""
+    texts = 2 * 3 * len(name.encode("utf-8", "surrogatepass")) + len(content_type)
+    return mime_base64_bytes(attachment_bytes) + MIME_PART_HEADER_BYTES + texts
+
+
+def encoded_message_bytes(mail: MailRequest) -> int:
+    """An estimate, on the high side, of the mail as Exchange measures it against its maximum message size
+    (MAIL_MAX_MESSAGE_BYTES): the encoded MIME message, i.e. the body in base64 lines, each attachment in base64
+    lines with its part headers, and the message's headers (addresses, subject, custom headers, and what
+    Exchange adds). Base64 makes attachments about 37% larger than their bytes."""
+    body = mail.html if mail.html is not None else (mail.text or "")
+    texts = [mail.subject, *(f"{m.name or ''} <{m.address}>" for m in (*mail.to, *mail.cc, *mail.bcc, *mail.reply_to))]
+    texts += [f"{name}: {value}" for name, value in mail.headers.items()]
+    headers = MIME_HEADER_BYTES + sum(mime_base64_bytes(len(t.encode("utf-8", "surrogatepass"))) + 16 for t in texts)
+    attachments = sum(mime_attachment_bytes(a.byte_size(), a.name, a.content_type) for a in mail.attachments)
+    return headers + mime_base64_bytes(len(body.encode("utf-8", "surrogatepass"))) + attachments
+
+
+def message_too_large(decoded: int, encoded: int, limit: int, field: str = "attachments") -> PayloadTooLarge:
+    """The 413 of a mail over MAIL_MAX_MESSAGE_BYTES, naming both sizes: its own bytes and the encoded message's."""
+    return PayloadTooLarge(
+        f"The mail is about {encoded} bytes as Exchange measures it (the encoded MIME message: base64 makes "
+        f"attachments about a third larger), from {decoded} bytes of body and attachments; at most {limit} are "
+        "accepted (MAIL_MAX_MESSAGE_BYTES, Exchange's maximum message size).",
+        [Detail(field, f"about {encoded} bytes encoded ({decoded} decoded); at most {limit}")],
+    )
+
+
+def check_message_size(mail: MailRequest, limit: int) -> None:
+    """413 when the mail's encoded MIME message (`encoded_message_bytes`) would pass `limit`."""
+    encoded = encoded_message_bytes(mail)
+    if encoded > limit:
+        raise message_too_large(message_bytes(mail), encoded, limit, mail.as_written("attachments"))
 
 
 def needs_draft(mail: MailRequest) -> bool:

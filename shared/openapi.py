@@ -86,8 +86,8 @@ OPERATIONS: dict[routes.Route, Operation] = {
             400: _error("Not a valid mail or form (details name each field or part)"),
             409: _error("The id is taken by another mail"),
             413: _error(
-                "The mail is larger than MAIL_MAX_MESSAGE_BYTES (the message names its bytes and the limit), or the "
-                "JSON body or mail part over 5 MiB"
+                "The mail, encoded as Exchange measures it, is larger than MAIL_MAX_MESSAGE_BYTES (the message names "
+                "both sizes and the limit), or the JSON body or mail part over 5 MiB"
             ),
             415: _error("Neither JSON nor multipart/form-data, or a mail part that is not JSON"),
             500: _FAILED,

@@ -39,6 +39,7 @@ from .delivery import (
     outcome_unknown,
 )
 from .errors import AppError, AttachmentChanged, Conflict, GraphError, InvalidMessage, Unavailable
+from .lease import LeaseLost, SendLease
 from .mail import ID_PATTERN, MailRequest, canonical_id, check_mail, needs_draft, parse_mail, payload_hash
 from .pacer import Pacer, Pacing
 from .store import StatusChanged, Store
@@ -55,7 +56,7 @@ INSTANCE_ID = uuid.uuid4().hex  # this worker process, among the instances sendi
 SHARE_REFRESH_SECONDS = 2.0
 SHARE_ALIVE_SECONDS = 10.0
 _share_checked = 0.0
-_claimed: ContextVar[bool] = ContextVar("claimed", default=False)  # whether this delivery holds its mail
+_claimed: ContextVar[SendLease | None] = ContextVar("claimed", default=None)  # this delivery's hold on its mail
 MAX_ATTEMPTS = 10  # sends tried (throttled ones included) before a mail is given up
 RECORD_FIRST_RETRY_SECONDS = 0.5  # recording a sent mail through a Storage outage: first pause, doubling
 RECORD_MAX_RETRY_SECONDS = 5.0
@@ -172,11 +173,11 @@ class Sender:
             envelope["id"] = canonical_id(given or fallback_id)  # keep the id as it is kept here
             text = json.dumps(envelope, separators=(",", ":"))
         mail_id: str = envelope["id"]
-        _claimed.set(False)
+        _claimed.set(None)
         try:
             return await self._deliver(text, envelope, mail_id)
         except Exception as error:
-            await self._record_crash(mail_id, error, dequeue_count, claimed=_claimed.get())
+            await self._record_crash(mail_id, error, dequeue_count, _claimed.get())
             raise
 
     async def _share_mailboxes(self) -> None:
@@ -212,9 +213,11 @@ class Sender:
             mail = check_mail(await resolve_attachments(self.store, parsed, prefixes), self.settings)
         except AttachmentChanged as error:
             status = existing or await self._status_for(mail_id, parsed, payload)
-            return await self._attachment_changed(
-                parsed, status, text, error, status.sender or self.settings.mail_default_sender
-            )
+            if (busy := await self._held_elsewhere(status, text)) is not None:
+                return busy
+            claim = SendLease(self.store.statuses, status, timedelta(seconds=self.settings.send_lease_seconds))
+            sender = status.sender or self.settings.mail_default_sender
+            return await self._attachment_changed(parsed, status, text, error, sender, claim)
         except AppError as error:
             return await self._poison(text, mail_id, error.code, error.message, existing, fingerprint)
 
@@ -225,9 +228,8 @@ class Sender:
             return Delivery(mail_id, DeliveryOutcome.DUPLICATE, f"already {status.status}")
         now = datetime.now(UTC)
         lease = timedelta(seconds=self.settings.send_lease_seconds)  # a `sending` claim keeps others off
-        if status.status == MailState.SENDING and status.lease_until is not None and status.lease_until > now:
-            await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
-            return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance is sending it")
+        if (busy := await self._held_elsewhere(status, text)) is not None:
+            return busy
         if status.mode and status.sender:  # Graph may hold it in that mailbox already: a pool may not move it
             mail = mail.model_copy(update={"sender": status.sender, "sender_pool": None})
         if status.status == MailState.SENDING:  # its lease ran out: the delivery holding it died mid-way
@@ -245,11 +247,21 @@ class Sender:
         try:
             status.status, status.attempts, status.lease_until = MailState.SENDING, status.attempts + 1, now + lease
             status = await self.store.statuses.save(status)
-            _claimed.set(True)
         except StatusChanged:
             await self.store.outbox.send_again(text, 5)
             return Delivery(mail_id, DeliveryOutcome.BUSY, "another instance claimed it")
-        return await self._send(mail, status, text, payload, pacing.mailbox)
+        claim = SendLease(self.store.statuses, status, lease)
+        _claimed.set(claim)
+        return await self._send(mail, status, text, payload, pacing.mailbox, claim)
+
+    async def _held_elsewhere(self, status: MailStatus, text: str) -> Delivery | None:
+        """A mail another delivery holds now (`sending`, its lease running): this copy comes back after it."""
+        if status.status != MailState.SENDING or status.lease_until is None:
+            return None
+        if status.lease_until <= datetime.now(UTC):
+            return None
+        await self.store.outbox.send_again(text, _seconds_until(status.lease_until) + 1)
+        return Delivery(status.id, DeliveryOutcome.BUSY, "another instance is sending it")
 
     async def _refused_copy(self, envelope: dict[str, Any], mail_id: str) -> Delivery:
         """A copy of another mail under a used id (refused at intake): dropped without a Graph call."""
@@ -271,19 +283,23 @@ class Sender:
         return created or await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
 
     async def _send(
-        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], sender: str
+        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], sender: str, claim: SendLease
     ) -> Delivery:
         try:
-            mode = await self._send_by_mode(mail, status, sender)
+            async with claim.renewed():  # a long upload keeps the mail claimed
+                mode = await self._send_by_mode(mail, status, sender, claim)
+        except LeaseLost as lost:
+            return self._lease_lost(status, lost)
         except GraphError as error:
-            return await self._graph_failed(mail, status, text, payload, error, sender)
+            return await self._graph_failed(mail, status, text, payload, error, sender, claim)
         except AttachmentChanged as error:
-            return await self._attachment_changed(mail, status, text, error, sender)
+            return await self._attachment_changed(mail, status, text, error, sender, claim)
         self.modes.used(sender, mode)
         claimed_until = time.monotonic() + _seconds_until(status.lease_until)
         status.status, status.error_code, status.error_message, status.lease_until = MailState.SENT, None, None, None
         status.outcome_unknown = False
-        await self._record_sent(status, claimed_until)
+        if not await self._record_sent(status, claimed_until, claim):
+            return Delivery(status.id, DeliveryOutcome.DUPLICATE, "another delivery recorded it first")
         await self._drop_blobs(mail, text)
         await audit(
             self.store,
@@ -298,13 +314,22 @@ class Sender:
         )
         return Delivery(status.id, DeliveryOutcome.SENT)
 
-    async def _send_by_mode(self, mail: MailRequest, status: MailStatus, sender: str) -> DeliveryMode:
+    @staticmethod
+    def _lease_lost(status: MailStatus, lost: LeaseLost) -> Delivery:
+        """Another delivery took the mail over: it holds the mail's queue message and its draft; this one stops
+        with nothing written. A lease that could not be renewed goes to the host's redelivery."""
+        if not lost.taken:
+            raise lost
+        log.warning("mail %s: %s; this delivery stops", status.id, lost)
+        return Delivery(status.id, DeliveryOutcome.BUSY, "lease lost: another delivery holds the mail")
+
+    async def _send_by_mode(self, mail: MailRequest, status: MailStatus, sender: str, claim: SendLease) -> DeliveryMode:
         """Send the mail by the mailbox's mode (a mail begun as a draft stays one); the mode used."""
         large = needs_draft(mail)
         mode = DeliveryMode.DRAFT if status.mode == DeliveryMode.DRAFT else self.modes.mode(sender, large)
         if mode == DeliveryMode.DRAFT:
             try:
-                await self._drafts().deliver(mail, status, sender)
+                await self._drafts(claim).deliver(mail, status, sender)
                 return mode
             except DraftsRefused as refused:
                 if self.modes.setting != "auto" or large:
@@ -325,31 +350,38 @@ class Sender:
         if status.outcome_unknown:  # Graph may have taken an earlier attempt: this send may duplicate it
             status.possible_duplicate = True
         body = marked_send_body(mail.model_copy(update={"sender": sender}), status.id, status.message_key)
+        await claim.ensure()
         await self.graph.send_mail(sender, body)
         status.sent_at, status.internet_message_id = datetime.now(UTC), body["message"]["internetMessageId"]
         return DeliveryMode.SENDMAIL
 
-    def _drafts(self) -> DraftDelivery:
-        lease = timedelta(seconds=self.settings.send_lease_seconds)
-        return DraftDelivery(self.graph, self.store, self._save_final, lease)
+    def _drafts(self, claim: SendLease) -> DraftDelivery:
+        return DraftDelivery(self.graph, self.store, claim)
 
     async def _graph_failed(
-        self, mail: MailRequest, status: MailStatus, text: str, payload: dict[str, Any], error: GraphError, sender: str
+        self,
+        mail: MailRequest,
+        status: MailStatus,
+        text: str,
+        payload: dict[str, Any],
+        error: GraphError,
+        sender: str,
+        claim: SendLease,
     ) -> Delivery:
         status.error_code, status.error_message, status.lease_until = error.code, error.message[:500], None
         status.outcome_unknown = status.outcome_unknown or outcome_unknown(error)
         waiting = error.code == SENT_COPY_PENDING  # not a failure: the draft engine ends that wait itself
-        if error.transient and (status.attempts < MAX_ATTEMPTS or waiting):
+        transient = error.transient and (status.attempts < MAX_ATTEMPTS or waiting)
+        status.status = MailState.QUEUED if transient else MailState.FAILED
+        if not await claim.save_final(status):  # another delivery holds the mail: its outcome is not ours
+            return Delivery(status.id, DeliveryOutcome.BUSY, "lease lost: another delivery holds the mail")
+        if transient:
             delay = error.retry_after if error.retry_after is not None else min(300, 5 * 2**status.attempts)
-            status.status = MailState.QUEUED
-            await self._save_final(status)
             await self.store.outbox.send_again(text, delay)
             outcome, detail = DeliveryOutcome.RETRY_LATER, f"Graph {error.status} {error.code}; again in {delay:.0f} s"
         else:
-            status.status = MailState.FAILED
-            await self._save_final(status)
-            if status.mode == DeliveryMode.DRAFT:
-                await self._drafts().discard(status, sender)
+            if status.mode == DeliveryMode.DRAFT:  # ours alone: the failure above was written over our claim
+                await self._drafts(claim).discard(status, sender)
             await self._drop_blobs(mail, text)
             outcome, detail = DeliveryOutcome.FAILED, f"Graph {error.status} {error.code}"
         await audit(
@@ -366,17 +398,21 @@ class Sender:
         return Delivery(status.id, outcome, detail)
 
     async def _attachment_changed(
-        self, mail: MailRequest, status: MailStatus, text: str, error: AttachmentChanged, sender: str
+        self,
+        mail: MailRequest,
+        status: MailStatus,
+        text: str,
+        error: AttachmentChanged,
+        sender: str,
+        claim: SendLease,
     ) -> Delivery:
         """An attachment is not what the app accepted: the mail fails (its draft discarded) rather than send it."""
         status.status, status.error_code, status.error_message = MailState.FAILED, error.code, error.message[:500]
         status.lease_until = None
-        await self._save_final(status)
-        current = await self.store.statuses.get(status.id)
-        if current is not None and current.status == MailState.SENT:  # another delivery sent it, then its files went
-            return Delivery(status.id, DeliveryOutcome.DUPLICATE, f"already {current.status}")
+        if not await claim.save_final(status):  # another delivery holds (or sent) the mail: its outcome is not ours
+            return Delivery(status.id, DeliveryOutcome.BUSY, "lease lost: another delivery holds the mail")
         if status.mode == DeliveryMode.DRAFT:
-            await self._drafts().discard(status, sender)
+            await self._drafts(claim).discard(status, sender)
         await self._drop_blobs(mail, text)
         log.warning("mail %s failed: %s", status.id, error.message)
         await audit(
@@ -401,14 +437,14 @@ class Sender:
         except Exception as error:
             log.warning("blobs of mail %s not deleted: %s", mail.id, type(error).__name__)
 
-    async def _record_sent(self, status: MailStatus, claimed_until: float) -> None:
+    async def _record_sent(self, status: MailStatus, claimed_until: float, claim: SendLease) -> bool:
         """Graph has the mail: record that, trying through a Storage outage for as long as our lease keeps
-        other deliveries of it waiting, so that no retry can send it again while Storage is down."""
+        other deliveries of it waiting, so that no retry can send it again while Storage is down. False when
+        another delivery recorded the mail done first."""
         delay = RECORD_FIRST_RETRY_SECONDS
         while True:
             try:
-                await self._save_final(status)
-                return
+                return await claim.save_final(status)
             except Exception as error:
                 if time.monotonic() + delay > claimed_until - RECORD_LEASE_MARGIN_SECONDS:
                     log.error("mail %s was sent but its status could not be recorded: %s", status.id, error)
@@ -417,42 +453,38 @@ class Sender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECORD_MAX_RETRY_SECONDS)
 
-    async def _save_final(self, status: MailStatus) -> None:
-        """Save an outcome we own (we hold the lease); a concurrent edit does not undo it, except a `sent` that
-        another delivery recorded meanwhile (one that took the mail over when our lease ran out): Graph's
-        proof that the mail went stands over anything this delivery concluded."""
-        try:
-            await self.store.statuses.save(status)
-        except StatusChanged:
-            current = await self.store.statuses.get(status.id)
-            if current is not None and current.status == MailState.SENT and status.status != MailState.SENT:
-                log.warning("mail %s: another delivery recorded it sent; %s not written", status.id, status.status)
-                return
-            status.etag = None
-            await self.store.statuses.save(status)
-
-    async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int, *, claimed: bool) -> None:
+    async def _record_crash(self, mail_id: str, error: Exception, dequeue_count: int, claim: SendLease | None) -> None:
         """Hand the mail back for the host's redelivery; on the last dequeue, record why it failed. A delivery
-        that crashed before claiming the mail leaves another's `sending` claim alone while its lease runs."""
+        that crashed before claiming the mail leaves another's `sending` claim alone while its lease runs; one
+        that held it writes only over its own claim."""
         last = dequeue_count >= MAX_DEQUEUE_COUNT
         reason = f"{type(error).__name__} on delivery attempt {dequeue_count}"
         if last:
             reason += f"; moved to mail-outbox-poison after {dequeue_count} attempts"
         try:
-            if isinstance(error, SentNotRecorded):  # Graph has it: one more try to say so, never `queued`
-                await self._save_final(error.status)
+            if isinstance(error, SentNotRecorded) and claim is not None:  # Graph has it: one more try to say so
+                await claim.save_final(error.status)
                 return
             status = await self.store.statuses.get(mail_id) or MailStatus(id=mail_id, status=MailState.QUEUED)
             if status.status == MailState.SENT:
                 return
             lease = status.lease_until if status.status == MailState.SENDING else None
-            if not claimed and lease is not None and lease > datetime.now(UTC):
+            if claim is None and lease is not None and lease > datetime.now(UTC):
                 log.warning("mail %s: %s before its claim; another delivery holds it", mail_id, reason)
                 return
+            if claim is not None and claim.lost is not None and claim.lost.taken:
+                return  # another delivery holds the mail now
             status.status = MailState.FAILED if last else MailState.QUEUED
             status.error_code, status.error_message, status.lease_until = "delivery_crashed", reason, None
             status.outcome_unknown = True
-            await self._save_final(status)
+            if claim is not None:  # over our own last write only, never over another delivery's claim
+                status.etag = claim.etag
+                await claim.save_final(status)
+                return
+            try:
+                await self.store.statuses.save(status)  # over the row as just read
+            except StatusChanged:
+                log.warning("mail %s: %s; another delivery claimed it meanwhile", mail_id, reason)
         except Exception:
             log.exception("could not record the failure of mail %s", mail_id)
 

@@ -528,7 +528,7 @@ def test_a_40_mb_mail_whose_upload_is_interrupted_twice_arrives_once_and_complet
     from shared.store import store
 
     content = os.urandom(40 * 1024 * 1024)
-    monkeypatch.setenv("MAIL_MAX_MESSAGE_BYTES", str(50 * 1024 * 1024))  # over Exchange's default 35 MB
+    monkeypatch.setenv("MAIL_MAX_MESSAGE_BYTES", str(60 * 1024 * 1024))  # 40 MiB: about 55 MB encoded
     settings.cache_clear()
 
     async def prepare() -> str:
@@ -730,16 +730,16 @@ def test_discarding_a_failed_mails_draft_never_deletes_its_sent_copy(
     from shared.config import settings
     from shared.delivery import DraftDelivery
     from shared.graph import graph_client
+    from shared.lease import SendLease
     from shared.mail import check_mail, graph_send_body, parse_mail
     from shared.store import store
     from shared.store.mail_status import MailState, MailStatus
 
-    async def unchanged(status: MailStatus) -> MailStatus:
-        return status
-
     async def scenario() -> tuple[bool, bool]:
         graph = graph_client(settings())
-        engine = DraftDelivery(graph, store(settings().storage), unchanged, timedelta(seconds=60))
+        target = store(settings().storage)
+        lease = SendLease(target.statuses, MailStatus(id="unused", status=MailState.SENDING), timedelta(seconds=60))
+        engine = DraftDelivery(graph, target, lease)
         drafts = {}
         for mail_id in ("dm-discard-sent", "dm-discard-draft"):
             mail = check_mail(parse_mail({**MAIL, "id": mail_id, "subject": mail_id}), settings())
@@ -830,3 +830,104 @@ def test_a_mail_whose_draft_exists_is_finished_without_being_charged_to_the_budg
     assert status["status"] == "sent"
     assert after == before
     assert _copies(sandbox) == {MAIL["subject"]: 1}
+
+
+# -- the send lease: held through a long upload, and a delivery that lost it stops ---------------------------
+
+
+def _slow_upload_mail(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxProcess, mail_id: str) -> tuple[str, str]:
+    """A 5 s lease and a mail with an 8 MiB blob whose upload (3 chunks of 3 s each) takes about 9 s: its
+    queue message's text and id, received (as a sender would)."""
+    from azure.storage.queue import QueueClient
+
+    from shared.attachments import resolve_attachments
+    from shared.config import settings
+    from shared.mail import check_mail, parse_mail
+    from shared.outbox import submit_mail
+    from shared.store import store
+
+    monkeypatch.setenv("MAIL_SEND_LEASE_SECONDS", "5")
+    settings.cache_clear()
+
+    async def prepare() -> None:
+        target = store(settings().storage)
+        blob = await target.attachments.put(mail_id, 0, "export.bin", os.urandom(8 * 1024 * 1024))
+        mail = {**MAIL, "id": mail_id, "subject": mail_id, "attachments": [{"name": "export.bin", "blob": blob}]}
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
+
+    run(prepare())
+    sandbox.set_faults(uploadLatencyMs=3000)
+    queue = QueueClient.from_connection_string(settings().storage.connection_string, "mail-outbox")
+    [message] = queue.receive_messages(visibility_timeout=120)
+    return base64.b64decode(message.content).decode(), message.id
+
+
+def _sender() -> Any:
+    from shared.config import settings
+    from shared.graph import graph_client
+    from shared.outbox import Sender
+    from shared.store import store
+
+    config = settings()
+    return Sender(config, store(config.storage), graph_client(config))
+
+
+@pytest.mark.timeout(120)
+def test_an_upload_longer_than_the_lease_keeps_its_lease_and_the_mail_is_sent_once(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second copy of the message arriving when the upload has run past the lease (5 s) finds the mail still
+    held: the first delivery renews its lease while it uploads, sends once and records it, attempts 1."""
+    text, message_id = _slow_upload_mail(monkeypatch, sandbox, "slow-upload-1")
+    since = sandbox.last_seq()
+
+    async def scenario() -> tuple[Any, Any, dict[str, Any]]:
+        first = asyncio.ensure_future(_sender().deliver(text, message_id, 1))
+        await asyncio.sleep(7)  # the upload runs on, past the lease it began with
+        assert not first.done()
+        second = await _sender().deliver(text, message_id, 1)  # the host's second copy
+        return await first, second, await _status(app, "slow-upload-1")
+
+    first, second, status = run(scenario())
+    sandbox.set_faults()
+    assert (first.outcome, second.outcome) == ("sent", "busy")
+    assert status["status"] == "sent" and status["attempts"] == 1 and "error" not in status
+    assert len(mail_sends(sandbox.requests(since))) == 1
+    assert _copies(sandbox)["slow-upload-1"] == 1
+    audited = [r["outcome"] for r in audit_rows(azurite.connection_string) if r["correlationId"] == "slow-upload-1"]
+    assert audited == ["sent"]
+
+
+@pytest.mark.timeout(120)
+def test_a_delivery_whose_lease_was_taken_stops_without_overwriting_the_claim_or_discarding_the_draft(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another delivery takes the mail over while this one uploads (as after a stalled process): this one stops
+    before its next write: no send, the newer claim left as it is, the draft kept for its new owner, no
+    `failed` audit record."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.config import settings
+    from shared.store import store
+
+    text, message_id = _slow_upload_mail(monkeypatch, sandbox, "taken-mid-upload")
+    since = sandbox.last_seq()
+
+    async def scenario() -> tuple[Any, Any]:
+        target = store(settings().storage)
+        ours = asyncio.ensure_future(_sender().deliver(text, message_id, 1))
+        while not ((row := await target.statuses.get("taken-mid-upload")) and row.uploads):
+            await asyncio.sleep(0.1)  # the upload session is recorded: the upload runs
+        row.attempts, row.lease_until = row.attempts + 1, datetime.now(UTC) + timedelta(seconds=60)
+        await target.statuses.save(row)  # another delivery's claim
+        return await ours, await target.statuses.get("taken-mid-upload")
+
+    outcome, row = run(scenario())
+    sandbox.set_faults()
+    assert outcome.outcome == "busy" and "lease" in outcome.detail
+    assert row.status == "sending" and row.attempts == 2 and row.error_code is None
+    assert row.lease_until > datetime.now(UTC) + timedelta(seconds=30)  # the other's claim, untouched
+    assert mail_sends(sandbox.requests(since)) == []
+    assert len(sandbox.mailbox(SENDER, "drafts")) == 1  # the draft stays for the delivery that holds the mail
+    audited = [r for r in audit_rows(azurite.connection_string) if r["correlationId"] == "taken-mid-upload"]
+    assert audited == []

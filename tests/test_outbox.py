@@ -253,6 +253,31 @@ def test_an_invalid_queue_message_is_poisoned_at_once_with_its_reason(app: Any, 
     assert len(_queue(azurite, "mail-outbox-poison").peek_messages(max_messages=10)) == 2
 
 
+def test_a_queued_mail_over_the_encoded_size_limit_is_poisoned_with_both_sizes_and_never_sent(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer's queue message is measured as Exchange measures the message: 800,000 bytes of attachment
+    are over a 1 MiB MAIL_MAX_MESSAGE_BYTES once in base64 lines."""
+    from shared.config import settings
+    from shared.store import store
+
+    monkeypatch.setenv("MAIL_MAX_MESSAGE_BYTES", str(1024 * 1024))
+    settings.cache_clear()
+    attachment = {"name": "a.bin", "contentBase64": base64.b64encode(b"a" * 800_000).decode()}
+
+    async def scenario() -> dict[str, Any]:  # over 64 KB: the message is a claim check of a mail-payloads blob
+        await store(settings().storage).outbox.enqueue(
+            "encoded-big", {**MAIL, "id": "encoded-big", "attachments": [attachment]}
+        )
+        await _trigger(app, azurite).drain()
+        return await _status(app, "encoded-big")
+
+    status = run(scenario())
+    assert status["status"] == "failed" and status["error"]["code"] == "payload_too_large"
+    assert "as Exchange measures it" in status["error"]["message"] and "800016 bytes" in status["error"]["message"]
+    assert sandbox.sent() == []
+
+
 def test_at_most_4_graph_requests_per_mailbox_are_in_flight_per_process(
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
@@ -590,11 +615,12 @@ def test_a_delivery_that_crashes_before_its_claim_leaves_another_instances_claim
 def test_a_failure_concluded_by_a_delivery_whose_mail_was_taken_over_never_overwrites_sent(
     app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
 ) -> None:
-    """A delivery whose lease ran out (a long upload) while another took the mail over and sent it gets
-    Graph's refusal to send a draft that is no more: its `failed` must not replace the other's `sent`."""
+    """A delivery whose lease ran out while another took the mail over and sent it gets Graph's refusal to send
+    a draft that is no more: its `failed` must not replace the other's `sent`."""
+    from datetime import timedelta
+
     from shared.config import settings
-    from shared.graph import graph_client
-    from shared.outbox import Sender
+    from shared.lease import SendLease
     from shared.store import store
 
     async def scenario() -> Any:
@@ -606,8 +632,37 @@ def test_a_failure_concluded_by_a_delivery_whose_mail_was_taken_over_never_overw
         other.status = "sent"
         await target.statuses.save(other)  # the delivery that took over
         ours.status, ours.error_code = "failed", "ErrorInvalidOperation"
-        await Sender(config, target, graph_client(config))._save_final(ours)
-        return await target.statuses.get("taken-over")
+        written = await SendLease(target.statuses, ours, timedelta(seconds=5)).save_final(ours)
+        return written, await target.statuses.get("taken-over")
 
-    row = run(scenario())
+    written, row = run(scenario())
+    assert not written
     assert row.status == "sent" and row.error_code is None
+
+
+def test_a_sent_outcome_is_written_over_a_newer_claim_keeping_its_attempt_count(
+    app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """Graph has the mail: a delivery that sent it records `sent` even over another's later claim, and the
+    attempt count does not go back (the issue's `attempts` 2 -> 1)."""
+    from datetime import timedelta
+
+    from shared.config import settings
+    from shared.lease import SendLease
+    from shared.store import store
+
+    async def scenario() -> Any:
+        await _post(app, {**MAIL, "id": "sent-over-claim"})
+        target = store(settings().storage)
+        ours = await target.statuses.get("sent-over-claim")
+        ours.status, ours.attempts = "sending", 1
+        await target.statuses.save(ours)  # our claim
+        other = await target.statuses.get("sent-over-claim")
+        other.attempts = 2
+        await target.statuses.save(other)  # another delivery's, after our lease ran out
+        ours.status = "sent"
+        written = await SendLease(target.statuses, ours, timedelta(seconds=5)).save_final(ours)
+        return written, await target.statuses.get("sent-over-claim")
+
+    written, row = run(scenario())
+    assert written and row.status == "sent" and row.attempts == 2

@@ -107,6 +107,24 @@ def test_a_message_over_the_size_limit_gets_an_ndr_5_3_4(sandbox: SandboxProcess
     assert sandbox.sent()[-1]["ndr"]["code"] == "5.3.4"
 
 
+def test_the_size_limit_measures_the_mime_message_with_base64_line_breaks_and_headers(
+    sandbox: SandboxProcess, test_seed: dict[str, Any]
+) -> None:
+    """Exchange measures the encoded message: 765,000 bytes are 1,020,000 of base64 (under 1 MiB), and with
+    its line breaks, the part and message headers the MIME message passes 1 MiB; a smaller file fits."""
+    seed = json.loads(json.dumps(test_seed))
+    seed["exchange"] = {}
+    next(u for u in seed["users"] if u["userPrincipalName"] == SENDER)["exchange"] = {"maxMessageSizeMB": 1}
+    sandbox.reset(seed)
+    for subject, size in (("fits", 700_000), ("too big encoded", 765_000)):
+        content = base64.b64encode(b"x" * size).decode()
+        attachment = {"@odata.type": "#microsoft.graph.fileAttachment", "name": "big.bin", "contentBytes": content}
+        _send(sandbox, bearer(sandbox), [ALICE], subject, attachments=[attachment])
+    assert len(content) < 1024 * 1024
+    assert [m["subject"] for m in sandbox.mailbox(ALICE)] == ["fits"]
+    assert [s["ndr"] and s["ndr"]["code"] for s in sandbox.sent()] == [None, "5.3.4"]
+
+
 def test_unknown_internal_recipients_get_an_ndr_5_1_10_and_the_others_the_mail(limited: SandboxProcess) -> None:
     _send(limited, bearer(limited), [ALICE, "nobody@contoso.test", "oncall@fabrikam.test"], "Disk full")
     assert [m["subject"] for m in limited.mailbox(ALICE)] == ["Disk full"]
