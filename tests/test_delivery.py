@@ -851,9 +851,10 @@ def _slow_upload_mail(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxProcess, 
 
     async def prepare() -> None:
         target = store(settings().storage)
-        blob = await target.attachments.put(mail_id, 0, "export.bin", os.urandom(8 * 1024 * 1024))
-        mail = {**MAIL, "id": mail_id, "subject": mail_id, "attachments": [{"name": "export.bin", "blob": blob}]}
-        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail)), settings()))
+        stored = await target.attachments.put(mail_id, 0, "export.bin", os.urandom(8 * 1024 * 1024))
+        attachment = {"name": "export.bin", "blob": stored.blob, "size": stored.size, "sha256": stored.sha256}
+        mail = {**MAIL, "id": mail_id, "subject": mail_id, "attachments": [attachment]}
+        await submit_mail(target, check_mail(await resolve_attachments(target, parse_mail(mail), ()), settings()))
 
     run(prepare())
     sandbox.set_faults(uploadLatencyMs=3000)
