@@ -562,15 +562,28 @@ def test_a_signed_request_replayed_250_s_later_is_answered_replayed_and_mails_no
     assert len(sandbox.sent()) == mailed
 
 
+def _a_failed_signed_request_and_its_retry_mail_once(
+    alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess
+) -> None:
+    """A signed critical Grafana request fails (5xx, the test's fault once); its byte-identical retry is accepted
+    as no replay, and its alert is mailed once."""
+    payload = fresh("grafana")
+    payload["alerts"][0]["labels"]["severity"] = "critical"
+    body = json.dumps(payload).encode()
+    headers = _grafana_headers(body)
+    status, _ = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status >= 500
+    status, retry = _post(alerts_app, raw=body, headers=headers, source="grafana")
+    assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
+    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
+    assert len(sandbox.sent()) == 1
+
+
 def test_a_signed_request_whose_intake_failed_is_forgotten_so_the_senders_retry_is_accepted(
     alerts_app: Any, azurite: AzuriteProcess, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.alerts.dispatch import Dispatcher
 
-    payload = fresh("grafana")
-    payload["alerts"][0]["labels"]["severity"] = "critical"
-    body = json.dumps(payload).encode()
-    headers = _grafana_headers(body)
     ingest = Dispatcher.ingest
 
     async def storage_went_away(self: Any, *args: Any) -> Any:
@@ -578,12 +591,7 @@ def test_a_signed_request_whose_intake_failed_is_forgotten_so_the_senders_retry_
         raise ConnectionError("storage went away")
 
     monkeypatch.setattr(Dispatcher, "ingest", storage_went_away)
-    status, _ = _post(alerts_app, raw=body, headers=headers, source="grafana")
-    assert status >= 500
-    status, retry = _post(alerts_app, raw=body, headers=headers, source="grafana")
-    assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
-    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
-    assert len(sandbox.sent()) == 1
+    _a_failed_signed_request_and_its_retry_mail_once(alerts_app, azurite, sandbox)
 
 
 def test_a_signed_request_whose_replay_check_failed_after_noting_it_is_forgotten_so_the_retry_is_accepted(
@@ -593,10 +601,6 @@ def test_a_signed_request_whose_replay_check_failed_after_noting_it_is_forgotten
     fails with nothing accepted, and the sender's retry is no replay, or its alert would be lost."""
     from shared.store.alert_replays import AlertReplays
 
-    payload = fresh("grafana")
-    payload["alerts"][0]["labels"]["severity"] = "critical"
-    body = json.dumps(payload).encode()
-    headers = _grafana_headers(body)
     first_sight = AlertReplays.first_sight
 
     async def noted_then_storage_went_away(self: Any, *args: Any) -> bool:
@@ -605,12 +609,7 @@ def test_a_signed_request_whose_replay_check_failed_after_noting_it_is_forgotten
         raise ConnectionError("storage went away")
 
     monkeypatch.setattr(AlertReplays, "first_sight", noted_then_storage_went_away)
-    status, _ = _post(alerts_app, raw=body, headers=headers, source="grafana")
-    assert status >= 500
-    status, retry = _post(alerts_app, raw=body, headers=headers, source="grafana")
-    assert status == 202 and retry["accepted"] == 1 and "replayed" not in retry
-    run(drain_queue(azurite.connection_string, "mail-outbox", alerts_app.mail_outbox))
-    assert len(sandbox.sent()) == 1
+    _a_failed_signed_request_and_its_retry_mail_once(alerts_app, azurite, sandbox)
 
 
 def test_a_passed_through_alert_mails_footer_gives_the_time_it_was_sent_in_the_one_date_format(
